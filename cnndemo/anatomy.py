@@ -1,0 +1,160 @@
+"""Reading an architecture off its modules: kernel paths, parameter counts, the shape trace.
+
+Everything here is derived from the module objects (kernel sizes, strides, channel counts),
+never typed in, so a label always says what the code really does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+from torch import nn
+
+from .specs import BlockSpec, BranchSpec, ModelSpec
+
+_SKIP = (nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Identity, nn.Flatten)
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def describe_layer(m: nn.Module) -> str | None:
+    """'3x3/2 128' for a conv, '3x3 max-pool' for a pool; None for layers that keep the shape."""
+    if isinstance(m, nn.Conv2d):
+        kh, kw = _pair(m.kernel_size)
+        sh, _ = _pair(m.stride)
+        stride = f"/{sh}" if sh > 1 else ""
+        return f"{kh}x{kw}{stride} {m.out_channels}"
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        kh, kw = _pair(m.kernel_size)
+        sh, _ = _pair(m.stride if m.stride is not None else m.kernel_size)
+        stride = f"/{sh}" if sh > 1 else ""
+        kind = "max" if isinstance(m, nn.MaxPool2d) else "avg"
+        return f"{kh}x{kw}{stride} {kind}-pool"
+    if isinstance(m, nn.Linear):
+        return f"linear {m.out_features}"
+    return None
+
+
+def _leaf_descriptions(m: nn.Module) -> list[str]:
+    leaves = [x for x in m.modules() if not list(x.children())] or [m]
+    return [d for x in leaves if not isinstance(x, _SKIP) and (d := describe_layer(x))]
+
+
+def _mark_reduce(parts: list[str]) -> list[str]:
+    # A 1x1 conv that feeds further convs on the same path is a channel reduction.
+    if len(parts) > 1 and parts[0].startswith("1x1 ") and "pool" not in parts[1]:
+        return ["1x1 reduce " + parts[0][4:]] + parts[1:]
+    return parts
+
+
+def describe_branch(model: nn.Module, branch: BranchSpec) -> str:
+    """The kernel path of a branch, e.g. '1x1 reduce 96 -> 3x3 128'."""
+    parts: list[str] = []
+    if branch.pre is not None:
+        parts += _leaf_descriptions(branch.pre) or ["identity"]
+    taps = set(branch.tap_paths) if len(branch.tap_paths) > 1 else set()
+    for path in branch.modules:
+        if path not in taps:
+            parts += _leaf_descriptions(model.get_submodule(path))
+    if taps:
+        split = " || ".join(
+            " -> ".join(_leaf_descriptions(model.get_submodule(t))) for t in branch.tap_paths
+        )
+        parts.append(f"({split})")
+    parts = _mark_reduce(parts)
+    return " -> ".join(parts) if parts else "identity"
+
+
+def count_params(model: nn.Module, paths: tuple[str, ...]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for path in paths:
+        for p in model.get_submodule(path).parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+def branch_params(model: nn.Module, branch: BranchSpec) -> int:
+    return count_params(model, tuple(dict.fromkeys(branch.modules + branch.tap_paths)))
+
+
+def describe_shared(model: nn.Module, block: BlockSpec) -> str:
+    parts: list[str] = []
+    for path in block.shared:
+        parts += _leaf_descriptions(model.get_submodule(path))
+    return " -> ".join(parts)
+
+
+@dataclass(frozen=True)
+class StageRow:
+    name: str
+    layer: str
+    shape: tuple[int, ...]
+    params: int
+
+
+def _trace_targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Top-level children, with nn.Sequential containers opened one level."""
+    out = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            out += [(f"{name}.{n}", c) for n, c in child.named_children()]
+        else:
+            out.append((name, child))
+    return out
+
+
+def shape_trace(model: nn.Module, input_size: tuple[int, int, int]) -> list[StageRow]:
+    """Each top-level stage that runs, in order, with its output shape and parameter count.
+
+    Layers that neither change the shape nor hold parameters (ReLU, dropout) are left out.
+    """
+    rows: list[StageRow] = []
+    handles = []
+
+    def record(name: str, m: nn.Module):
+        def hook(_m, _inp, out):
+            if isinstance(out, torch.Tensor):
+                rows.append(StageRow(name, type(m).__name__, tuple(out.shape[1:]), _own_params(m)))
+
+        return hook
+
+    try:
+        for name, m in _trace_targets(model):
+            if isinstance(m, (nn.ReLU, nn.Dropout)):
+                continue
+            handles.append(m.register_forward_hook(record(name, m)))
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            model(torch.zeros(1, *input_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+def _own_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+_TRACES: dict[str, tuple[StageRow, ...]] = {}
+
+
+def architecture(spec: ModelSpec) -> tuple[StageRow, ...]:
+    """The shape trace of a zoo model, cached per architecture (weights do not change it).
+
+    Runs on the meta device: shapes and parameter counts without memory or compute.
+    """
+    if spec.key not in _TRACES:
+        with torch.device("meta"):
+            model = spec.builder().eval()
+        _TRACES[spec.key] = tuple(shape_trace(model, spec.input_size))
+    return _TRACES[spec.key]
+
+
+def total_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

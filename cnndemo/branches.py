@@ -1,0 +1,313 @@
+"""What each parallel branch saw: per-branch maps, energy shares across depth, and ablation.
+
+``explore`` runs ONE forward pass per (image, model, weights) that yields the top-5 and a
+summary of every branch of every block; the result is cached, so switching the block or the
+branch on screen never runs the network again. ``ablate`` re-runs with one branch knocked out
+by a hook that lives only for that call; the shared model is never modified.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import anatomy
+from .images import OpenedImage
+from .predict import (
+    ImageLike,
+    Prediction,
+    load_for,
+    resolve,
+    seen_image,
+    sync,
+    to_batch,
+    top_classes,
+)
+from .runtime import LoadedModel
+from .specs import BlockSpec, ModelSpec
+from .taps import Ablation, RawBlock, run_with_taps
+
+TOP_CHANNELS = 8
+
+
+@dataclass(frozen=True)
+class BranchInfo:
+    """A branch as the architecture defines it (no image needed)."""
+
+    name: str
+    path: str
+    params: int
+    note: str
+    shape: tuple[int, int, int]
+    channels: tuple[int, int] | None  # inclusive range in the block output; None if summed
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    name: str
+    module: str
+    kind: str
+    merge: str
+    shape: tuple[int, int, int]
+    params: int
+    shared: str
+    branches: tuple[BranchInfo, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "block": self.name,
+            "module": self.module,
+            "kind": self.kind,
+            "merge": self.merge,
+            "shape": list(self.shape),
+            "params": self.params,
+            "shared": self.shared or None,
+            "branches": [
+                {
+                    "name": b.name,
+                    "path": b.path,
+                    "channels": list(b.channels) if b.channels else None,
+                    "shape": list(b.shape),
+                    "params": b.params,
+                    "note": b.note or None,
+                }
+                for b in self.branches
+            ],
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class BranchMap:
+    info: BranchInfo
+    share: float  # fraction of the block's output energy (sum of squares) this branch carries
+    mean_map: np.ndarray  # H x W, mean over channels
+    top_channels: tuple[int, ...]  # indices within the branch, most active first
+    top_maps: np.ndarray  # k x H x W
+
+
+@dataclass(frozen=True, eq=False)
+class BlockMaps:
+    info: BlockInfo
+    branches: tuple[BranchMap, ...]
+
+    def shares(self) -> dict[str, float]:
+        return {b.info.name: b.share for b in self.branches}
+
+
+@dataclass(frozen=True, eq=False)
+class Exploration:
+    """Everything one forward pass tells about one image on one model."""
+
+    model: str
+    weights_ident: str
+    prediction: Prediction
+    seen: object  # PIL image the network saw
+    blocks: dict[str, BlockMaps] = field(default_factory=dict)
+    ms: float = 0.0
+
+    def shares_table(self) -> list[dict]:
+        return [
+            {"block": name, "branch": b.info.name, "share": b.share}
+            for name, bm in self.blocks.items()
+            for b in bm.branches
+        ]
+
+
+# ----------------------------------------------------------------------------- static info
+
+_INFO: dict[str, tuple[BlockInfo, ...]] = {}
+_INFO_LOCK = threading.Lock()
+
+
+def _channel_ranges(block: BlockSpec, branches: list[torch.Tensor]) -> list[tuple[int, int] | None]:
+    if block.merge != "concat":
+        return [None] * len(branches)
+    out, lo = [], 0
+    for t in branches:
+        out.append((lo, lo + t.shape[1] - 1))
+        lo += t.shape[1]
+    return out
+
+
+def block_infos(spec: ModelSpec) -> tuple[BlockInfo, ...]:
+    """Kernel paths, channel ranges, shapes and parameters of every block (architecture only).
+
+    Computed on the meta device, so it needs no weights, memory or compute.
+    """
+    with _INFO_LOCK:
+        if spec.key in _INFO:
+            return _INFO[spec.key]
+    with torch.device("meta"):
+        model = spec.builder().eval()
+        _, raw = run_with_taps(model, torch.zeros(1, *spec.input_size), spec.blocks)
+    infos = []
+    for block in spec.blocks:
+        rb = raw[block.name]
+        ranges = _channel_ranges(block, rb.branches)
+        branches = tuple(
+            BranchInfo(
+                br.name,
+                anatomy.describe_branch(model, br),
+                anatomy.branch_params(model, br),
+                br.note,
+                tuple(t.shape[1:]),
+                rng,
+            )
+            for br, t, rng in zip(block.branches, rb.branches, ranges)
+        )
+        infos.append(
+            BlockInfo(
+                block.name,
+                block.path,
+                block.kind,
+                block.merge,
+                tuple(rb.output.shape[1:]),
+                anatomy.count_params(model, (block.path,)),
+                anatomy.describe_shared(model, block),
+                branches,
+            )
+        )
+    with _INFO_LOCK:
+        _INFO[spec.key] = tuple(infos)
+    return _INFO[spec.key]
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _summarise(raw: RawBlock, info: BlockInfo) -> BlockMaps:
+    energies = [float(t.float().pow(2).sum()) for t in raw.branches]
+    total = sum(energies) or 1.0
+    maps = []
+    for t, e, binfo in zip(raw.branches, energies, info.branches):
+        a = t[0].float()  # C x H x W
+        k = min(TOP_CHANNELS, a.shape[0])
+        strength = a.mean(dim=(1, 2))
+        idx = strength.topk(k).indices
+        maps.append(
+            BranchMap(
+                binfo,
+                e / total,
+                a.mean(0).cpu().numpy(),
+                tuple(int(i) for i in idx.tolist()),
+                a[idx].cpu().numpy(),
+            )
+        )
+    return BlockMaps(info, tuple(maps))
+
+
+class _LRU:
+    def __init__(self, size: int):
+        self.size = size
+        self.data: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        return None
+
+    def put(self, key, value):
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+    def clear(self):
+        with self.lock:
+            self.data.clear()
+
+
+CACHE = _LRU(64)
+
+
+def explore(
+    image: ImageLike, model: LoadedModel | str, *, top: int = 5, use_cache: bool = True
+) -> Exploration:
+    """Top-k plus every block's branch maps and shares, from one forward pass (cached)."""
+    lm = resolve(model)
+    opened = load_for(lm.spec, image)
+    key = (opened.digest, lm.ident, top)
+    if use_cache and (hit := CACHE.get(key)) is not None:
+        return hit
+    result = _explore(opened, lm, top)
+    if use_cache:
+        CACHE.put(key, result)
+    return result
+
+
+def _explore(opened: OpenedImage, lm: LoadedModel, top: int) -> Exploration:
+    infos = {i.name: i for i in block_infos(lm.spec)}
+    x = to_batch(lm.spec, opened, lm.device)
+    with lm.lock, torch.inference_mode():
+        sync(lm.device)
+        t0 = time.perf_counter()
+        logits, raw = run_with_taps(lm.module, x, lm.spec.blocks)
+        sync(lm.device)
+        ms = (time.perf_counter() - t0) * 1000.0
+        pred = Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms)
+        blocks = {name: _summarise(rb, infos[name]) for name, rb in raw.items()}
+    return Exploration(lm.key, lm.weights.ident, pred, seen_image(lm.spec, x), blocks, ms)
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    ablation: Ablation
+    before: Prediction
+    after: Prediction
+    top1_delta: float  # change in the probability of the un-ablated top-1 class
+
+    def to_json(self) -> dict:
+        return {
+            "block": self.ablation.block,
+            "branch": self.ablation.branch,
+            "mode": self.ablation.mode,
+            "before": self.before.to_json()["top"],
+            "after": self.after.to_json()["top"],
+            "top1_delta": round(self.top1_delta, 6),
+        }
+
+
+def ablate(
+    image: ImageLike,
+    model: LoadedModel | str,
+    block: str,
+    branch: str,
+    *,
+    mode: str = "zero",
+    top: int = 5,
+) -> AblationResult:
+    """Re-run with one branch replaced by zeros (or its per-channel mean) from that block on."""
+    lm = resolve(model)
+    spec = lm.spec
+    bspec = spec.block(block)
+    if bspec.merge == "single":
+        raise ValueError(f"{spec.name} has no parallel branches to knock out in {block}")
+    if branch not in [b.name for b in bspec.branches]:
+        names = ", ".join(b.name for b in bspec.branches)
+        raise KeyError(f"{block} has no branch {branch!r}; branches: {names}")
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation mode {mode!r}: use zero or mean")
+    opened = load_for(spec, image)
+    x = to_batch(spec, opened, lm.device)
+    abl = Ablation(block, branch, mode)
+    labels = spec.labels()
+    with lm.lock, torch.inference_mode():
+        t0 = time.perf_counter()
+        base = lm.module(x)
+        t1 = time.perf_counter()
+        knocked, _ = run_with_taps(lm.module, x, [bspec], ablation=abl)
+        t2 = time.perf_counter()
+    before = Prediction(lm.key, lm.weights, top_classes(base, labels, top), (t1 - t0) * 1000)
+    after = Prediction(lm.key, lm.weights, top_classes(knocked, labels, top), (t2 - t1) * 1000)
+    top1 = before.top[0].index
+    p_after = float(torch.softmax(knocked.float()[0], 0)[top1])
+    return AblationResult(abl, before, after, p_after - before.top[0].prob)

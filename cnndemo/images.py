@@ -1,0 +1,247 @@
+"""Opening user images safely and turning every Pillow mode into what a network reads.
+
+``open_image`` refuses what it cannot read with a specific, human message (``ImageError``),
+caps the file size and the pixel count before decoding (decompression bombs), applies the
+EXIF orientation, takes the first frame of animations and multi-page files, and converts
+every mode correctly: alpha is composited on white, 16-bit and float data are rescaled rather
+than clamped, and CMYK, palette, 1-bit and grayscale images become RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_IMAGE_BYTES = int(float(os.environ.get("CNNDEMO_MAX_IMAGE_MB", "25")) * 1024 * 1024)
+MAX_PIXELS = int(float(os.environ.get("CNNDEMO_MAX_MEGAPIXELS", "40")) * 1_000_000)
+# A 224 x 224 centre crop of a 4000 x 3 strip would resize it to 256 x 341,333 first.
+MAX_ASPECT = 25.0
+
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+class ImageError(ValueError):
+    """The input is not an image we can use; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """A decoded image in RGB (or RGBA/LA when alpha was asked for), and what was done to it."""
+
+    image: Image.Image
+    format: str
+    original_size: tuple[int, int]
+    original_mode: str
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def digest(self) -> str:
+        """Content hash of the decoded pixels (not of the file bytes)."""
+        return pixel_digest(self.image)
+
+
+def pixel_digest(image: Image.Image) -> str:
+    h = hashlib.sha256()
+    h.update(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def _sniff(head: bytes) -> str | None:
+    """A human name for common non-image (or unsupported) contents, from the first bytes."""
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    low = stripped[:512].lower()
+    if low.startswith(b"%pdf"):
+        return "a PDF document"
+    if b"<svg" in low or (low.startswith(b"<?xml") and b"svg" in low):
+        return "an SVG vector drawing (export it as PNG or JPEG first)"
+    if low.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if stripped.startswith(b"PK\x03\x04"):
+        return "a ZIP archive (or an Office document)"
+    if stripped.startswith((b"\x1f\x8b",)):
+        return "a gzip archive"
+    if stripped[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "a HEIC/AVIF photo, which this app cannot decode (save it as JPEG or PNG)"
+    if stripped[4:8] == b"ftyp":
+        return "a video or MP4-style container"
+    try:
+        text = stripped[:256].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "a text file"
+    return None
+
+
+def _read_source(src: str | os.PathLike | bytes) -> tuple[bytes, str]:
+    if isinstance(src, (bytes, bytearray)):
+        data = bytes(src)
+        name = "the upload"
+    else:
+        path = Path(src)
+        name = path.name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ImageError(f"{name}: file not found") from None
+        if not path.is_file():
+            raise ImageError(f"{name}: not a file")
+        if size > MAX_IMAGE_BYTES:
+            raise ImageError(
+                f"{name} is {_mb(size)}; images are limited to {_mb(MAX_IMAGE_BYTES)}. "
+                "Resize or re-save it as JPEG."
+            )
+        data = path.read_bytes()
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes)")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError(f"{name} is {_mb(len(data))}; images are limited to {_mb(MAX_IMAGE_BYTES)}")
+    return data, name
+
+
+def open_image(
+    src: str | os.PathLike | bytes | Image.Image, *, keep_alpha: bool = False
+) -> OpenedImage:
+    """Decode, validate and normalise an image. Raises ``ImageError`` with a specific message."""
+    if isinstance(src, Image.Image):
+        im, name, fmt = src, "the image", src.format or "PIL"
+    else:
+        data, name = _read_source(src)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(
+                f"{name} declares too many pixels to decode safely "
+                f"(limit {MAX_PIXELS / 1e6:.0f} megapixels): possibly a decompression bomb"
+            ) from None
+        except UnidentifiedImageError:
+            kind = _sniff(data[:1024])
+            if data.startswith(b"\x89PNG\r\n\x1a\n"):
+                raise ImageError(f"{name} starts like a PNG but its data is corrupt") from None
+            if data.startswith(b"\xff\xd8"):
+                raise ImageError(f"{name} starts like a JPEG but its data is corrupt") from None
+            what = f"it looks like {kind}" if kind else "its contents are not a known image format"
+            raise ImageError(
+                f"{name} is not an image this app can read: {what}. "
+                "Use JPEG, PNG, WebP, BMP, GIF or TIFF."
+            ) from None
+        except Exception as e:  # Pillow raises SyntaxError, ValueError, OSError for broken headers
+            raise ImageError(f"{name} could not be opened as an image: {e}") from None
+        fmt = im.format or "unknown"
+    return _normalise(im, name, fmt, keep_alpha)
+
+
+def _normalise(im: Image.Image, name: str, fmt: str, keep_alpha: bool) -> OpenedImage:
+    notes: list[str] = []
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageError(f"{name} has no pixels ({w} x {h})")
+    if w * h > MAX_PIXELS:
+        raise ImageError(
+            f"{name} is {w} x {h} = {w * h / 1e6:.0f} megapixels; the limit is "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels. Downscale it first."
+        )
+    aspect = max(w, h) / min(w, h)
+    if aspect > MAX_ASPECT:
+        raise ImageError(
+            f"{name} is {w} x {h} pixels: an aspect ratio of {aspect:.0f}:1 cannot be "
+            f"centre-cropped to a square input (limit {MAX_ASPECT:.0f}:1). Crop it first."
+        )
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        im.seek(0)
+        unit = "page" if fmt == "TIFF" else "frame"
+        notes.append(f"{fmt} with {frames} {unit}s: used the first {unit}")
+    original_mode = im.mode
+    try:
+        im.load()
+    except Exception as e:
+        raise ImageError(f"{name}: the image data is truncated or corrupt ({e})") from None
+    rotated = _exif_rotated(im)
+    try:
+        im = ImageOps.exif_transpose(im)
+        if rotated:
+            notes.append("EXIF orientation applied")
+    except Exception:
+        notes.append("EXIF orientation could not be read; used the pixels as stored")
+    im = _to_display_mode(im, notes, keep_alpha)
+    return OpenedImage(im, fmt, (w, h), original_mode, tuple(notes))
+
+
+def _exif_rotated(im: Image.Image) -> bool:
+    try:
+        return im.getexif().get(0x0112, 1) not in (1, None)
+    except Exception:
+        return False
+
+
+def _rescale_to_8bit(arr: np.ndarray, full_scale: float | None) -> Image.Image:
+    arr = arr.astype(np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        arr = np.where(finite, arr, 0.0)
+    if full_scale is None:  # float data: [0, 1] is the convention, anything else is min-max
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            lo, hi = 0.0, 1.0
+    else:
+        lo, hi = 0.0, full_scale
+    scaled = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8), "L")
+
+
+def _to_display_mode(im: Image.Image, notes: list[str], keep_alpha: bool) -> Image.Image:
+    mode = im.mode
+    if mode.startswith("I;16"):
+        im = _rescale_to_8bit(np.asarray(im), 65535.0)
+        notes.append("16-bit grayscale rescaled to 8-bit")
+    elif mode == "I":
+        arr = np.asarray(im)
+        top = 255.0 if arr.max(initial=0) <= 255 and arr.min(initial=0) >= 0 else None
+        if top is None and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
+            top = 65535.0
+        im = _rescale_to_8bit(arr, top) if top else _rescale_to_8bit(arr.astype(float), None)
+        notes.append("32-bit integer image rescaled to 8-bit")
+    elif mode == "F":
+        im = _rescale_to_8bit(np.asarray(im), None)
+        notes.append("floating-point image rescaled to 8-bit")
+    elif mode == "P":
+        has_alpha = "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "CMYK":
+        im = im.convert("RGB")
+        notes.append("CMYK converted to RGB")
+    elif mode in ("RGBa", "La", "PA"):
+        im = im.convert("RGBA")
+    elif mode not in ("RGB", "RGBA", "LA", "L"):
+        try:
+            im = im.convert("RGB")
+        except (ValueError, OSError) as e:
+            raise ImageError(f"images in mode {mode} cannot be converted to RGB ({e})") from None
+
+    if im.mode in ALPHA_MODES:
+        rgba = im.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            if keep_alpha:
+                return rgba
+            notes.append("transparent areas composited on white")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return im.convert("RGB")

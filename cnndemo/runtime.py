@@ -1,0 +1,203 @@
+"""Loaded models: built lazily, cached per (model, weights, device), each with its own lock.
+
+``LoadedModel.lock`` guards every piece of code that hooks or runs the shared module, so two
+requests on the same model never see each other's hooks; different models run in parallel.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import weights as W
+from .specs import ModelSpec
+from .zoo import get_spec
+
+RANDOM_SEED = 0
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """'auto' (or None): CUDA when present, else CPU. Honours CNNDEMO_DEVICE."""
+    name = (name or os.environ.get("CNNDEMO_DEVICE") or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was asked for, but torch sees no CUDA device here")
+    return torch.device(name)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    spec: ModelSpec
+    module: nn.Module
+    weights: W.WeightsInfo
+    device: torch.device
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    weights_file_state: tuple | None = None
+    _variants: dict[str, nn.Module] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def ident(self) -> str:
+        """Identifies what this model computes: architecture + weights (for result caches)."""
+        return f"{self.spec.key}@{self.weights.ident}"
+
+    def variant(self, name: str, make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """A cached derived copy (module ReLUs, re-initialised top layers...), built once.
+
+        The copy has its own parameters: hooking or changing it never touches ``module``.
+        Call under ``self.lock`` when the variant is hooked.
+        """
+        with self.lock:
+            if name not in self._variants:
+                self._variants[name] = make(copy.deepcopy(self.module)).eval()
+            return self._variants[name]
+
+
+def build_random(spec: ModelSpec) -> nn.Module:
+    """The architecture with a fixed-seed random init, so results are reproducible."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return spec.build()
+
+
+def _random_info(spec: ModelSpec, reason: str) -> W.WeightsInfo:
+    if spec.weights is None:
+        fix = (
+            "Load a state_dict trained for this architecture: the checkpoint box in the app, "
+            "or --weights FILE on the command line."
+        )
+    elif isinstance(spec.weights, W.TorchvisionWeights):
+        fix = (
+            f"On a machine with internet run `python -m cnndemo fetch-weights --models {spec.key}`, "
+            f"then copy {W.hub_checkpoint_dir()} to the same place here (or point TORCH_HOME at "
+            "the copy). You can also load your own checkpoint."
+        )
+    else:
+        fix = f"Restore {spec.weights.path} from the repository, or retrain it with `python -m cnndemo train`."
+    return W.WeightsInfo("random", f"random init (seed {RANDOM_SEED})", f"random{RANDOM_SEED}", reason, fix)
+
+
+def load_published(
+    spec: ModelSpec, module: nn.Module, progress: W.ProgressFn | None = None
+) -> W.WeightsInfo:
+    """Load the spec's published or bundled weights into ``module``; random (and why) if none."""
+    src = spec.weights
+    if src is None:
+        return _random_info(spec, f"no published weights exist for {spec.name}")
+    try:
+        if isinstance(src, W.TorchvisionWeights):
+            path = W.fetch(src, progress=progress)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            ident = f"tv-{src.hash_prefix}"
+        else:
+            state, digest = W.read_bundled(src)
+            ident = f"bundled-{digest[:10]}"
+        W.load_into(module, W.drop_prefixes(state, spec.drop_keys), spec.name)
+    except W.WeightsError as e:
+        return _random_info(spec, str(e))
+    return W.WeightsInfo("pretrained", src.describe(), ident)
+
+
+def _file_state(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+class ModelStore:
+    """Process-wide cache of loaded models. Published weights are resolved on first use."""
+
+    def __init__(self, device: str | None = None, max_custom: int = 4):
+        self._device_name = device
+        self._models: dict[tuple, LoadedModel] = {}
+        self._custom: OrderedDict[tuple, LoadedModel] = OrderedDict()
+        self._max_custom = max_custom
+        self._guard = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return pick_device(self._device_name)
+
+    def set_device(self, name: str | None) -> None:
+        self._device_name = name
+
+    def _lock(self, k: tuple) -> threading.Lock:
+        with self._guard:
+            return self._key_locks.setdefault(k, threading.Lock())
+
+    def get(
+        self,
+        key: str,
+        *,
+        checkpoint: str | Path | None = None,
+        progress: W.ProgressFn | None = None,
+    ) -> LoadedModel:
+        """The model ``key`` with its published weights, or with the user's ``checkpoint``.
+
+        A bad checkpoint raises ``WeightsError``; missing published weights give random init
+        with the reason in ``weights``.
+        """
+        spec = get_spec(key)
+        device = self.device
+        if checkpoint is not None:
+            return self._get_custom(spec, Path(checkpoint), device)
+        k = (key, str(device))
+        with self._lock(k):
+            cached = self._models.get(k)
+            if cached is not None and not self._worth_retry(cached):
+                return cached
+            module = build_random(spec)
+            src = spec.weights
+            before = _file_state(src.path) if src is not None else None
+            info = load_published(spec, module, progress)
+            loaded = LoadedModel(spec, module.to(device).eval(), info, device)
+            loaded.weights_file_state = before
+            self._models[k] = loaded
+            return loaded
+
+    def _worth_retry(self, cached: LoadedModel) -> bool:
+        """A random-init fallback is retried once its weights file has appeared or changed."""
+        src = cached.spec.weights
+        if cached.weights.kind != "random" or src is None:
+            return False
+        return _file_state(src.path) != cached.weights_file_state
+
+    def _get_custom(self, spec: ModelSpec, path: Path, device: torch.device) -> LoadedModel:
+        if not path.is_file():
+            raise W.WeightsError(f"no such checkpoint file: {path}")
+        digest = W.sha256_file(path)
+        k = (spec.key, digest, str(device))
+        with self._lock(k):
+            if k in self._custom:
+                self._custom.move_to_end(k)
+                return self._custom[k]
+            state = W.drop_prefixes(W.read_state_dict(path), spec.drop_keys)
+            module = build_random(spec)
+            W.load_into(module, state, spec.name)
+            info = W.WeightsInfo("custom", f"your checkpoint {path.name}", f"custom-{digest[:16]}")
+            loaded = LoadedModel(spec, module.to(device).eval(), info, device)
+            self._custom[k] = loaded
+            while len(self._custom) > self._max_custom:
+                self._custom.popitem(last=False)
+            return loaded
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._models.values()) + list(self._custom.values())
+
+
+STORE = ModelStore()

@@ -1,0 +1,56 @@
+"""The Gradio app: a thin shell of tabs over the cnndemo library."""
+
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from . import explore
+from .common import CSS, EXAMPLES_DIR
+
+# Classroom tuning (README): how many network-running events at once, how long the queue may
+# grow before new requests are turned away, and the worker-thread pool.
+WORKERS = int(os.environ.get("CNNDEMO_WORKERS", "2"))
+QUEUE_MAX = int(os.environ.get("CNNDEMO_QUEUE_MAX", "64"))
+MAX_THREADS = int(os.environ.get("CNNDEMO_MAX_THREADS", "40"))
+# Uploads of any kind (images are capped again, at 25 MB, by cnndemo.images). Checkpoints of
+# every zoo model but VGG-16 (528 MB: use the CLI's --weights) fit under this.
+MAX_FILE_SIZE = os.environ.get("CNNDEMO_MAX_UPLOAD", "120mb")
+
+
+def build_demo() -> gr.Blocks:
+    """Build the Blocks app (not launched). Nothing here loads a model."""
+    with gr.Blocks(title="CNN Zoo Lab", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# CNN Zoo Lab\n"
+            "Pick a classic CNN, give it an image, and see what it predicts, what every "
+            "parallel branch saw, which pixels mattered, and what it costs."
+        )
+        checkpoint = gr.State(None)
+        with gr.Tabs():
+            with gr.Tab("Explore", id="explore"):
+                explore.build(checkpoint)
+    demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs):
+    """Build and launch the app with the project's safety settings."""
+    demo = build_demo()
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=MAX_FILE_SIZE,
+        max_threads=MAX_THREADS,
+        allowed_paths=[str(EXAMPLES_DIR)],
+        css=CSS,
+        theme=gr.themes.Soft(),
+        ssr_mode=False,
+        footer_links=["api", "settings"],
+        **kwargs,
+    )
+
+
+__all__ = ["build_demo", "launch"]

@@ -1,0 +1,148 @@
+"""Pieces every tab uses: the safe image input, the model picker, banners and error handling."""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+import traceback
+from pathlib import Path
+
+import gradio as gr
+
+from ..digits import EmptyDrawing
+from ..images import ImageError
+from ..runtime import STORE, LoadedModel
+from ..weights import WeightsError, WeightsInfo, availability
+from ..zoo import FAMILIES, ZOO
+
+log = logging.getLogger("cnndemo")
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+# Events that run a network share this concurrency group (see README, "classroom tuning").
+MODEL_GROUP = "model"
+
+from gradio.events import Dependency
+
+class ImageFile(gr.Image):
+    """``gr.Image`` that hands the uploaded file to ``cnndemo.images`` untouched.
+
+    Stock ``gr.Image`` opens every upload with Pillow before the handler runs, so a PDF, a
+    truncated JPEG or a decompression bomb fails there with a generic error. Here the handler
+    gets the path and ``open_image`` says exactly what is wrong.
+    """
+
+    is_template = True  # render with the stock Image front end
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.path is None or (payload.url or "").startswith("data:"):
+            return super().preprocess(payload)
+        return str(payload.path)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _as_gr_error(e: Exception, where: str) -> gr.Error:
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, (ImageError, WeightsError, EmptyDrawing)):
+        return gr.Error(str(e), print_exception=False)
+    if isinstance(e, (KeyError, ValueError)):
+        return gr.Error(str(e.args[0] if e.args else e), print_exception=False)
+    log.error("unexpected error in %s: %s", where, traceback.format_exc())
+    return gr.Error(f"Internal error ({type(e).__name__}): {e}")
+
+
+def user_errors(fn):
+    """Turn the library's human-readable errors into gr.Error; log anything unexpected."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:
+                raise _as_gr_error(e, fn.__name__) from None
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise _as_gr_error(e, fn.__name__) from None
+
+    return wrapper
+
+
+def model_choices(kind: str | None = None) -> list[tuple[str, str]]:
+    """Dropdown choices grouped by family: ('Inception · GoogLeNet (Inception v1)', 'googlenet')."""
+    out = []
+    for fam in FAMILIES:
+        for spec in ZOO.values():
+            if spec.family == fam and (kind is None or spec.inputs.kind == kind):
+                out.append((f"{fam} · {spec.name}", spec.key))
+    return out
+
+
+def gr_progress(progress: gr.Progress | None):
+    if progress is None:
+        return None
+    return lambda frac, desc: progress(frac, desc=desc)
+
+
+def get_model(key: str, checkpoint: dict | None = None, progress: gr.Progress | None = None) -> LoadedModel:
+    """The model for ``key``; the session's own checkpoint applies only to its architecture."""
+    if not key:
+        raise gr.Error("Pick a model first.")
+    if checkpoint and checkpoint.get("key") == key:
+        return STORE.get(key, checkpoint=checkpoint["path"])
+    return STORE.get(key, progress=gr_progress(progress))
+
+
+def weights_banner(info: WeightsInfo | None, spec_key: str) -> str:
+    """HTML banner: which weights are in use; unmissable when they are random."""
+    spec = ZOO[spec_key]
+    if info is None:
+        avail = availability(spec.weights)
+        text = {
+            "cached": "published weights are in the local cache and will be verified on first use",
+            "pretrained": "published weights will be downloaded on first use",
+            "none": "no published weights: it will run with random weights unless you load a checkpoint",
+        }[avail]
+        return f'<div class="cz-banner cz-pending"><b>{html.escape(spec.name)}</b>: {text}.</div>'
+    if info.kind == "random":
+        return (
+            '<div class="cz-banner cz-random" role="alert">'
+            f"<b>⚠ Untrained weights: these predictions are meaningless.</b><br>"
+            f"{html.escape(spec.name)} runs with random initialisation because "
+            f"{html.escape(info.reason)}.<br>"
+            "The architecture, branch structure, parameters, FLOPs and latency shown are still real.<br>"
+            f"<b>To fix:</b> {html.escape(info.fix)}</div>"
+        )
+    cls = "cz-custom" if info.kind == "custom" else "cz-ok"
+    label = "Your own weights" if info.kind == "custom" else "Pretrained weights"
+    return f'<div class="cz-banner {cls}"><b>✓ {label}:</b> {html.escape(info.source)}</div>'
+
+
+def examples() -> list[str]:
+    return sorted(
+        str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
+    )
+
+
+CSS = """
+.cz-banner {padding: 10px 14px; border-radius: 8px; font-size: 1.05em; line-height: 1.45;}
+.cz-random {background: #b91c1c; color: #fff; border: 3px solid #7f1d1d; font-size: 1.15em;}
+.cz-ok {background: #dcfce7; color: #14532d; border: 1px solid #86efac;}
+.cz-custom {background: #dbeafe; color: #1e3a8a; border: 1px solid #93c5fd;}
+.cz-pending {background: #f4f4f5; color: #27272a; border: 1px dashed #a1a1aa;}
+.cz-note {color: #52525b; font-size: 0.95em;}
+"""

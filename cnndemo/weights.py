@@ -1,0 +1,410 @@
+"""Resolving weights honestly: published (torchvision, verified), bundled, the user's own, or random.
+
+Published weights go through torchvision's weights API (URL, categories, metrics) into torch's
+hub cache, but the download and the verification are done here because torch.hub has no
+timeout and does not re-verify a cached file: every load checks the file against the SHA-256
+prefix in its name, and every ``torch.load`` uses ``weights_only=True`` so that no pickled code
+runs. Nothing here touches the network at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+ProgressFn = Callable[[float | None, str], None]
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_DIR = ASSETS / "weights"
+
+# Without a single byte for this long, a download is given up (a black-holed network hangs).
+STALL_TIMEOUT_S = float(os.environ.get("CNNDEMO_DOWNLOAD_TIMEOUT", "10"))
+# After a failed download, do not try the network again for this model for a while.
+RETRY_AFTER_S = 300.0
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+class WeightsError(Exception):
+    """A human-readable reason why weights could not be used."""
+
+
+def is_offline() -> bool:
+    return os.environ.get("CNNDEMO_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    """Published ImageNet weights, described by torchvision's weights enum."""
+
+    enum: object  # a torchvision WeightsEnum member
+
+    @property
+    def name(self) -> str:
+        return f"{type(self.enum).__name__}.{self.enum.name}"
+
+    @property
+    def url(self) -> str:
+        mirror = os.environ.get("CNNDEMO_WEIGHTS_URL", "").strip()
+        if mirror:
+            return mirror.rstrip("/") + "/" + self.filename
+        return self.enum.url
+
+    @property
+    def filename(self) -> str:
+        return self.enum.url.rsplit("/", 1)[-1]
+
+    @property
+    def hash_prefix(self) -> str:
+        m = torch.hub.HASH_REGEX.search(self.filename)
+        return m.group(1) if m else ""
+
+    @property
+    def path(self) -> Path:
+        return hub_checkpoint_dir() / self.filename
+
+    @property
+    def meta(self) -> dict:
+        return self.enum.meta
+
+    def metrics(self) -> tuple[float | None, float | None]:
+        m = self.enum.meta.get("_metrics", {}).get("ImageNet-1K", {})
+        return m.get("acc@1"), m.get("acc@5")
+
+    def describe(self) -> str:
+        return f"torchvision {self.enum.name} ({self.filename})"
+
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """Weights trained by this project and shipped in ``assets/weights`` with a training record."""
+
+    filename: str
+
+    @property
+    def path(self) -> Path:
+        return BUNDLED_DIR / self.filename
+
+    @property
+    def record_path(self) -> Path:
+        return self.path.with_suffix(".json")
+
+    def record(self) -> dict:
+        try:
+            return json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def metrics(self) -> tuple[float | None, float | None]:
+        return self.record().get("test_acc"), None
+
+    def describe(self) -> str:
+        acc = self.record().get("test_acc")
+        tail = f", held-out accuracy {acc:.1f}%" if acc is not None else ""
+        return f"trained here on MNIST ({self.filename}{tail})"
+
+
+WeightsKind = Literal["pretrained", "custom", "random"]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which weights a model really runs with, and why."""
+
+    kind: WeightsKind
+    source: str
+    ident: str
+    reason: str = ""
+    fix: str = ""
+
+    @property
+    def trained(self) -> bool:
+        return self.kind != "random"
+
+
+# --------------------------------------------------------------------------- downloads
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+_failures: dict[str, tuple[float, str]] = {}
+
+
+def _lock_for(name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(name, threading.Lock())
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    hash_prefix: str = "",
+    stall_timeout: float | None = None,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically, checking the SHA-256 prefix.
+
+    Gives up with ``WeightsError`` when no byte arrives for ``stall_timeout`` seconds.
+    """
+    stall_timeout = STALL_TIMEOUT_S if stall_timeout is None else stall_timeout
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "cnndemo"})
+        with urllib.request.urlopen(req, timeout=stall_timeout) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0)
+            while True:
+                chunk = resp.read(1 << 16)
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    frac = done / total if total else None
+                    progress(frac, f"downloading {dest.name}: {done / 1e6:.1f} MB")
+        if total and done != total:
+            raise WeightsError(f"download of {url} stopped at {done} of {total} bytes")
+        got = digest.hexdigest()
+        if hash_prefix and not got.startswith(hash_prefix):
+            raise WeightsError(
+                f"downloaded file from {url} has SHA-256 {got[:12]}..., expected {hash_prefix}..."
+            )
+        os.replace(tmp, dest)
+        return dest
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
+            raise WeightsError(
+                f"no answer from {urllib.parse.urlsplit(url).netloc} for {stall_timeout:g} s; gave up"
+            ) from e
+        raise WeightsError(f"could not download {url}: {reason}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def verify_cached(src: TorchvisionWeights) -> str | None:
+    """None if the cached file matches the hash prefix in its name, else why not."""
+    if not src.hash_prefix:
+        return None
+    got = sha256_file(src.path)
+    if got.startswith(src.hash_prefix):
+        return None
+    return (
+        f"the cached file {src.path} failed its SHA-256 check "
+        f"(expected {src.hash_prefix}..., got {got[:len(src.hash_prefix)]}...)"
+    )
+
+
+def fetch(src: TorchvisionWeights, *, progress: ProgressFn | None = None, force: bool = False) -> Path:
+    """Make sure a verified copy of ``src`` is in the hub cache; return its path.
+
+    A cached file that fails its hash check is fetched again (or refused when offline).
+    Raises ``WeightsError`` with the reason when no verified file can be had.
+    """
+    with _lock_for(src.filename):
+        problem = None
+        if src.path.exists():
+            problem = verify_cached(src)
+            if problem is None and not force:
+                return src.path
+        if is_offline():
+            if problem:
+                raise WeightsError(f"{problem}; refused (offline, so it cannot be fetched again)")
+            raise WeightsError("offline (CNNDEMO_OFFLINE=1), and the file is not in the cache")
+        failed = _failures.get(src.url)
+        if failed and time.monotonic() - failed[0] < RETRY_AFTER_S and not force:
+            wait = RETRY_AFTER_S - (time.monotonic() - failed[0])
+            raise WeightsError(f"{failed[1]} (not retried for another {wait:.0f} s)")
+        try:
+            path = download(src.url, src.path, hash_prefix=src.hash_prefix, progress=progress)
+        except WeightsError as e:
+            msg = f"{problem}; fetching it again failed: {e}" if problem else str(e)
+            _failures[src.url] = (time.monotonic(), msg)
+            raise WeightsError(msg) from e
+        _failures.pop(src.url, None)
+        return path
+
+
+def availability(source: object | None) -> str:
+    """'cached' when weights are on disk now, 'pretrained' when published but not here, 'none'."""
+    if source is None:
+        return "none"
+    if source.path.exists():
+        return "cached"
+    return "pretrained" if isinstance(source, TorchvisionWeights) else "none"
+
+
+# --------------------------------------------------------------------------- state dicts
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint as a flat dict of tensors without running any pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"no such checkpoint file: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise WeightsError(
+            f"{path.name}: expected a state_dict file ({', '.join(CHECKPOINT_SUFFIXES)})"
+        )
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else "unsupported object"
+        raise WeightsError(
+            f"{path.name} was refused: it holds pickled Python objects, not just tensors, and "
+            f"loading it could run code ({first}). Save it with torch.save(model.state_dict()) "
+            "or as .safetensors."
+        ) from e
+    except Exception as e:  # corrupt zip, truncated file, wrong format
+        raise WeightsError(f"{path.name} could not be read as a checkpoint: {e}") from e
+    return _unwrap(obj, path.name)
+
+
+def _unwrap(obj: object, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, dict) and inner and all(
+                isinstance(v, torch.Tensor) for v in inner.values()
+            ):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsError(f"{name} does not contain a state_dict (a dict of tensors)")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"{name}: entries that are not tensors: {', '.join(map(str, bad[:3]))}")
+    # nn.DataParallel / DistributedDataParallel checkpoints prefix every key with "module.".
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def drop_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith(prefixes)}
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], model_name: str) -> None:
+    """Raise ``WeightsError`` naming the first mismatching keys and shapes."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [
+        f"{k} (checkpoint {list(state[k].shape)}, model {list(want[k].shape)})"
+        for k in want
+        if k in state and state[k].shape != want[k].shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    raise WeightsError(f"this checkpoint does not fit {model_name}: " + "; ".join(parts))
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], model_name: str) -> None:
+    check_fits(model, state, model_name)
+    model.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- bundled weights
+# Small networks trained here ship as safetensors. Large float tensors are stored as int8 with
+# one float scale per output channel (the d2l GoogLeNet would be 24 MB in float32, 6 MB so);
+# the accuracy in the training record is measured on the weights after this round trip.
+
+QUANT_MIN_NUMEL = 32_768
+_SCALE = "::scale"
+
+
+def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    packed: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        if v.is_floating_point() and v.dim() >= 2 and v.numel() >= QUANT_MIN_NUMEL:
+            flat = v.float().reshape(v.shape[0], -1)
+            scale = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
+            packed[k] = q.reshape(v.shape).contiguous()
+            packed[k + _SCALE] = scale.float()
+        else:
+            packed[k] = v
+    return packed
+
+
+def unpack_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for k, v in packed.items():
+        if k.endswith(_SCALE):
+            continue
+        scale = packed.get(k + _SCALE)
+        if scale is not None:
+            shape = (-1,) + (1,) * (v.dim() - 1)
+            v = v.float() * scale.reshape(shape)
+        state[k] = v
+    return state
+
+
+def save_bundled(state: dict[str, torch.Tensor], path: Path) -> str:
+    """Write ``state`` packed as safetensors; return the file's SHA-256."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(pack_state(state), str(tmp))
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def read_bundled(src: BundledWeights) -> tuple[dict[str, torch.Tensor], str]:
+    """The bundled state_dict after checking the file against its training record."""
+    if not src.path.is_file():
+        raise WeightsError(f"the bundled weights file {src.path.name} is missing")
+    digest = sha256_file(src.path)
+    expected = src.record().get("sha256")
+    if not expected:
+        raise WeightsError(f"no training record with a SHA-256 for {src.path.name}")
+    if digest != expected:
+        raise WeightsError(
+            f"{src.path.name} failed its SHA-256 check against its training record "
+            f"(expected {expected[:12]}..., got {digest[:12]}...); refused"
+        )
+    from safetensors.torch import load_file
+
+    return unpack_state(load_file(str(src.path), device="cpu")), digest
