@@ -26,8 +26,9 @@ def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], Non
     return deco
 
 
-def emit(obj, *, as_json: bool = True) -> None:
-    print(json.dumps(obj, ensure_ascii=False) if as_json else obj, flush=True)
+def emit(obj) -> None:
+    """Print a JSON object on one line, or a plain string as it is."""
+    print(obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False), flush=True)
 
 
 class CliProgress:
@@ -187,6 +188,58 @@ def run_fetch(args) -> int:
         print(f"\nCopy {W.hub_checkpoint_dir()} to the same place on offline machines "
               "(or set TORCH_HOME to a folder holding hub/checkpoints).")
     return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- bench-startup
+
+
+def _setup_startup(p):
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-startup", "cold start of `python app.py --offline` to the first HTTP 200", _setup_startup)
+def run_bench_startup(args) -> int:
+    import socket
+    import statistics
+    import subprocess
+    import time
+    import urllib.request
+
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    times = []
+    for _ in range(args.runs):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, str(app), "--offline", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError("the app exited before answering")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.05)
+            times.append(time.perf_counter() - t0)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    result = {
+        "runs_s": [round(t, 2) for t in times],
+        "median_s": round(statistics.median(times), 2),
+        "cpus": os.cpu_count(),
+        "offline": True,
+    }
+    emit(result if args.json else f"cold start to first HTTP 200: median {result['median_s']} s over {args.runs} runs {result['runs_s']}")
+    return 0
 
 
 # ----------------------------------------------------------------------------- main

@@ -24,22 +24,26 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 MODEL_GROUP = "model"
 
 
-class ImageFile(gr.Image):
-    """``gr.Image`` that hands the uploaded file to ``cnndemo.images`` untouched.
+def image_input(**kwargs) -> gr.Image:
+    """A ``gr.Image`` that hands the uploaded file to ``cnndemo.images`` untouched.
 
     Stock ``gr.Image`` opens every upload with Pillow before the handler runs, so a PDF, a
-    truncated JPEG or a decompression bomb fails there with a generic error. Here the handler
-    gets the path and ``open_image`` says exactly what is wrong.
+    truncated JPEG or a decompression bomb fails there with a generic error. This one gives
+    the handler the path, and ``open_image`` says exactly what is wrong. (The override is set
+    on the instance: a subclass would make Gradio write a .pyi stub next to this file.)
     """
+    comp = gr.Image(type="filepath", image_mode=None, **kwargs)
+    stock = comp.preprocess
 
-    is_template = True  # render with the stock Image front end
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None:
             return None
         if payload.path is None or (payload.url or "").startswith("data:"):
-            return super().preprocess(payload)
+            return stock(payload)
         return str(payload.path)
+
+    comp.preprocess = preprocess
+    return comp
 
 
 def _as_gr_error(e: Exception, where: str) -> gr.Error:

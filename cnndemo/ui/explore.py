@@ -11,9 +11,9 @@ from ..branches import explore
 from ..zoo import ZOO
 from .common import (
     MODEL_GROUP,
-    ImageFile,
     examples,
     get_model,
+    image_input,
     model_choices,
     user_errors,
     weights_banner,
@@ -97,9 +97,7 @@ def build(checkpoint_state: gr.State) -> dict:
                 model_choices(), value="googlenet", label="Model", info="grouped by family"
             )
             c["card"] = gr.Markdown(model_card("googlenet"))
-            c["image"] = ImageFile(
-                type="filepath",
-                image_mode=None,
+            c["image"] = image_input(
                 sources=["upload", "webcam", "clipboard"],
                 label="Image (upload, webcam or paste)",
                 height=320,
@@ -113,11 +111,11 @@ def build(checkpoint_state: gr.State) -> dict:
                 )
                 c["ckpt_status"] = gr.Markdown("No checkpoint: the model uses its published weights (or random init).")
         with gr.Column(scale=6):
-            c["banner"] = gr.HTML(weights_banner(None, "googlenet"))
+            c["banner"] = gr.HTML(weights_banner(None, "googlenet"), label="weights in use")
             c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions")
             with gr.Row():
                 c["seen"] = gr.Image(label="What the network saw (after preprocessing)", height=240, interactive=False)
-                c["info"] = gr.Markdown()
+                c["info"] = gr.Markdown(label="timing and input notes")
             with gr.Accordion("Raw result (same JSON as the CLI)", open=False):
                 c["json"] = gr.JSON(label="prediction")
     with gr.Accordion("Architecture: stage by stage", open=False):

@@ -1,0 +1,92 @@
+"""Test setup: never touch the network, use a private torch hub cache, share one app server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    # Set before cnndemo is imported anywhere: offline, and a hub cache of our own so that a
+    # developer's real ~/.cache/torch never changes what the tests see.
+    os.environ["CNNDEMO_OFFLINE"] = "1"
+    os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="cnndemo-torch-home-")
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    config.addinivalue_line("markers", "browser: real-browser tests (Playwright + Debian chromium)")
+    config.addinivalue_line("markers", "slow: tests that take more than a few seconds")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> float:
+    """Seconds until ``url`` answers 200 (raises after ``timeout``)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+class AppServer:
+    def __init__(self, extra_env: dict | None = None, args: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = dict(os.environ, **(extra_env or {}))
+        self.log = tempfile.NamedTemporaryFile(prefix="cnndemo-app-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--offline", "--port", str(self.port), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            self.startup_s = wait_http(self.url, timeout=90)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("app did not start:\n" + Path(self.log.name).read_text())
+
+    def rss_mb(self) -> float:
+        pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    server = AppServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server.url, verbose=False)

@@ -1,0 +1,86 @@
+"""The CLI's JSON contract (other tools and checks rely on it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from cnndemo.cli import main
+from cnndemo.runtime import build_random
+from cnndemo.zoo import ZOO
+from conftest import ROOT
+from images_factory import gradient, save
+
+EXAMPLE = str(ROOT / "assets" / "examples" / "cat.jpg")
+
+
+def run_json(capsys, *argv) -> tuple[int, list]:
+    rc = main(list(argv))
+    out = capsys.readouterr().out.strip().splitlines()
+    return rc, [json.loads(line) for line in out]
+
+
+def test_models_json(capsys):
+    rc, (rows,) = run_json(capsys, "models", "--json")
+    assert rc == 0
+    by_key = {r["key"]: r for r in rows}
+    assert set(by_key) == set(ZOO)
+    for r in rows:
+        assert {"key", "name", "family", "params", "input_size", "weights"} <= set(r)
+        assert r["weights"] in {"pretrained", "cached", "none"}
+    assert by_key["bn_inception"]["params"] == 10_876_968
+    assert by_key["bn_inception"]["weights"] == "none"
+    assert by_key["googlenet"]["weights"] == "pretrained"  # published, not in this test's cache
+    assert by_key["inception_v3"]["input_size"] == [3, 299, 299]
+
+
+def test_predict_json_one_line_per_image(capsys, tmp_path):
+    other = save(gradient(), tmp_path / "g.png")
+    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--top", "3", "--json", EXAMPLE, str(other))
+    assert rc == 0 and len(rows) == 2
+    for row, img in zip(rows, (EXAMPLE, str(other))):
+        assert row["image"] == img and row["model"] == "squeezenet1_0"
+        assert row["weights"] == "random"
+        assert len(row["top"]) == 3 and {"label", "index", "prob"} == set(row["top"][0])
+        assert row["top"][0]["prob"] >= row["top"][1]["prob"] and row["ms"] > 0
+
+
+def test_predict_errors_are_json_and_exit_nonzero(capsys, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--json", EXAMPLE, str(bad))
+    assert rc == 1
+    assert "top" in rows[0]
+    assert rows[1]["image"] == str(bad) and "text file" in rows[1]["error"]
+
+
+def test_predict_with_own_weights(capsys, tmp_path):
+    model = build_random(ZOO["squeezenet1_0"])
+    ckpt = tmp_path / "sq.pth"
+    torch.save(model.state_dict(), ckpt)
+    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--weights", str(ckpt), "--json", EXAMPLE)
+    assert rc == 0 and rows[0]["weights"] == "custom"
+    wrong = tmp_path / "wrong.pth"
+    torch.save(build_random(ZOO["mnist_resnet"]).state_dict(), wrong)
+    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--weights", str(wrong), "--json", EXAMPLE)
+    assert rc == 2 and "does not fit" in rows[0]["error"]
+
+
+def test_fetch_weights_offline_fails_honestly(capsys):
+    rc, rows = run_json(capsys, "fetch-weights", "--models", "squeezenet1_0", "bn_inception", "--json")
+    assert rc == 1
+    assert rows[0]["status"] == "failed" and "offline" in rows[0]["error"]
+    assert rows[1]["status"] == "skipped"
+
+
+def test_module_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "cnndemo", "--offline", "predict", "--model", "squeezenet1_0", "--json", EXAMPLE],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert row["model"] == "squeezenet1_0" and len(row["top"]) == 5
