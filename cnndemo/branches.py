@@ -105,6 +105,7 @@ class Exploration:
 
     model: str
     weights_ident: str
+    image_digest: str
     prediction: Prediction
     seen: object  # PIL image the network saw
     blocks: dict[str, BlockMaps] = field(default_factory=dict)
@@ -201,7 +202,9 @@ def _summarise(raw: RawBlock, info: BlockInfo) -> BlockMaps:
     return BlockMaps(info, tuple(maps))
 
 
-class _LRU:
+class LRU:
+    """A small thread-safe LRU map."""
+
     def __init__(self, size: int):
         self.size = size
         self.data: OrderedDict = OrderedDict()
@@ -226,7 +229,7 @@ class _LRU:
             self.data.clear()
 
 
-CACHE = _LRU(64)
+CACHE = LRU(64)
 
 
 def explore(
@@ -255,7 +258,7 @@ def _explore(opened: OpenedImage, lm: LoadedModel, top: int) -> Exploration:
         ms = (time.perf_counter() - t0) * 1000.0
         pred = Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms)
         blocks = {name: _summarise(rb, infos[name]) for name, rb in raw.items()}
-    return Exploration(lm.key, lm.weights.ident, pred, seen_image(lm.spec, x), blocks, ms)
+    return Exploration(lm.key, lm.weights.ident, opened.digest, pred, seen_image(lm.spec, x), blocks, ms)
 
 
 @dataclass(frozen=True)

@@ -31,3 +31,20 @@ def test_predict_endpoint_rejects_non_images_clearly(client, tmp_path):
     # ...and the server keeps serving.
     raw = client.predict(image=handle_file(EXAMPLE), model="squeezenet1_0", api_name="/predict")[4]
     assert raw["model"] == "squeezenet1_0"
+
+
+def test_branches_and_ablate_endpoints(client):
+    img = handle_file(EXAMPLE)
+    panel, note, share, depth, table, data = client.predict(
+        image=img, model="googlenet", block="inception4c", api_name="/branches"
+    )
+    assert data["block"] == "inception4c" and [b["name"] for b in data["branches"]] == ["1x1", "3x3", "3x3b", "pool_proj"]
+    assert data["branches"][1]["channels"] == [128, 383]
+    assert panel and "inception4c" in note
+    before, after, msg, res = client.predict(
+        image=img, model="googlenet", block="inception4c", branch="1x1", mode="zero", api_name="/ablate"
+    )
+    assert res["branch"] == "1x1" and len(res["before"]) == 5 and len(res["after"]) == 5
+    assert "untouched" in msg
+    note_vgg = client.predict(image=img, model="vgg16", block="stage3", api_name="/branches")[1]
+    assert "no parallel branches" in note_vgg

@@ -6,8 +6,10 @@ import html
 
 import gradio as gr
 
-from .. import anatomy
-from ..branches import explore
+import pandas as pd
+
+from .. import anatomy, render
+from ..branches import LRU, ablate, explore
 from ..zoo import ZOO
 from .common import (
     MODEL_GROUP,
@@ -88,6 +90,137 @@ def load_notes(image: str, lm) -> tuple[str, ...]:
     return load_for(lm.spec, image).notes
 
 
+def block_choices(key: str) -> list[str]:
+    return [b.name for b in ZOO[key].blocks]
+
+
+def branch_choices(key: str, block: str) -> list[str]:
+    spec = ZOO[key]
+    if block not in block_choices(key):
+        block = spec.default_block
+    return [b.name for b in spec.block(block).branches]
+
+
+@user_errors
+def on_model_blocks(key: str):
+    spec = ZOO[key]
+    blocks = block_choices(key)
+    branches = branch_choices(key, spec.default_block)
+    return (
+        gr.Dropdown(choices=blocks, value=spec.default_block),
+        gr.Dropdown(choices=branches, value=branches[0], interactive=spec.has_branches),
+    )
+
+
+@user_errors
+def on_block(key: str, block: str):
+    branches = branch_choices(key, block)
+    return gr.Dropdown(choices=branches, value=branches[0])
+
+
+_PANELS = LRU(48)
+
+
+def _panel(ex, block: str):
+    """The rendered branch panel, cached per (image, model, weights, block)."""
+    key = (ex.model, ex.weights_ident, ex.image_digest, block)
+    panel = _PANELS.get(key)
+    if panel is None:
+        panel = render.block_panel(ex.blocks[block], ex.seen)
+        _PANELS.put(key, panel)
+    return panel
+
+
+def _block_note(spec, info) -> str:
+    head = f"**{info.name}** · {info.kind} · output {' × '.join(map(str, info.shape))} · {info.params:,} parameters"
+    if not spec.has_branches:
+        head = (
+            f"**{spec.name} has no parallel branches.** Shown instead: its conv stages, one at a time "
+            f"(the output of {info.module}).  \n" + head
+        )
+    if info.shared:
+        head += f"  \nShared by both branches before the split: {info.shared}."
+    if info.merge == "add_relu":
+        head += "  \nThe block outputs relu(residual + shortcut): both branches have the full width."
+    notes = [f"*{b.name}*: {b.note}" for b in info.branches if b.note]
+    return head + ("  \n" + "  \n".join(notes) if notes else "")
+
+
+@user_errors
+def show_branches(image: str | None, model: str, block: str, checkpoint: dict | None = None):
+    """Every branch of one block for one image: maps, shares, and the shares across depth.
+
+    image: path of the image. model: zoo key. block: block name (see `python -m cnndemo blocks`).
+    """
+    spec = ZOO[model]
+    if block not in block_choices(model):
+        block = spec.default_block
+    if not image:
+        return None, "Give the model an image to see its branches.", None, None, None, None
+    lm = get_model(model, checkpoint)
+    ex = explore(image, lm)  # cached by the predict step: no second forward pass
+    bm = ex.blocks[block]
+    rows = [
+        [
+            b.info.name,
+            b.info.path,
+            f"{b.info.channels[0]}-{b.info.channels[1]}" if b.info.channels else "summed",
+            " × ".join(map(str, b.info.shape)),
+            f"{b.info.params:,}",
+            f"{b.share:.1%}",
+        ]
+        for b in bm.branches
+    ]
+    share = pd.DataFrame({"branch": [b.info.name for b in bm.branches], "share": [b.share for b in bm.branches]})
+    depth = pd.DataFrame(ex.shares_table())
+    order = list(ex.blocks)
+    data = {
+        "model": model,
+        "weights": lm.weights.kind,
+        "block": block,
+        "branches": [
+            {
+                "name": b.info.name,
+                "path": b.info.path,
+                "channels": list(b.info.channels) if b.info.channels else None,
+                "shape": list(b.info.shape),
+                "params": b.info.params,
+                "share": round(b.share, 6),
+            }
+            for b in bm.branches
+        ],
+    }
+    return (
+        _panel(ex, block),
+        _block_note(spec, bm.info),
+        gr.BarPlot(share, sort=list(share["branch"])),
+        gr.BarPlot(depth, sort=order),
+        rows,
+        data,
+    )
+
+
+@user_errors
+def run_ablation(image: str | None, model: str, block: str, branch: str, mode: str = "zero", checkpoint: dict | None = None):
+    """Knock one branch out (zeros, or its per-channel mean) and compare the top-5.
+
+    image: path of the image. model: zoo key. block: block name. branch: branch name. mode: "zero" or "mean".
+    """
+    if not image:
+        raise gr.Error("Give the model an image first.")
+    lm = get_model(model, checkpoint)
+    res = ablate(image, lm, block, branch, mode=mode)
+    before = res.before.top[0]
+    p_after = before.prob + res.top1_delta
+    msg = (
+        f"Knocking out **{block}/{branch}** ({'zeros' if mode == 'zero' else 'per-channel mean'}) "
+        f"moves the probability of **{before.label}** from {before.prob:.2%} to {p_after:.2%} "
+        f"(**{res.top1_delta:+.2%}**). The shared model is untouched: the change lives in a hook "
+        "that existed only for this run."
+    )
+    return res.before.as_label(), res.after.as_label(), msg, res.to_json()
+
+
 def build(checkpoint_state: gr.State) -> dict:
     """Lay out the Explore tab; return its components for the other views to wire into."""
     c: dict = {}
@@ -125,13 +258,68 @@ def build(checkpoint_state: gr.State) -> dict:
             interactive=False,
             wrap=True,
         )
+    gr.Markdown("## Branches: what each parallel path of a block saw")
+    with gr.Row():
+        c["block"] = gr.Dropdown(
+            block_choices("googlenet"), value=ZOO["googlenet"].default_block, label="Block", scale=2
+        )
+        c["block_note"] = gr.Markdown(scale=5)
+    c["panel"] = gr.Image(label="Branch maps", show_label=False, interactive=False, buttons=["download", "fullscreen"])
+    with gr.Row():
+        c["share_plot"] = gr.BarPlot(
+            x="branch", y="share", title="Share of this block's output energy (sum of squares)",
+            y_lim=[0, 1], height=260,
+        )
+        c["depth_plot"] = gr.BarPlot(
+            x="block", y="share", color="branch", title="Which branch dominates, block by block",
+            y_lim=[0, 1], height=260, x_label_angle=-45,
+        )
+    c["branch_table"] = gr.Dataframe(
+        headers=["branch", "kernel path", "channels", "output shape", "parameters", "energy share"],
+        interactive=False,
+        wrap=True,
+    )
+    with gr.Accordion("Branches as JSON (same as the CLI)", open=False):
+        c["branch_json"] = gr.JSON(label="branches")
+    with gr.Accordion("Ablation: knock one branch out and re-run from that block on", open=True):
+        with gr.Row():
+            first = branch_choices("googlenet", ZOO["googlenet"].default_block)
+            c["branch"] = gr.Dropdown(first, value=first[0], label="Branch")
+            c["mode"] = gr.Radio(["zero", "mean"], value="zero", label="Replace it by", info="zeros, or its per-channel mean")
+            c["ablate"] = gr.Button("Knock it out", variant="secondary")
+        with gr.Row():
+            c["before"] = gr.Label(num_top_classes=5, label="Top-5 as is")
+            c["after"] = gr.Label(num_top_classes=5, label="Top-5 with the branch knocked out")
+        c["ablate_msg"] = gr.Markdown()
+        c["ablate_json"] = gr.JSON(label="ablation", visible=False)
     outputs = [c["label"], c["seen"], c["info"], c["banner"], c["json"]]
+    branch_outputs = [c["panel"], c["block_note"], c["share_plot"], c["depth_plot"], c["branch_table"], c["branch_json"]]
     c["predict_event"] = gr.on(
         triggers=[c["run"].click, c["image"].change],
         fn=predict,
         inputs=[c["image"], c["model"], checkpoint_state],
         outputs=outputs,
         api_name="predict",
+        concurrency_id=MODEL_GROUP,
+    ).then(
+        show_branches,
+        [c["image"], c["model"], c["block"], checkpoint_state],
+        branch_outputs,
+        api_visibility="private",
+        concurrency_id=MODEL_GROUP,
+    )
+    c["block"].input(
+        show_branches,
+        [c["image"], c["model"], c["block"], checkpoint_state],
+        branch_outputs,
+        api_name="branches",
+        concurrency_id=MODEL_GROUP,
+    ).then(on_block, [c["model"], c["block"]], [c["branch"]], api_visibility="private")
+    c["ablate"].click(
+        run_ablation,
+        [c["image"], c["model"], c["block"], c["branch"], c["mode"], checkpoint_state],
+        [c["before"], c["after"], c["ablate_msg"], c["ablate_json"]],
+        api_name="ablate",
         concurrency_id=MODEL_GROUP,
     )
     c["ckpt_file"].change(
@@ -144,9 +332,17 @@ def build(checkpoint_state: gr.State) -> dict:
     c["model"].change(
         on_model_change, [c["model"], checkpoint_state], [c["card"], c["banner"]], api_visibility="private"
     ).then(
+        on_model_blocks, [c["model"]], [c["block"], c["branch"]], api_visibility="private"
+    ).then(
         predict,
         [c["image"], c["model"], checkpoint_state],
         outputs,
+        api_visibility="private",
+        concurrency_id=MODEL_GROUP,
+    ).then(
+        show_branches,
+        [c["image"], c["model"], c["block"], checkpoint_state],
+        branch_outputs,
         api_visibility="private",
         concurrency_id=MODEL_GROUP,
     ).then(
