@@ -17,7 +17,8 @@ def _setup_train(p):
     p.add_argument("--model", required=True, choices=list(DIGIT_KEYS), metavar="KEY", help="a digit network")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (one-cycle schedule)")
+    p.add_argument("--lr", type=float, default=0.05, help="initial learning rate (cosine decay to 0)")
+    p.add_argument("--clip", type=float, default=2.0, help="clip the gradient norm (0: off)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="train on the first N training digits only")
@@ -64,11 +65,12 @@ def run_train(args) -> int:
     try:
         result = train(
             args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            optimizer=args.optimizer, seed=args.seed, data=data, limit=args.limit, on_step=on_step,
+            optimizer=args.optimizer, seed=args.seed, data=data, limit=args.limit, clip=args.clip or None,
+            on_step=on_step,
         )
     finally:
         bar.close()
-    settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "seed", "limit")}
+    settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "seed", "limit", "clip")}
     record = save_trained(result, args.model, out, command=cmd, settings=settings, data=data)
     summary = {k: record[k] for k in ("model", "weights_file", "epochs", "wall_time_s", "test_acc", "sha256")}
     summary["out"] = str(out)
@@ -91,7 +93,7 @@ def _sweep(args, data, n: int) -> int:
             bar, on_step = _progress_bar(args.epochs * math.ceil(n / bs), f"{args.model} bs={bs} lr={lr}")
             try:
                 r = train(args.model, epochs=args.epochs, batch_size=bs, lr=lr, optimizer=args.optimizer,
-                          seed=args.seed, data=data, limit=args.limit, on_step=on_step)
+                          seed=args.seed, data=data, limit=args.limit, clip=args.clip or None, on_step=on_step)
             finally:
                 bar.close()
             hist = [asdict(h) for h in r.history]
@@ -270,3 +272,375 @@ def run_bench_explore(args) -> int:
     }
     emit(result if args.json else f"{model.key}: forward {f:.1f} ms, explore {e:.1f} ms, ratio {e / f:.2f} ({runs} runs)")
     return 0
+
+
+# ----------------------------------------------------------------------------- attributions
+
+
+def _setup_attribute(p):
+    from .attribution import METHODS, Settings
+
+    d = Settings()
+    _model_arg(p)
+    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--target", default=None, help="class index or name (default: the top prediction)")
+    p.add_argument("--layer", default=None, help="Grad-CAM layer: a block (inception4d) or a branch (inception4d/3x3)")
+    p.add_argument("--weights", metavar="FILE", help="your own state_dict")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"Integrated Gradients steps (default {d.steps})")
+    p.add_argument("--samples", type=int, default=d.samples, help=f"SmoothGrad / GradientSHAP samples (default {d.samples})")
+    p.add_argument("--window", type=int, default=d.window, help=f"Occlusion window in pixels (default {d.window})")
+    p.add_argument("--stride", type=int, default=d.stride, help=f"Occlusion stride in pixels (default {d.stride})")
+    p.add_argument("--no-scores", action="store_true", help="skip the sanity and deletion scores")
+    p.add_argument("--out", type=Path, help="PNG: overlay and signed map side by side")
+    p.add_argument("--npy", type=Path, help="raw attribution (C x H x W; H x W for Grad-CAM)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("image", metavar="IMAGE")
+
+
+@command("attribute", "an attribution map (Captum) with its sanity and deletion scores", _setup_attribute)
+def run_attribute(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from . import render
+    from .attribution import Settings, attribute
+    from .cli import _load
+    from .images import ImageError
+    from .weights import WeightsError
+
+    settings = Settings(steps=args.steps, samples=args.samples, window=args.window, stride=args.stride)
+    try:
+        model = _load(args.model, args.weights)
+        a = attribute(args.image, model, args.method, target=args.target, layer=args.layer,
+                      settings=settings, scores=not args.no_scores)
+    except (ImageError, WeightsError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        emit({"image": args.image, "error": str(msg)} if args.json else f"error: {msg}")
+        return 1
+    out = a.to_json()
+    out["image"] = args.image
+    if args.npy:
+        args.npy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.npy, a.attr)
+        out["npy"] = str(args.npy)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        left, right = render.attribution_views(a)
+        both = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+        both.paste(left, (0, 0))
+        both.paste(right, (left.width, 0))
+        both.save(args.out)
+        out["png"] = str(args.out)
+    if args.json:
+        emit(out)
+    else:
+        print(f"{a.method} on {a.model} for {a.label} ({a.target}): {a.ms:.0f} ms")
+        if a.sanity:
+            verdict = "passes" if a.sanity.passed else "FAILS: the map barely depends on the learned top layers"
+            print(f"  sanity: rank correlation with re-initialised top layers {a.sanity.rank_correlation:+.3f} ({verdict})")
+        if a.deletion:
+            print(f"  deletion: AUC {a.deletion.auc:.4f} vs random {a.deletion.random_auc:.4f} (score {a.deletion.score:+.3f})")
+    return 0
+
+
+def _setup_bench_attr(p):
+    _model_arg(p)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--internal-batch", type=int, default=None, help="default: the library's INTERNAL_BATCH")
+    p.add_argument("--sweep-batch", action="store_true", help="time IG for internal batch sizes 1, 4, 8, 16, 32")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-attribution", "cnndemo's Integrated Gradients vs a direct Captum call", _setup_bench_attr)
+def run_bench_attribution(args) -> int:
+    import statistics
+    import time
+
+    import torch
+    from captum.attr import IntegratedGradients
+
+    from .attribution import INTERNAL_BATCH, Settings, attribute
+    from .cli import _load
+    from .predict import load_for, to_batch
+
+    model = _load(args.model)
+    image = str(Path(__file__).resolve().parent.parent / "assets" / "examples" / "cat.jpg")
+    x = to_batch(model.spec, load_for(model.spec, image), model.device)
+    with torch.no_grad():
+        target = int(model.module(x).argmax(1)[0])
+    base = torch.zeros_like(x)
+
+    def direct(ibs: int) -> float:
+        t0 = time.perf_counter()
+        with model.lock:
+            IntegratedGradients(model.module).attribute(
+                x, baselines=base, target=target, n_steps=args.steps, internal_batch_size=ibs
+            )
+        return (time.perf_counter() - t0) * 1000
+
+    def ours(ibs: int) -> float:
+        t0 = time.perf_counter()
+        attribute(image, model, "ig", target=target, scores=False,
+                  settings=Settings(steps=args.steps, internal_batch=ibs))
+        return (time.perf_counter() - t0) * 1000
+
+    if args.sweep_batch:
+        rows = []
+        for ibs in (1, 4, 8, 16, 32):
+            direct(ibs)
+            t = statistics.median(direct(ibs) for _ in range(max(2, args.runs // 2)))
+            rows.append({"internal_batch": ibs, "captum_ms": round(t, 1)})
+            if not args.json:
+                print(f"internal batch {ibs:3}: {t:8.1f} ms for IG with {args.steps} steps")
+        if args.json:
+            emit({"model": model.key, "steps": args.steps, "sweep": rows})
+        return 0
+    ibs = args.internal_batch or INTERNAL_BATCH
+    ours(ibs), direct(ibs)  # warm-up (also builds the attribution copy once)
+    a, d = [], []
+    for _ in range(args.runs):  # interleaved
+        a.append(ours(ibs))
+        d.append(direct(ibs))
+    res = {
+        "model": model.key, "steps": args.steps, "internal_batch": ibs,
+        "cnndemo_ms": round(statistics.median(a), 1), "captum_ms": round(statistics.median(d), 1),
+        "ratio": round(statistics.median(a) / statistics.median(d), 3), "runs": args.runs,
+        "threads": torch.get_num_threads(),
+    }
+    emit(res if args.json else f"IG {args.steps} steps on {model.key}: cnndemo {res['cnndemo_ms']} ms, "
+         f"Captum {res['captum_ms']} ms, ratio {res['ratio']} (internal batch {ibs})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _setup_stats(p):
+    p.add_argument("--json", action="store_true")
+
+
+@command("stats", "parameters, weight size, FLOPs and accuracy of every zoo model (no timing)", _setup_stats)
+def run_stats(args) -> int:
+    from .profile import FLOPS_CONVENTION, model_stats
+    from .zoo import ZOO
+
+    rows = [model_stats(k).to_json() for k in ZOO]
+    if args.json:
+        emit(rows)
+        return 0
+    print(FLOPS_CONVENTION)
+    print(f"{'model':15} {'params':>12} {'MiB':>8} {'GFLOPs':>8} {'acc@1':>7} {'acc@5':>7}  accuracy on")
+    for r in rows:
+        a1 = f"{r['acc1']:.1f}" if r["acc1"] is not None else "-"
+        a5 = f"{r['acc5']:.1f}" if r["acc5"] is not None else "-"
+        print(f"{r['key']:15} {r['params']:>12,} {r['weight_mb']:>8.1f} {r['gflops']:>8.2f} {a1:>7} {a5:>7}  {r['accuracy_on']}")
+    return 0
+
+
+def _setup_bench(p):
+    from .zoo import ZOO
+
+    p.add_argument("--models", nargs="+", choices=list(ZOO), metavar="KEY", default=None, help="default: all")
+    p.add_argument("--device", dest="bench_device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--json", metavar="OUT.json", type=Path, default=None, help="write the results file here")
+
+
+@command("bench", "measure latency p50/p90, throughput and peak memory; write a results file", _setup_bench)
+def run_bench(args) -> int:
+    from tqdm import tqdm
+
+    from .bench import run_benchmark
+    from .zoo import ZOO
+
+    models = args.models or list(ZOO)
+    bar = tqdm(total=100, file=sys.stderr, leave=False)
+
+    def progress(frac, desc):
+        bar.set_description(desc)
+        bar.n = round((frac or 0) * 100)
+        bar.refresh()
+
+    try:
+        data = run_benchmark(models, device=args.bench_device, batches=tuple(args.batch), precisions=tuple(args.precision),
+                             channels_last=args.channels_last, compile=args.compile, runs=args.runs,
+                             warmup=args.warmup, progress=progress)
+    finally:
+        bar.close()
+    env = data["environment"]
+    print(f"{env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, {env['date']}")
+    for r in data["results"]:
+        if "error" in r:
+            print(f"  {r['model']:15} batch {r['batch']:4} {r['precision']}: {r['error']}")
+            continue
+        print(f"  {r['model']:15} batch {r['batch']:4} {r['precision']:5} p50 {r['p50_ms']:9.2f} ms  p90 {r['p90_ms']:9.2f} ms"
+              f"  {r['throughput']:9.1f} img/s  peak {r['peak_mem_mb']:8.1f} MiB")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _setup_bench_check(p):
+    _model_arg(p)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--device", dest="bench_device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-check", "the benchmark harness against a plain hand-written timing loop", _setup_bench_check)
+def run_bench_check(args) -> int:
+    import torch
+
+    from .bench import measure, plain_loop_ms, prepare
+    from .runtime import pick_device
+    from .zoo import ZOO
+
+    dev = pick_device(args.bench_device)
+    model = prepare(args.model, dev)
+    x = torch.randn(args.batch, *ZOO[args.model].input_size, device=dev)
+    loop = plain_loop_ms(model, x, args.runs)
+    harness = measure(model, args.model, dev, batch=args.batch, runs=args.runs)
+    loop2 = plain_loop_ms(model, x, args.runs)
+    ref = (loop + loop2) / 2
+    res = {"model": args.model, "device": dev.type, "batch": args.batch, "runs": args.runs,
+           "harness_p50_ms": harness.p50_ms, "harness_mean_ms": harness.mean_ms,
+           "plain_loop_ms": round(ref, 3), "difference": round(harness.p50_ms / ref - 1, 4)}
+    emit(res if args.json else f"{args.model} batch {args.batch} on {dev.type}: harness p50 {harness.p50_ms:.2f} ms "
+         f"(mean {harness.mean_ms:.2f}), plain loop {ref:.2f} ms: difference {res['difference']:+.1%}")
+    return 0
+
+
+def _setup_anatomy(p):
+    _model_arg(p)
+    p.add_argument("--block", default=None, help="per-branch costs and 1x1-reduction savings of this block")
+    p.add_argument("--json", action="store_true")
+
+
+@command("anatomy", "stage table, per-branch costs and what the design choices save", _setup_anatomy)
+def run_anatomy(args) -> int:
+    from dataclasses import asdict
+
+    from .profile import FLOPS_CONVENTION, branch_costs, factorisation_savings, reduction_savings, stage_costs
+    from .zoo import ZOO
+
+    spec = ZOO[args.model]
+    block = args.block or (spec.default_block if spec.has_branches else None)
+    out = {
+        "model": spec.key,
+        "flops_convention": FLOPS_CONVENTION,
+        "stages": [asdict(s) for s in stage_costs(spec)],
+        "block": block,
+        "branches": [asdict(b) for b in branch_costs(spec, block)] if block else [],
+        "savings": [s.to_json() for s in (reduction_savings(spec, block) if block else []) + factorisation_savings(spec)],
+    }
+    if args.json:
+        emit(out)
+        return 0
+    print(FLOPS_CONVENTION)
+    for s in out["stages"]:
+        print(f"  {s['name']:16} {s['layer']:18} {'x'.join(map(str, s['shape'])):14} {s['params']:>12,} {s['flops'] / 1e6:10.1f} MFLOPs")
+    for b in out["branches"]:
+        print(f"  {b['block']}/{b['branch']:12} {b['path']:45} {b['params']:>10,} {b['flops'] / 1e6:9.1f} MFLOPs")
+    for s in out["savings"]:
+        print(f"  {s['where']}: {s['choice']}: {s['built']} vs {s['alternative']}: "
+              f"{s['params_saved']:.0%} fewer parameters, {s['flops_saved']:.0%} fewer FLOPs")
+    return 0
+
+
+# ----------------------------------------------------------------------------- soak
+
+
+def _setup_soak(p):
+    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=30, help="requests before the memory baseline is taken")
+    p.add_argument("--json", action="store_true")
+
+
+def _rss_mb() -> float:
+    import os
+
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@command("soak", "serve the app in-process and send it N mixed requests; report memory and hooks", _setup_soak)
+def run_soak(args) -> int:
+    import gc
+    import os
+    import socket
+    import tempfile
+    import time
+
+    os.environ.setdefault("CNNDEMO_OFFLINE", "1")
+    from gradio_client import Client, handle_file
+
+    from .runtime import STORE
+    from .taps import hook_count
+    from .ui import launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rss_start = _rss_mb()
+    demo = launch(port=port, prevent_thread_lock=True, quiet=True)
+    url = demo.local_url
+    client = Client(url, verbose=False)
+    ex = Path(__file__).resolve().parent.parent / "assets" / "examples"
+    bad = Path(tempfile.mkdtemp()) / "notes.jpg"
+    bad.write_text("not an image")
+    photos = [handle_file(str(p)) for p in sorted(ex.glob("*.jpg"))]
+    calls = [
+        lambda i: client.predict(image=photos[i % len(photos)], model=["googlenet", "squeezenet1_0", "bn_inception"][i % 3], api_name="/predict"),
+        lambda i: client.predict(image=photos[i % len(photos)], model="googlenet", block=["inception3a", "inception4c", "inception5b"][i % 3], api_name="/branches"),
+        lambda i: client.predict(image=photos[i % len(photos)], model="bn_inception", block="inception4c", branch=["1x1", "3x3", "double_3x3"][i % 3], mode="zero", api_name="/ablate"),
+        lambda i: client.predict(image=photos[i % len(photos)], model="squeezenet1_0", method=["gradcam", "saliency"][i % 2], target=None, layer=None, api_name="/attribute"),
+        lambda i: client.predict(image=handle_file(str(ex / "camera_gray.png")), api_name="/digits"),
+        lambda i: client.predict(image=handle_file(str(bad)), model="googlenet", api_name="/predict"),
+    ]
+    errors, expected_errors, rss_base = [], 0, None
+    t0 = time.perf_counter()
+    for i in range(args.requests):
+        if i == args.warmup:
+            gc.collect()
+            rss_base = _rss_mb()
+        kind = i % len(calls)
+        try:
+            calls[kind](i // len(calls))
+            if kind == len(calls) - 1:
+                errors.append(f"request {i}: a text file was accepted as an image")
+        except Exception as e:
+            if kind == len(calls) - 1 and "text file" in str(e):
+                expected_errors += 1
+            else:
+                errors.append(f"request {i} ({kind}): {e}")
+    elapsed = time.perf_counter() - t0
+    gc.collect()
+    rss_end = _rss_mb()
+    hooks = {}
+    for lm in STORE.loaded():
+        hooks[lm.key] = hook_count(lm.module) + sum(hook_count(v) for v in lm._variants.values())
+    demo.close()
+    res = {
+        "requests": args.requests,
+        "seconds": round(elapsed, 1),
+        "unexpected_errors": len(errors),
+        "refused_as_expected": expected_errors,
+        "rss_start_mb": round(rss_start, 1),
+        "rss_after_warmup_mb": round(rss_base or rss_end, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "growth_after_warmup_mb": round(rss_end - (rss_base or rss_end), 1),
+        "hooks_left": sum(hooks.values()),
+        "hooks_by_model": hooks,
+        "first_errors": errors[:5],
+    }
+    emit(res if args.json else json.dumps(res, indent=2))
+    return 0 if not errors and res["hooks_left"] == 0 else 1

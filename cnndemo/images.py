@@ -25,6 +25,8 @@ MAX_PIXELS = int(float(os.environ.get("CNNDEMO_MAX_MEGAPIXELS", "40")) * 1_000_0
 MAX_ASPECT = 25.0
 
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+# Short side a JPEG is at least decoded at (the networks read 224-299 px; the display ~600 px).
+DRAFT_SIDE = 1024
 
 
 class ImageError(ValueError):
@@ -161,6 +163,13 @@ def _normalise(im: Image.Image, name: str, fmt: str, keep_alpha: bool) -> Opened
             f"{name} is {w} x {h} pixels: an aspect ratio of {aspect:.0f}:1 cannot be "
             f"centre-cropped to a square input (limit {MAX_ASPECT:.0f}:1). Crop it first."
         )
+    if fmt == "JPEG" and min(w, h) > 2 * DRAFT_SIDE:
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (never below DRAFT_SIDE on the short
+        # side): a 24-megapixel photo then costs a few MB instead of ~70 MB to decode.
+        scale = min(w, h) / DRAFT_SIDE
+        im.draft("RGB", (int(w / scale), int(h / scale)))
+        if im.size != (w, h):
+            notes.append(f"large JPEG decoded at {im.size[0]} x {im.size[1]}")
     frames = getattr(im, "n_frames", 1)
     if frames > 1:
         im.seek(0)

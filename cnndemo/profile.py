@@ -1,14 +1,273 @@
-"""Parameters, FLOPs, weight size and measured latency of zoo models."""
+"""What a network costs: parameters, weight size, FLOPs (per model, stage, branch), and what
+its design choices save. Everything is computed from the modules.
+
+FLOPs follow ``torch.utils.flop_counter``: one multiply-add counts as 2 FLOPs (torchvision's
+``_ops`` "GFLOPS" are multiply-adds, i.e. half of these). Only convolutions and matrix
+multiplies are counted, as both tools do. Counting runs on the meta device: no memory, no
+compute, no weights needed.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .specs import ModelSpec
+from .weights import BundledWeights, TorchvisionWeights
+from .zoo import get_spec
+
+FLOPS_CONVENTION = "FLOPs: 2 per multiply-add, as torch.utils.flop_counter counts (torchvision's GMACs x 2)"
 
 
 def count_model_params(spec: ModelSpec) -> int:
     """Total parameters of the architecture, counted on the meta device (no memory, no init)."""
+    return sum(p.numel() for p in meta_model(spec).parameters())
+
+
+def meta_model(spec: ModelSpec) -> nn.Module:
     with torch.device("meta"):
-        model = spec.builder()
-    return sum(p.numel() for p in model.parameters())
+        return spec.builder().eval()
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """(total FLOPs, FLOPs per module path) of one forward pass."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    root = type(model).__name__
+    per = {}
+    for name, ops in counter.get_flop_counts().items():
+        if name == "Global":
+            continue
+        path = name[len(root) + 1 :] if name.startswith(root + ".") else ("" if name == root else name)
+        per[path] = int(sum(ops.values()))
+    return int(counter.get_total_flops()), per
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    key: str
+    name: str
+    params: int
+    weight_mb: float  # MiB of float32 parameters and buffers (torchvision's _file_size is MiB too)
+    flops: int
+    acc1: float | None
+    acc5: float | None
+    accuracy_on: str  # "ImageNet-1K (torchvision)", "MNIST held-out (trained here)" or "-"
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+    def to_json(self) -> dict:
+        return {
+            "key": self.key,
+            "name": self.name,
+            "params": self.params,
+            "weight_mb": round(self.weight_mb, 3),
+            "flops": self.flops,
+            "gflops": round(self.gflops, 4),
+            "flops_convention": FLOPS_CONVENTION,
+            "acc1": self.acc1,
+            "acc5": self.acc5,
+            "accuracy_on": self.accuracy_on,
+        }
+
+
+@lru_cache(maxsize=None)
+def model_stats(key: str) -> ModelStats:
+    spec = get_spec(key)
+    model = meta_model(spec)
+    params = sum(p.numel() for p in model.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with torch.device("meta"):
+        x = torch.zeros(1, *spec.input_size)
+    flops, _ = count_flops(model, x)
+    acc1 = acc5 = None
+    on = "-"
+    if isinstance(spec.weights, TorchvisionWeights):
+        acc1, acc5 = spec.weights.metrics()
+        on = "ImageNet-1K val (torchvision metadata)"
+    elif isinstance(spec.weights, BundledWeights):
+        acc1, _ = spec.weights.metrics()
+        on = "MNIST held-out 1,000 (trained here)" if acc1 is not None else "-"
+    return ModelStats(spec.key, spec.name, params, nbytes / 2**20, flops, acc1, acc5, on)
+
+
+# ----------------------------------------------------------------------------- anatomy
+
+
+@dataclass(frozen=True)
+class StageCost:
+    name: str
+    layer: str
+    shape: tuple[int, ...]
+    params: int
+    flops: int
+
+
+def stage_costs(spec: ModelSpec) -> list[StageCost]:
+    """The shape trace with parameters and FLOPs for each stage."""
+    from .anatomy import architecture
+
+    model = meta_model(spec)
+    with torch.device("meta"):
+        x = torch.zeros(1, *spec.input_size)
+    _, per = count_flops(model, x)
+    return [StageCost(r.name, r.layer, r.shape, r.params, per.get(r.name, 0)) for r in architecture(spec)]
+
+
+@dataclass(frozen=True)
+class BranchCost:
+    block: str
+    branch: str
+    path: str
+    params: int
+    flops: int
+
+
+def branch_costs(spec: ModelSpec, block: str) -> list[BranchCost]:
+    """Parameters and FLOPs of each branch of one block (shared layers excluded)."""
+    from .anatomy import branch_params, describe_branch
+
+    model = meta_model(spec)
+    with torch.device("meta"):
+        x = torch.zeros(1, *spec.input_size)
+    _, per = count_flops(model, x)
+    b = spec.block(block)
+    out = []
+    for br in b.branches:
+        paths = tuple(dict.fromkeys(br.modules + br.tap_paths))
+        flops = sum(per.get(p, 0) for p in paths)
+        out.append(BranchCost(b.name, br.name, describe_branch(model, br), branch_params(model, br), flops))
+    return out
+
+
+@dataclass(frozen=True)
+class Saving:
+    """A design choice, measured: the path as built vs. the plain alternative it replaces."""
+
+    model: str
+    where: str
+    choice: str
+    built: str
+    alternative: str
+    params_built: int
+    params_alt: int
+    flops_built: int
+    flops_alt: int
+
+    @property
+    def params_saved(self) -> float:
+        return 1 - self.params_built / self.params_alt if self.params_alt else 0.0
+
+    @property
+    def flops_saved(self) -> float:
+        return 1 - self.flops_built / self.flops_alt if self.flops_alt else 0.0
+
+    def to_json(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(params_saved=round(self.params_saved, 4), flops_saved=round(self.flops_saved, 4))
+        return d
+
+
+def _cost(layers: list[nn.Module], x: torch.Tensor) -> tuple[int, int]:
+    """(params, FLOPs) of running ``layers`` in sequence on ``x`` (meta tensors)."""
+    seq = nn.Sequential(*layers)
+    flops, _ = count_flops(seq, x)
+    return sum(p.numel() for p in seq.parameters()), flops
+
+
+def _convs(model: nn.Module, paths: tuple[str, ...]) -> list[nn.Conv2d]:
+    return [c for p in paths for c in model.get_submodule(p).modules() if isinstance(c, nn.Conv2d)]
+
+
+def _input_of(model: nn.Module, spec: ModelSpec, module: nn.Module) -> torch.Tensor:
+    """The (meta) tensor ``module`` receives in a forward pass, captured by a pre-hook."""
+    seen = {}
+    h = module.register_forward_pre_hook(lambda m, i: seen.setdefault("x", i[0]))
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model(torch.zeros(1, *spec.input_size))
+    finally:
+        h.remove()
+    return seen["x"]
+
+
+def _fmt(c: nn.Conv2d) -> str:
+    kh, kw = c.kernel_size
+    return f"{kh}x{kw} {c.in_channels}->{c.out_channels}"
+
+
+def _conv_like(c: nn.Conv2d, *, cin: int | None = None, kernel=None, padding=None, cout: int | None = None) -> nn.Conv2d:
+    with torch.device("meta"):
+        return nn.Conv2d(
+            cin or c.in_channels, cout or c.out_channels, kernel or c.kernel_size,
+            stride=c.stride, padding=c.padding if padding is None else padding, bias=c.bias is not None,
+        )
+
+
+def _measure(spec, where, choice, built: list[nn.Module], alt: list[nn.Module], x, built_txt=None, alt_txt=None) -> Saving:
+    pb, fb = _cost(built, x)
+    pa, fa = _cost(alt, x)
+    return Saving(
+        spec.key, where, choice,
+        built_txt or " -> ".join(_fmt(c) for c in built), alt_txt or " -> ".join(_fmt(c) for c in alt),
+        pb, pa, fb, fa,
+    )
+
+
+def reduction_savings(spec: ModelSpec, block: str) -> list[Saving]:
+    """Each chain-shaped branch that starts with a 1x1 reduce: as built vs. without the reduce
+    (its next conv reading the block input directly)."""
+    model = meta_model(spec)
+    b = spec.block(block)
+    x = _input_of(model, spec, model.get_submodule(b.path))
+    out = []
+    for br in b.branches:
+        convs = _convs(model, br.modules)
+        if len(br.tap_paths) != 1 or len(convs) < 2 or convs[0].kernel_size != (1, 1):
+            continue
+        direct = _conv_like(convs[1], cin=x.shape[1])
+        out.append(_measure(spec, f"{block}/{br.name}", "1x1 reduction", convs, [direct, *convs[2:]], x))
+    return out
+
+
+def factorisation_savings(spec: ModelSpec) -> list[Saving]:
+    """The model's factorisations, found in its conv chains and measured on their first use:
+    two stacked 3x3 convs vs one 5x5, a 1xk then kx1 pair vs one kxk, a Fire module vs a plain
+    3x3 conv of the same output width."""
+    model = meta_model(spec)
+    found: dict[str, Saving] = {}
+    for b in spec.blocks:
+        for br in b.branches:
+            convs = _convs(model, br.modules)
+            for c1, c2 in zip(convs, convs[1:]):
+                where = f"{b.name}/{br.name}"
+                if "3x3" not in found and c1.kernel_size == c2.kernel_size == (3, 3) \
+                        and c1.stride == c2.stride == (1, 1) and c2.in_channels == c1.out_channels:
+                    alt = _conv_like(c1, kernel=(5, 5), padding=(2, 2), cout=c2.out_channels)
+                    found["3x3"] = _measure(spec, where, "two 3x3 convs in place of one 5x5", [c1, c2], [alt],
+                                            _input_of(model, spec, c1))
+                k = c1.kernel_size[1]
+                if "1xk" not in found and k > 1 and c1.kernel_size == (1, k) and c2.kernel_size == (k, 1):
+                    alt = _conv_like(c1, kernel=(k, k), padding=(k // 2, k // 2), cout=c2.out_channels)
+                    found["1xk"] = _measure(spec, where, f"1x{k} + {k}x1 in place of one {k}x{k}", [c1, c2], [alt],
+                                            _input_of(model, spec, c1))
+        if b.shared and b.merge == "concat" and "fire" not in found:
+            fm = model.get_submodule(b.path)
+            x = _input_of(model, spec, fm)
+            width = sum(model.get_submodule(br.modules[0]).out_channels for br in b.branches)
+            with torch.device("meta"):
+                plain = nn.Conv2d(x.shape[1], width, 3, padding=1)
+            squeeze = _convs(model, b.shared)[0]
+            found["fire"] = _measure(
+                spec, b.name, "Fire module in place of a plain 3x3 conv", [fm], [plain], x,
+                built_txt=f"squeeze {_fmt(squeeze)}, expand 1x1 || 3x3 -> {width}",
+                alt_txt=f"3x3 {x.shape[1]}->{width}",
+            )
+    return list(found.values())

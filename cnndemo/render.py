@@ -141,3 +141,62 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
             lines.append(cur)
             cur = w
     return lines + [cur] if cur else lines
+
+
+# ----------------------------------------------------------------------------- attributions
+
+
+def _hwc(attr: np.ndarray) -> np.ndarray:
+    a = np.asarray(attr, dtype=np.float32)
+    return a[:, :, None] if a.ndim == 2 else np.transpose(a, (1, 2, 0))
+
+
+def _rgb01(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def attribution_views(a) -> tuple[Image.Image, Image.Image]:
+    """(overlay of |attribution| on the image, signed map), each with a colour bar.
+
+    Drawn by Captum's own ``visualize_image_attr`` on Figure objects of ours (no pyplot).
+    """
+    from captum.attr import visualization as viz
+
+    img = _rgb01(a.seen)
+    attr = _hwc(a.attr)
+    title = f"{a.method} · {a.label} ({a.target})"
+    fig1 = new_figure(4.6, 4.2)
+    viz.visualize_image_attr(
+        attr, img, method="blended_heat_map", sign="absolute_value", show_colorbar=True, cmap="Reds",
+        plt_fig_axis=(fig1, fig1.add_subplot(1, 1, 1)), use_pyplot=False, alpha_overlay=0.55,
+        title=f"|attribution| over the image\n{title}",
+    )
+    fig2 = new_figure(4.6, 4.2)
+    has_negative = bool(np.nanmin(attr) < 0)
+    viz.visualize_image_attr(
+        attr, None, method="heat_map", sign="all" if has_negative else "positive",
+        show_colorbar=True, plt_fig_axis=(fig2, fig2.add_subplot(1, 1, 1)), use_pyplot=False,
+        title=(f"signed map (green +, red -)\n{title}" if has_negative else f"map (all values >= 0)\n{title}"),
+    )
+    return figure_to_image(fig1), figure_to_image(fig2)
+
+
+def attribution_grid(items: list, titles: list[str], *, cols: int = 3) -> Image.Image:
+    """Several attributions as |map| overlays in a grid, one title each."""
+    from captum.attr import visualization as viz
+
+    rows = (len(items) + cols - 1) // cols
+    fig = new_figure(3.3 * cols, 3.5 * rows)
+    for i, (a, t) in enumerate(zip(items, titles)):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        if a is None:
+            ax.text(0.5, 0.5, t, ha="center", va="center", wrap=True, fontsize=8)
+            ax.axis("off")
+            continue
+        viz.visualize_image_attr(
+            _hwc(a.attr), _rgb01(a.seen), method="blended_heat_map", sign="absolute_value", cmap="Reds",
+            plt_fig_axis=(fig, ax), use_pyplot=False, alpha_overlay=0.55,
+        )
+        ax.set_title(t, fontsize=8)
+    fig.tight_layout()
+    return figure_to_image(fig)

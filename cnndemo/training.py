@@ -150,6 +150,7 @@ def train(
     data: DigitData | None = None,
     limit: int | None = None,
     augment: float = 1.0,
+    clip: float | None = 2.0,
     on_step: StepFn | None = None,
     threads: int | None = None,
 ) -> TrainResult:
@@ -180,7 +181,10 @@ def train(
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r} (sgd or adam)")
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.2)
+    # Cosine decay from the full rate, no warm-up: the deep d2l GoogLeNet (no BatchNorm) sits on
+    # a plateau for a few hundred steps and needs the full rate to leave it; clipping the
+    # gradient norm keeps that rate from blowing it up once it does.
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     aug = Augment(augment) if augment > 0 else None
     result = TrainResult(model)
     t_start = time.perf_counter()
@@ -199,6 +203,8 @@ def train(
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             sched.step()
             step += 1

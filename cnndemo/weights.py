@@ -388,6 +388,7 @@ def save_bundled(state: dict[str, torch.Tensor], path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(pack_state(state), str(tmp))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return sha256_file(path)
 

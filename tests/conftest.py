@@ -48,13 +48,13 @@ def wait_http(url: str, timeout: float = 60.0) -> float:
 
 
 class AppServer:
-    def __init__(self, extra_env: dict | None = None, args: tuple[str, ...] = ()):
+    def __init__(self, extra_env: dict | None = None, args: tuple[str, ...] = ("--offline",)):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = dict(os.environ, **(extra_env or {}))
         self.log = tempfile.NamedTemporaryFile(prefix="cnndemo-app-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--offline", "--port", str(self.port), *args],
+            [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), *args],
             cwd=ROOT,
             env=env,
             stdout=self.log,
@@ -64,7 +64,7 @@ class AppServer:
             self.startup_s = wait_http(self.url, timeout=90)
         except TimeoutError:
             self.stop()
-            raise RuntimeError("app did not start:\n" + Path(self.log.name).read_text())
+            raise RuntimeError("app did not start:\n" + Path(self.log.name).read_text()) from None
 
     def rss_mb(self) -> float:
         pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])

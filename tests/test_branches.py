@@ -163,7 +163,7 @@ def test_concurrent_captures_never_mix(tmp_path):
     for t in threads:
         t.join()
     assert not errors
-    for (i, job), ex in results.items():
+    for (_i, job), ex in results.items():
         ref = serial[job]
         assert ex.prediction.top == ref.prediction.top
         for name, bm in ex.blocks.items():

@@ -6,8 +6,8 @@ import os
 
 import gradio as gr
 
-from . import explore
-from .common import CSS, EXAMPLES_DIR
+from . import attributions, compare, digits, explore
+from .common import CSS, EXAMPLES_DIR, weights_status
 
 # Classroom tuning (README): how many network-running events at once, how long the queue may
 # grow before new requests are turned away, and the worker-thread pool.
@@ -27,18 +27,30 @@ def build_demo() -> gr.Blocks:
             "Pick a classic CNN, give it an image, and see what it predicts, what every "
             "parallel branch saw, which pixels mattered, and what it costs."
         )
+        status = gr.Markdown(elem_classes=["cz-note"])
         checkpoint = gr.State(None)
         with gr.Tabs():
             with gr.Tab("Explore", id="explore"):
-                explore.build(checkpoint)
+                ex = explore.build(checkpoint)
+                attributions.compact_panel(ex, checkpoint)
+            with gr.Tab("Attributions", id="attributions"):
+                attributions.build(checkpoint)
+            with gr.Tab("Compare", id="compare"):
+                cmp = compare.build()
+            with gr.Tab("Digits", id="digits") as digits_tab:
+                digits.build()
+        # The Sketchpad opens with no tool selected; pick the brush so a class can draw at once.
+        digits_tab.select(None, None, None, js=digits.SELECT_BRUSH_JS, api_visibility="private")
+        demo.load(weights_status, None, status, api_visibility="private")
+        demo.load(compare.on_load, None, compare.load_outputs(cmp), api_visibility="private")
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs):
-    """Build and launch the app with the project's safety settings."""
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs) -> gr.Blocks:
+    """Build and launch the app with the project's safety settings; return the Blocks."""
     demo = build_demo()
-    return demo.launch(
+    demo.launch(
         server_name=host,
         server_port=port,
         share=share,
@@ -51,6 +63,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwa
         footer_links=["api", "settings"],
         **kwargs,
     )
+    return demo
 
 
 __all__ = ["build_demo", "launch"]

@@ -69,7 +69,11 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
 
 @user_errors
 def on_checkpoint(file: str | None, model: str):
-    """Validate an uploaded state_dict for the selected architecture; keep it for this session."""
+    """Load your own state_dict for one architecture, for this session only.
+
+    file: a .pth / .pt / .safetensors state_dict (loaded with weights_only: pickled code never runs).
+    model: the zoo key it was trained for.
+    """
     if not file:
         return None, "No checkpoint: the model uses its published weights (or random init).", weights_banner(None, model)
     from pathlib import Path
@@ -118,7 +122,7 @@ def on_block(key: str, block: str):
     return gr.Dropdown(choices=branches, value=branches[0])
 
 
-_PANELS = LRU(48)
+_PANELS = LRU(8)
 
 
 def _panel(ex, block: str):
@@ -180,8 +184,10 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
         "block": block,
         "branches": [
             {
+                # "path" in the CLI's JSON; renamed here because gradio_client takes any object
+                # with a string "path" for a file to download.
                 "name": b.info.name,
-                "path": b.info.path,
+                "kernel_path": b.info.path,
                 "channels": list(b.info.channels) if b.info.channels else None,
                 "shape": list(b.info.shape),
                 "params": b.info.params,
@@ -227,12 +233,13 @@ def build(checkpoint_state: gr.State) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             c["model"] = gr.Dropdown(
-                model_choices(), value="googlenet", label="Model", info="grouped by family"
+                model_choices(), value="googlenet", label="Model", info="grouped by family", elem_id="explore-model"
             )
             c["card"] = gr.Markdown(model_card("googlenet"))
             c["image"] = image_input(
                 sources=["upload", "webcam", "clipboard"],
                 label="Image (upload, webcam or paste)",
+                elem_id="explore-image",
                 height=320,
             )
             c["examples"] = gr.Examples(examples(), inputs=[c["image"]], label="Example photos")
@@ -245,7 +252,7 @@ def build(checkpoint_state: gr.State) -> dict:
                 c["ckpt_status"] = gr.Markdown("No checkpoint: the model uses its published weights (or random init).")
         with gr.Column(scale=6):
             c["banner"] = gr.HTML(weights_banner(None, "googlenet"), label="weights in use")
-            c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions")
+            c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="explore-top5")
             with gr.Row():
                 c["seen"] = gr.Image(label="What the network saw (after preprocessing)", height=240, interactive=False)
                 c["info"] = gr.Markdown(label="timing and input notes")
@@ -261,10 +268,10 @@ def build(checkpoint_state: gr.State) -> dict:
     gr.Markdown("## Branches: what each parallel path of a block saw")
     with gr.Row():
         c["block"] = gr.Dropdown(
-            block_choices("googlenet"), value=ZOO["googlenet"].default_block, label="Block", scale=2
+            block_choices("googlenet"), value=ZOO["googlenet"].default_block, label="Block", scale=2, elem_id="explore-block", allow_custom_value=True
         )
-        c["block_note"] = gr.Markdown(scale=5)
-    c["panel"] = gr.Image(label="Branch maps", show_label=False, interactive=False, buttons=["download", "fullscreen"])
+        c["block_note"] = gr.Markdown(scale=5, elem_id="explore-block-note")
+    c["panel"] = gr.Image(label="Branch maps", show_label=False, interactive=False, buttons=["download", "fullscreen"], elem_id="explore-panel")
     with gr.Row():
         c["share_plot"] = gr.BarPlot(
             x="branch", y="share", title="Share of this block's output energy (sum of squares)",
@@ -284,7 +291,7 @@ def build(checkpoint_state: gr.State) -> dict:
     with gr.Accordion("Ablation: knock one branch out and re-run from that block on", open=True):
         with gr.Row():
             first = branch_choices("googlenet", ZOO["googlenet"].default_block)
-            c["branch"] = gr.Dropdown(first, value=first[0], label="Branch")
+            c["branch"] = gr.Dropdown(first, value=first[0], label="Branch", allow_custom_value=True)
             c["mode"] = gr.Radio(["zero", "mean"], value="zero", label="Replace it by", info="zeros, or its per-channel mean")
             c["ablate"] = gr.Button("Knock it out", variant="secondary")
         with gr.Row():
@@ -326,7 +333,7 @@ def build(checkpoint_state: gr.State) -> dict:
         on_checkpoint,
         [c["ckpt_file"], c["model"]],
         [checkpoint_state, c["ckpt_status"], c["banner"]],
-        api_visibility="private",
+        api_name="load_checkpoint",
         concurrency_id=MODEL_GROUP,
     )
     c["model"].change(

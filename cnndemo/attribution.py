@@ -1,0 +1,506 @@
+"""Which pixels drove a prediction: Captum's methods, made correct on every zoo model, and scored.
+
+Every method runs through Captum on a per-model copy whose non-linearities are all modules,
+used once (``archs.module_relu``): that is what Guided Backprop, Guided Grad-CAM and DeepLift
+need to be right on torchvision's GoogLeNet, Inception-v3 and ResNet. The copy computes the
+same logits, has its own lock (Captum hooks it), and leaves the model that serves predictions
+free for other users.
+
+Each map comes with two scores:
+
+- sanity (Adebayo et al. 2018): the Spearman rank correlation between the map and the same
+  method's map on a copy whose top layers are re-initialised. A map that barely changes does
+  not depend on what the network learned, and is flagged.
+- deletion: the target probability as the most-attributed pixels are replaced by the baseline
+  first, against a random order; the score is the area between the two curves (Captum ships
+  no deletion metric, so this one is computed here, in one batched pass per curve).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .archs.module_relu import with_module_relus
+from .predict import ImageLike, load_for, resolve, seen_image, to_batch
+from .runtime import LoadedModel
+from .specs import ModelSpec
+from .weights import WeightsInfo
+
+ProgressFn = Callable[[float | None, str], None]
+
+# Batch of perturbed inputs per forward/backward (IG steps, SmoothGrad samples, occlusion
+# windows, deletion images). On a 2-core CPU, GoogLeNet's throughput is flat from 8 upward
+# (`python -m cnndemo bench-attribution --sweep-batch`), and 8 keeps the peak memory of one
+# request under ~0.5 GB and gives IG's progress bar a step every 8 of its 16-32 steps.
+INTERNAL_BATCH = 8
+SANITY_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The quality knobs, with defaults that finish in seconds on a 2-core CPU."""
+
+    steps: int = 16  # Integrated Gradients
+    samples: int = 8  # SmoothGrad, GradientSHAP
+    noise: float = 0.15  # SmoothGrad / GradientSHAP noise, as a fraction of the input range
+    window: int = 32  # Occlusion window (pixels; at most a quarter of the input side)
+    stride: int = 24  # Occlusion stride (pixels; at most half the window)
+    internal_batch: int = INTERNAL_BATCH
+
+    def clamp(self) -> Settings:
+        return Settings(
+            steps=int(min(max(self.steps, 2), 256)),
+            samples=int(min(max(self.samples, 1), 64)),
+            noise=float(min(max(self.noise, 0.0), 1.0)),
+            window=int(min(max(self.window, 2), 128)),
+            stride=int(min(max(self.stride, 1), 128)),
+            internal_batch=int(min(max(self.internal_batch, 1), 64)),
+        )
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    name: str
+    kind: str  # "pixel": C x H x W; "cam": H x W from a layer
+    uses_layer: bool
+    explain: str
+
+
+METHODS: dict[str, Method] = {
+    m.key: m
+    for m in (
+        Method("ig", "Integrated Gradients", "pixel", False, "gradients averaged along a straight path from a baseline image to the input"),
+        Method("saliency", "Saliency", "pixel", False, "absolute gradient of the class score with respect to each pixel"),
+        Method("smoothgrad", "SmoothGrad", "pixel", False, "saliency averaged over noisy copies of the input (NoiseTunnel)"),
+        Method("gradcam", "Grad-CAM", "cam", True, "a layer's activations weighted by their mean gradient, upsampled to the image"),
+        Method("guided_gradcam", "Guided Grad-CAM", "pixel", True, "Grad-CAM times Guided Backprop: where, and which edges"),
+        Method("occlusion", "Occlusion", "pixel", False, "how much the class score drops when a window of the image is hidden"),
+        Method("guided_backprop", "Guided Backprop", "pixel", False, "gradients with negative signals stopped at every ReLU on the way back"),
+        Method("deeplift", "DeepLift", "pixel", False, "differences from a baseline propagated with DeepLift's rescale rules"),
+        Method("gradient_shap", "GradientSHAP", "pixel", False, "expected gradients x (input - baseline) over noisy baselines (SHAP approximation)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Sanity:
+    rank_correlation: float
+    passed: bool
+    randomized: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"rank_correlation": round(self.rank_correlation, 4), "passed": self.passed, "randomized_layers": list(self.randomized)}
+
+
+@dataclass(frozen=True)
+class Deletion:
+    fractions: tuple[float, ...]
+    probs: tuple[float, ...]
+    random_probs: tuple[float, ...]
+    auc: float
+    random_auc: float
+
+    @property
+    def score(self) -> float:
+        """(random AUC - attribution AUC) / initial probability: > 0 means the map found pixels that matter."""
+        p0 = self.probs[0]
+        return (self.random_auc - self.auc) / p0 if p0 > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {"auc": round(self.auc, 6), "random_auc": round(self.random_auc, 6), "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True, eq=False)
+class Attribution:
+    model: str
+    method: str
+    target: int
+    label: str
+    prob: float
+    layer: str | None
+    attr: np.ndarray  # C x H x W for pixel methods, H x W for CAMs (at input resolution)
+    ms: float
+    weights: WeightsInfo
+    seen: object  # PIL image the network saw
+    settings: Settings
+    sanity: Sanity | None = None
+    deletion: Deletion | None = None
+
+    @property
+    def heat(self) -> np.ndarray:
+        """H x W signed map (channels summed) for display and scoring."""
+        return self.attr if self.attr.ndim == 2 else self.attr.sum(0)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "method": self.method,
+            "target": self.target,
+            "label": self.label,
+            "prob": round(self.prob, 6),
+            "layer": self.layer,
+            "weights": self.weights.kind,
+            "ms": round(self.ms, 1),
+            "sanity": self.sanity.to_json() if self.sanity else None,
+            "deletion": self.deletion.to_json() if self.deletion else None,
+        }
+
+
+# ----------------------------------------------------------------------------- model copies
+
+_ATTR_LOCKS: dict[int, threading.Lock] = {}
+_ATTR_GUARD = threading.Lock()
+
+
+def attr_lock(lm: LoadedModel) -> threading.Lock:
+    """One lock per loaded model for its attribution copies (Captum hooks them)."""
+    with _ATTR_GUARD:
+        return _ATTR_LOCKS.setdefault(id(lm), threading.Lock())
+
+
+def attribution_model(lm: LoadedModel) -> nn.Module:
+    """The model with every non-linearity a module used once; same logits, its own parameters."""
+    return lm.variant("module_relu", with_module_relus)
+
+
+def randomized_model(lm: LoadedModel) -> nn.Module:
+    """The attribution copy with the spec's top layers re-initialised (fixed seed)."""
+
+    def make(model: nn.Module) -> nn.Module:
+        model = with_module_relus(model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)
+            for path in lm.spec.top_layers:
+                for m in model.get_submodule(path).modules():
+                    if hasattr(m, "reset_parameters"):
+                        m.reset_parameters()
+                    if hasattr(m, "reset_running_stats"):
+                        m.reset_running_stats()
+        return model
+
+    return lm.variant("randomized_top", make)
+
+
+# ----------------------------------------------------------------------------- targets, layers
+
+
+def resolve_target(spec: ModelSpec, target: int | str | None, logits: torch.Tensor) -> int:
+    """None -> the top prediction; an index; or a class name (exact, else unique substring)."""
+    labels = spec.labels()
+    if target is None or (isinstance(target, str) and not target.strip()):
+        return int(logits.argmax(1)[0])
+    if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.strip().isdigit()):
+        idx = int(target)
+        if not 0 <= idx < len(labels):
+            raise ValueError(f"target index {idx} is out of range 0-{len(labels) - 1}")
+        return idx
+    name = str(target).strip()
+    if name.endswith(")") and "(" in name:  # "golden retriever (207)" as shown in the UI
+        inner = name[name.rindex("(") + 1 : -1]
+        if inner.isdigit():
+            return resolve_target(spec, int(inner), logits)
+    lowered = [label.lower() for label in labels]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    hits = [i for i, label in enumerate(lowered) if name.lower() in label]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise ValueError(f"no class named like {name!r}")
+    shown = ", ".join(f"{labels[i]} ({i})" for i in hits[:5])
+    raise ValueError(f"{name!r} matches {len(hits)} classes, e.g. {shown}: be more specific")
+
+
+def layer_choices(spec: ModelSpec) -> list[str]:
+    """Grad-CAM layers: the default, every block, and every branch that has modules of its own."""
+    out = [spec.gradcam_layer]
+    for b in spec.blocks:
+        if b.name not in out:
+            out.append(b.name)
+        if b.merge == "single":
+            continue
+        out += [f"{b.name}/{br.name}" for br in b.branches if br.tap_paths]
+    return out
+
+
+def resolve_layer(spec: ModelSpec, model: nn.Module, layer: str | None) -> tuple[str, tuple[str, ...]]:
+    """A layer name -> (display name, module paths whose outputs are summed by Grad-CAM)."""
+    name = layer or spec.gradcam_layer
+    if "/" in name:
+        block_name, branch_name = name.split("/", 1)
+        block = spec.block(block_name)
+        branch = next((br for br in block.branches if br.name == branch_name), None)
+        if branch is None:
+            raise KeyError(f"{block_name} has no branch {branch_name!r}")
+        if not branch.tap_paths:
+            raise ValueError(
+                f"{name} has no module of its own (it is computed functionally from the block input), "
+                "so Grad-CAM has nothing to hook: choose the whole block or another branch"
+            )
+        return name, branch.tap_paths
+    block = next((b for b in spec.blocks if b.name == name), None)
+    path = block.path if block else name
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        raise KeyError(f"{spec.name} has no layer {name!r}; try one of: {', '.join(layer_choices(spec)[:8])} ...") from None
+    return name, (path,)
+
+
+# ----------------------------------------------------------------------------- running Captum
+
+
+def _baseline(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:
+    """Photos: the mean colour (0 after normalisation). Digits: a black canvas."""
+    if spec.inputs.kind == "digit":
+        mean = torch.tensor(spec.inputs.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.inputs.std, device=x.device).view(1, -1, 1, 1)
+        return ((0.0 - mean) / std).expand_as(x).contiguous()
+    return torch.zeros_like(x)
+
+
+class _ForwardCounter:
+    """Counts forward passes of a module to report progress of a Captum call."""
+
+    def __init__(self, model: nn.Module, expected: int, label: str, progress: ProgressFn | None):
+        self.model, self.expected, self.label, self.progress = model, max(1, expected), label, progress
+        self.calls = 0
+        self.handle = None
+
+    def __enter__(self):
+        if self.progress:
+            self.handle = self.model.register_forward_pre_hook(self._tick)
+        return self
+
+    def _tick(self, _m, _inputs):
+        self.calls += 1
+        self.progress(min(self.calls / self.expected, 0.99), f"{self.label}: pass {self.calls} of ~{self.expected}")
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def occlusion_window(s: Settings, x: torch.Tensor) -> tuple[int, int]:
+    """The window and stride actually used: scaled down for small inputs such as 28 x 28 digits."""
+    win = max(2, min(s.window, min(x.shape[-2:]) // 4))
+    if win < s.window:  # scaled down: keep the windows overlapping by half
+        return win, max(1, win // 2)
+    return win, min(s.stride, win)
+
+
+def _expected_passes(method: str, s: Settings, x: torch.Tensor) -> int:
+    b = s.internal_batch
+    if method == "ig":
+        return math.ceil(s.steps / b)
+    if method == "smoothgrad":
+        return math.ceil(s.samples / b)
+    if method == "occlusion":
+        h, w = x.shape[-2:]
+        win, stride = occlusion_window(s, x)
+        n = ((h - win) // stride + 1) * ((w - win) // stride + 1)
+        return 1 + math.ceil(n / b)
+    if method == "gradient_shap":
+        return 1
+    return 2 if method == "guided_gradcam" else 1
+
+
+_QUIET = []
+
+
+def _quiet_captum() -> None:
+    """Captum announces every hook it sets; those notices are expected here, so hide them once."""
+    if not _QUIET:
+        import warnings
+
+        for msg in ("Input Tensor .* did not already require gradients", "Setting .*hooks", "Setting forward, backward hooks"):
+            warnings.filterwarnings("ignore", message=msg, category=UserWarning)
+        _QUIET.append(True)
+
+
+def run_method(
+    model: nn.Module,
+    spec: ModelSpec,
+    method: str,
+    x: torch.Tensor,
+    target: int,
+    *,
+    layer_paths: tuple[str, ...] = (),
+    settings: Settings = Settings(),
+) -> np.ndarray:
+    """One Captum call on ``model`` (hold its lock). Returns C x H x W, or H x W for Grad-CAM."""
+    from captum import attr as ca
+
+    _quiet_captum()
+    s = settings
+    base = _baseline(spec, x)
+    sigma = s.noise * float(x.max() - x.min())
+    x = x.detach().clone().requires_grad_()
+    if method == "ig":
+        out = ca.IntegratedGradients(model).attribute(
+            x, baselines=base, target=target, n_steps=s.steps, internal_batch_size=s.internal_batch
+        )
+    elif method == "saliency":
+        out = ca.Saliency(model).attribute(x, target=target, abs=True)
+    elif method == "smoothgrad":
+        out = ca.NoiseTunnel(ca.Saliency(model)).attribute(
+            x, nt_type="smoothgrad", nt_samples=s.samples, nt_samples_batch_size=s.internal_batch,
+            stdevs=sigma, target=target,
+        )
+    elif method == "gradcam":
+        cams = [
+            ca.LayerGradCam(model, model.get_submodule(p)).attribute(x, target=target, relu_attributions=False)
+            for p in layer_paths
+        ]
+        # A split branch (Inception-v3's E blocks) is two modules concatenated: sum their
+        # weighted activations before the ReLU, as Grad-CAM on the concatenation would.
+        cam = F.relu(torch.stack([c.sum(1, keepdim=True) for c in cams]).sum(0))
+        out = ca.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[:, 0]
+    elif method == "guided_gradcam":
+        if len(layer_paths) != 1:
+            raise ValueError("Guided Grad-CAM needs a single layer; choose the block, or a branch with one output")
+        out = ca.GuidedGradCam(model, model.get_submodule(layer_paths[0])).attribute(
+            x, target=target, interpolate_mode="bilinear"
+        )
+    elif method == "occlusion":
+        c = x.shape[1]
+        win, stride = occlusion_window(s, x)
+        out = ca.Occlusion(model).attribute(
+            x, sliding_window_shapes=(c, win, win), strides=(c, stride, stride),
+            baselines=base, target=target, perturbations_per_eval=s.internal_batch,
+        )
+    elif method == "guided_backprop":
+        out = ca.GuidedBackprop(model).attribute(x, target=target)
+    elif method == "deeplift":
+        out = ca.DeepLift(model).attribute(x, baselines=base, target=target)
+    elif method == "gradient_shap":
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        noisy = base + 0.3 * torch.randn(4, *x.shape[1:], generator=gen).to(x.device)
+        out = ca.GradientShap(model).attribute(
+            x, baselines=torch.cat([base, noisy]), n_samples=s.samples, stdevs=sigma, target=target,
+        )
+    else:
+        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    return out.detach()[0].float().cpu().numpy()
+
+
+def attribute(
+    image: ImageLike,
+    model: LoadedModel | str,
+    method: str,
+    *,
+    target: int | str | None = None,
+    layer: str | None = None,
+    settings: Settings | None = None,
+    scores: bool = True,
+    progress: ProgressFn | None = None,
+) -> Attribution:
+    """An attribution map for one image, model, method and target, with its two scores."""
+    if method not in METHODS:
+        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    lm = resolve(model)
+    spec = lm.spec
+    s = (settings or Settings()).clamp()
+    meta = METHODS[method]
+    opened = load_for(spec, image)
+    x = to_batch(spec, opened, lm.device)
+    with attr_lock(lm):
+        m = attribution_model(lm)
+        layer_name, paths = resolve_layer(spec, m, layer) if meta.uses_layer else (None, ())
+        with torch.no_grad():
+            logits = m(x)
+        idx = resolve_target(spec, target, logits)
+        prob = float(torch.softmax(logits.float(), 1)[0, idx])
+        t0 = time.perf_counter()
+        with _ForwardCounter(m, _expected_passes(method, s, x), meta.name, progress):
+            attr = run_method(m, spec, method, x, idx, layer_paths=paths, settings=s)
+        ms = (time.perf_counter() - t0) * 1000
+        result = Attribution(
+            lm.key, method, idx, spec.labels()[idx], prob, layer_name, attr, ms, lm.weights,
+            seen_image(spec, x), s,
+        )
+    return add_scores(result, image, lm, progress=progress) if scores else result
+
+
+def add_scores(a: Attribution, image: ImageLike, model: LoadedModel | str, *, progress: ProgressFn | None = None) -> Attribution:
+    """``a`` with its sanity and deletion scores (another run of the method, and two curves)."""
+    lm = resolve(model)
+    x = to_batch(lm.spec, load_for(lm.spec, image), lm.device)
+    m_paths = ()
+    with attr_lock(lm):
+        m = attribution_model(lm)
+        if METHODS[a.method].uses_layer:
+            _, m_paths = resolve_layer(lm.spec, m, a.layer)
+        if progress:
+            progress(None, "sanity check: the same method on a copy with re-initialised top layers")
+        sanity = sanity_check(lm, a.method, x, a.target, m_paths, a.settings, a.heat)
+        if progress:
+            progress(None, "deletion curve: removing the most attributed pixels first")
+        deletion = deletion_curve(m, x, a.target, a.heat, _baseline(lm.spec, x), batch=a.settings.internal_batch)
+    return replace(a, sanity=sanity, deletion=deletion)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a.ravel())).astype(np.float64)
+    rb = np.argsort(np.argsort(b.ravel())).astype(np.float64)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else 0.0
+
+
+def sanity_check(
+    lm: LoadedModel, method: str, x: torch.Tensor, target: int, paths: tuple[str, ...], s: Settings, heat: np.ndarray
+) -> Sanity:
+    """Rank correlation of |map| with the same method's |map| on the re-initialised copy."""
+    rnd = randomized_model(lm)
+    other = run_method(rnd, lm.spec, method, x, target, layer_paths=paths, settings=s)
+    other_heat = other if other.ndim == 2 else other.sum(0)
+    rho = spearman(np.abs(heat), np.abs(other_heat))
+    return Sanity(rho, abs(rho) < SANITY_THRESHOLD, lm.spec.top_layers)
+
+
+@torch.no_grad()
+def deletion_curve(
+    model: nn.Module, x: torch.Tensor, target: int, heat: np.ndarray, baseline: torch.Tensor,
+    *, steps: int = 10, batch: int = INTERNAL_BATCH, seed: int = 0,
+) -> Deletion:
+    """Target probability as pixels are replaced by the baseline, most attributed first vs random."""
+    h, w = x.shape[-2:]
+    n = h * w
+    order = torch.from_numpy(np.argsort(-np.abs(heat).ravel(), kind="stable").copy())
+    rnd = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fractions = [i / steps for i in range(steps + 1)]
+
+    def masked(perm: torch.Tensor) -> torch.Tensor:
+        imgs = []
+        for f in fractions:
+            mask = torch.zeros(n, device=x.device)
+            mask[perm[: int(round(f * n))].to(x.device)] = 1.0
+            mask = mask.view(1, 1, h, w)
+            imgs.append(x * (1 - mask) + baseline * mask)
+        return torch.cat(imgs)
+
+    def probs(batch_x: torch.Tensor) -> list[float]:
+        out = []
+        for i in range(0, len(batch_x), batch):
+            out += torch.softmax(model(batch_x[i : i + batch]).float(), 1)[:, target].tolist()
+        return out
+
+    p_attr, p_rand = probs(masked(order)), probs(masked(rnd))
+    auc = float(np.trapezoid(p_attr, fractions))
+    rauc = float(np.trapezoid(p_rand, fractions))
+    return Deletion(tuple(fractions), tuple(p_attr), tuple(p_rand), auc, rauc)

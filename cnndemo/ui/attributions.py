@@ -1,0 +1,253 @@
+"""Attributions tab (and the compact panel in Explore): which pixels drove the prediction."""
+
+from __future__ import annotations
+
+import html
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from .. import render
+from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, layer_choices
+from ..zoo import ZOO
+from .common import MODEL_GROUP, examples, get_model, gr_progress, image_input, model_choices, user_errors, weights_banner
+
+SCORE_HELP = (
+    "**Sanity** (Adebayo et al. 2018): rank correlation between this map and the same method's map "
+    "after the model's top layers are re-initialised; below "
+    f"{SANITY_THRESHOLD} passes, above it the map barely depends on what the network learned.  \n"
+    "**Deletion**: the class probability as the most-attributed pixels are replaced first, against a "
+    "random order; a positive score means the map found pixels that matter more than random ones."
+)
+
+DEFAULT = Settings()
+
+
+def method_choices() -> list[tuple[str, str]]:
+    return [(m.name, m.key) for m in METHODS.values()]
+
+
+def target_choices(key: str) -> list[str]:
+    return [f"{label} ({i})" for i, label in enumerate(ZOO[key].labels())]
+
+
+def scores_markdown(a) -> str:
+    lines = [f"**{METHODS[a.method].name}** for **{html.escape(a.label)}** (class {a.target}, p = {a.prob:.2%}) "
+             f"in {a.ms:.0f} ms" + (f", layer `{a.layer}`" if a.layer else "") + "."]
+    if a.sanity:
+        ok = "passes" if a.sanity.passed else "⚠ **fails**: the map barely changes when the top layers are re-initialised"
+        lines.append(f"Sanity: rank correlation {a.sanity.rank_correlation:+.3f} → {ok}.")
+    if a.deletion:
+        d = a.deletion
+        lines.append(f"Deletion: AUC {d.auc:.4f} (random order {d.random_auc:.4f}), score **{d.score:+.3f}**.")
+    if not a.weights.trained:
+        lines.append("⚠ Random weights: the map explains an untrained network.")
+    return "  \n".join(lines)
+
+
+def deletion_frame(a) -> pd.DataFrame | None:
+    if not a.deletion:
+        return None
+    d = a.deletion
+    rows = [{"removed": f, "probability": p, "order": "most attributed first"} for f, p in zip(d.fractions, d.probs)]
+    rows += [{"removed": f, "probability": p, "order": "random"} for f, p in zip(d.fractions, d.random_probs)]
+    return pd.DataFrame(rows)
+
+
+def _save(img, a, suffix: str) -> str:
+    path = Path(tempfile.mkdtemp(prefix="cnndemo-")) / f"{a.model}_{a.method}_{a.target}_{suffix}"
+    if suffix.endswith(".npy"):
+        np.save(path, a.attr)
+    else:
+        img.save(path)
+    return str(path)
+
+
+def _settings(steps, samples, window, stride) -> Settings:
+    return Settings(steps=int(steps), samples=int(samples), window=int(window), stride=int(stride))
+
+
+@user_errors
+def run_attribute(
+    image: str | None,
+    model: str,
+    method: str = "ig",
+    target: str | None = None,
+    layer: str | None = None,
+    steps: float = DEFAULT.steps,
+    samples: float = DEFAULT.samples,
+    window: float = DEFAULT.window,
+    stride: float = DEFAULT.stride,
+    checkpoint: dict | None = None,
+    progress=gr.Progress(),
+):
+    """An attribution map with its sanity and deletion scores.
+
+    image: path of the image. model: zoo key. method: ig, saliency, smoothgrad, gradcam, guided_gradcam,
+    occlusion, guided_backprop, deeplift or gradient_shap. target: class index or name, empty for the
+    top prediction. layer: Grad-CAM layer (a block, or block/branch), empty for the model's default.
+    """
+    if not image:
+        raise gr.Error("Give the model an image first.")
+    lm = get_model(model, checkpoint, progress)
+    layer = layer if (layer and METHODS[method].uses_layer) else None
+    a = attribute(image, lm, method, target=target or None, layer=layer,
+                  settings=_settings(steps, samples, window, stride), scores=False, progress=gr_progress(progress))
+    overlay, signed = render.attribution_views(a)
+    yield (overlay, signed, scores_markdown(a) + "  \n*Computing the sanity and deletion scores...*", None,
+           a.to_json(), None, weights_banner(lm.weights, model))
+    a = add_scores(a, image, lm, progress=gr_progress(progress))
+    files = [_save(overlay, a, "overlay.png"), _save(signed, a, "signed.png"), _save(None, a, "attr.npy")]
+    yield overlay, signed, scores_markdown(a), deletion_frame(a), a.to_json(), files, weights_banner(lm.weights, model)
+
+
+@user_errors
+def run_all_methods(image: str | None, model: str, target: str | None = None, layer: str | None = None,
+                    checkpoint: dict | None = None, progress=gr.Progress()):
+    """Every method on one image and model, in a grid (fast settings, no scores)."""
+    if not image:
+        raise gr.Error("Give the model an image first.")
+    lm = get_model(model, checkpoint, progress)
+    items, titles = [], []
+    for i, (key, meth) in enumerate(METHODS.items()):
+        progress(i / len(METHODS), desc=f"{meth.name} ({i + 1} of {len(METHODS)})")
+        try:
+            a = attribute(image, lm, key, target=target or None, layer=layer if meth.uses_layer else None, scores=False)
+            items.append(a)
+            titles.append(f"{meth.name}\n{a.label} · {a.ms:.0f} ms")
+        except (ValueError, KeyError) as e:
+            items.append(None)
+            titles.append(f"{meth.name}: refused\n{e}")
+    return render.attribution_grid(items, titles, cols=3)
+
+
+@user_errors
+def run_compare(image: str | None, models: list[str] | None, method: str = "gradcam", progress=gr.Progress()):
+    """One method across 2 to 6 zoo models on the same image, each with its own top-1 label.
+
+    image: path of the image. models: 2-6 zoo keys. method: an attribution method key.
+    """
+    if not image:
+        raise gr.Error("Give the models an image first.")
+    models = list(models or [])
+    if not 2 <= len(models) <= 6:
+        raise gr.Error("Pick between 2 and 6 models to compare.")
+    items, titles, rows = [], [], []
+    for i, key in enumerate(models):
+        progress(i / len(models), desc=f"{ZOO[key].name} ({i + 1} of {len(models)})")
+        lm = get_model(key, None, progress)
+        a = attribute(image, lm, method, scores=False)
+        items.append(a)
+        flag = "" if lm.weights.trained else " [random weights]"
+        titles.append(f"{ZOO[key].name}{flag}\ntop-1: {a.label} ({a.prob:.0%})")
+        rows.append([ZOO[key].name, a.label, f"{a.prob:.1%}", lm.weights.kind, f"{a.ms:.0f}"])
+    cols = 3 if len(items) > 4 else len(items)
+    return render.attribution_grid(items, titles, cols=cols), rows
+
+
+def _layer_update(key: str):
+    spec = ZOO[key]
+    return gr.Dropdown(choices=layer_choices(spec), value=spec.gradcam_layer)
+
+
+def _target_update(key: str):
+    return gr.Dropdown(choices=target_choices(key), value=None)
+
+
+def knobs():
+    d = DEFAULT
+    with gr.Accordion("Quality knobs", open=False):
+        steps = gr.Slider(4, 128, value=d.steps, step=1, label="Integrated Gradients steps")
+        samples = gr.Slider(1, 32, value=d.samples, step=1, label="SmoothGrad / GradientSHAP samples")
+        window = gr.Slider(4, 96, value=d.window, step=1, label="Occlusion window (px)")
+        stride = gr.Slider(2, 64, value=d.stride, step=1, label="Occlusion stride (px)")
+    return steps, samples, window, stride
+
+
+def build(checkpoint_state: gr.State) -> dict:
+    c: dict = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            c["image"] = image_input(sources=["upload", "webcam", "clipboard"], label="Image", height=280, elem_id="attr-image")
+            gr.Examples(examples(), inputs=[c["image"]], label="Example photos")
+            c["model"] = gr.Dropdown(model_choices(), value="googlenet", label="Model")
+            c["method"] = gr.Dropdown(method_choices(), value="ig", label="Method")
+            c["layer"] = gr.Dropdown(layer_choices(ZOO["googlenet"]), value=ZOO["googlenet"].gradcam_layer,
+                                     label="Grad-CAM layer (a block, or one branch of it)", allow_custom_value=True)
+            c["target"] = gr.Dropdown(target_choices("googlenet"), value=None, allow_custom_value=True,
+                                      filterable=True, label="Target class (empty: the top prediction; type to search)")
+            c["knobs"] = knobs()
+            with gr.Row():
+                c["run"] = gr.Button("Explain", variant="primary", elem_id="attr-run")
+                c["grid_btn"] = gr.Button("All methods at once")
+        with gr.Column(scale=6):
+            c["banner"] = gr.HTML()
+            with gr.Row():
+                c["overlay"] = gr.Image(label="|attribution| over the image", interactive=False, buttons=["download"], elem_id="attr-overlay")
+                c["signed"] = gr.Image(label="signed map", interactive=False, buttons=["download"])
+            c["scores"] = gr.Markdown(elem_id="attr-scores")
+            gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
+            c["deletion"] = gr.LinePlot(x="removed", y="probability", color="order", height=220,
+                                        title="Deletion curve", x_title="fraction of pixels removed")
+            c["files"] = gr.File(label="Downloads: overlay PNG, signed PNG, raw attribution (.npy)", file_count="multiple")
+            with gr.Accordion("Result as JSON (same as the CLI)", open=False):
+                c["json"] = gr.JSON(label="attribution")
+    c["grid"] = gr.Image(label="All methods on this image", interactive=False, buttons=["download"])
+    gr.Markdown("### Side by side: one method across models")
+    with gr.Row():
+        c["cmp_models"] = gr.Dropdown(
+            model_choices("photo"), value=["googlenet", "bn_inception", "resnet50"], multiselect=True,
+            max_choices=6, label="Models (2 to 6)", scale=4,
+        )
+        c["cmp_method"] = gr.Dropdown(method_choices(), value="gradcam", label="Method", scale=2)
+        c["cmp_run"] = gr.Button("Compare", scale=1)
+    c["cmp_grid"] = gr.Image(label="Side by side", interactive=False, buttons=["download"])
+    c["cmp_table"] = gr.Dataframe(headers=["model", "top-1", "probability", "weights", "ms"], interactive=False)
+
+    knob_list = list(c["knobs"])
+    c["run"].click(
+        run_attribute,
+        [c["image"], c["model"], c["method"], c["target"], c["layer"], *knob_list, checkpoint_state],
+        [c["overlay"], c["signed"], c["scores"], c["deletion"], c["json"], c["files"], c["banner"]],
+        api_name="attribute",
+        concurrency_id=MODEL_GROUP,
+    )
+    c["grid_btn"].click(
+        run_all_methods, [c["image"], c["model"], c["target"], c["layer"], checkpoint_state], [c["grid"]],
+        api_name="attribute_grid", concurrency_id=MODEL_GROUP,
+    )
+    c["cmp_run"].click(
+        run_compare, [c["image"], c["cmp_models"], c["cmp_method"]], [c["cmp_grid"], c["cmp_table"]],
+        api_name="attribute_compare", concurrency_id=MODEL_GROUP,
+    )
+    c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private").then(
+        _target_update, [c["model"]], [c["target"]], api_visibility="private"
+    )
+    return c
+
+
+def compact_panel(explore: dict, checkpoint_state: gr.State) -> None:
+    """A small attribution panel under Explore's predictions (same handler as the tab)."""
+    with gr.Accordion("Which pixels mattered? (attribution for the top prediction)", open=False):
+        with gr.Row():
+            method = gr.Dropdown(method_choices(), value="gradcam", label="Method", scale=3)
+            go = gr.Button("Explain this prediction", scale=1)
+        with gr.Row():
+            overlay = gr.Image(label="|attribution| over the image", interactive=False, buttons=["download"])
+            signed = gr.Image(label="signed map", interactive=False, buttons=["download"])
+        scores = gr.Markdown()
+        gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
+    d = DEFAULT
+
+    def compact(image, model, meth, checkpoint, progress=gr.Progress()):
+        for out in run_attribute(image, model, meth, None, None, d.steps, d.samples, d.window, d.stride,
+                                 checkpoint, progress=progress):
+            yield out[0], out[1], out[2]
+
+    go.click(
+        compact, [explore["image"], explore["model"], method, checkpoint_state], [overlay, signed, scores],
+        api_visibility="private", concurrency_id=MODEL_GROUP,
+    )

@@ -1,0 +1,253 @@
+"""Compare tab: parameters, FLOPs, weight size, accuracy and measured time across the zoo."""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from .. import render
+from ..bench import reference_files, run_benchmark, scaling
+from ..profile import FLOPS_CONVENTION, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
+from ..zoo import ZOO
+from .common import gr_progress, model_choices, user_errors
+
+BENCH_GROUP = "bench"
+_LIVE: dict = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def _fmt(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def stats_rows() -> list[list]:
+    rows = []
+    for key in ZOO:
+        s = model_stats(key)
+        rows.append([ZOO[key].name, f"{s.params:,}", f"{s.weight_mb:.1f}", f"{s.gflops:.2f}",
+                     _fmt(s.acc1), _fmt(s.acc5), s.accuracy_on])
+    return rows
+
+
+def cost_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    stats = [model_stats(k) for k in ZOO]
+    params = pd.DataFrame({"model": [ZOO[s.key].name for s in stats], "millions of parameters": [s.params / 1e6 for s in stats]})
+    flops = pd.DataFrame({"model": [ZOO[s.key].name for s in stats], "GFLOPs": [s.gflops for s in stats]})
+    return params, flops
+
+
+def reference_markdown() -> str:
+    files = reference_files()
+    if not files:
+        return "No reference results are shipped yet."
+    lines = []
+    for f in files:
+        env = f["environment"]
+        lines.append(f"- **{env['device_name']}** ({env['device'].upper()}, {env.get('threads', '?')} threads), "
+                     f"torch {env['torch']}, measured {env['date']} (`assets/benchmarks/{f['file']}`)")
+    if not any(f["environment"]["device"] == "cuda" for f in files):
+        lines.append("- **GPU reference figures are pending**: this build has not yet been measured on a GPU. "
+                     "Run `python -m cnndemo bench --device cuda --precision fp32 fp16 --channels-last "
+                     "--json assets/benchmarks/<gpu>.json` on one to add them.")
+    return "Reference results (measured elsewhere, shipped with the app):\n" + "\n".join(lines)
+
+
+def result_rows(data: dict, label: str) -> list[list]:
+    env = data["environment"]
+    rows = []
+    for r in data["results"]:
+        if "error" in r:
+            rows.append([label, ZOO[r["model"]].name, env["device_name"], r["precision"], r["batch"], "-", "-", "-", "-", r["error"]])
+            continue
+        rows.append([label, ZOO[r["model"]].name, env["device_name"], r["precision"] + (" CL" if r["channels_last"] else ""),
+                     r["batch"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['throughput']:.1f}",
+                     f"{r['peak_mem_mb']:.0f}", f"{env['threads']} threads, {r['date']}"])
+    return rows
+
+
+RESULT_HEADERS = ["source", "model", "device", "precision", "batch", "p50 ms", "p90 ms", "images/s", "peak MiB", "notes"]
+
+
+def reference_rows() -> list[list]:
+    rows = []
+    for f in reference_files():
+        rows += result_rows(f, "reference")
+    return rows
+
+
+def bubble_figure(latency: dict[str, float], source: str):
+    """Accuracy vs latency at batch 1, bubble area = parameters."""
+    fig = render.new_figure(7.5, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    for key, ms in latency.items():
+        s = model_stats(key)
+        if s.acc1 is None or not s.accuracy_on.startswith("ImageNet"):
+            continue
+        ax.scatter(ms, s.acc1, s=max(30.0, s.params / 1e5), alpha=0.55)
+        ax.annotate(f"{ZOO[key].name}\n{s.params / 1e6:.1f}M params", (ms, s.acc1), fontsize=8,
+                    xytext=(6, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency at batch 1, ms (log scale) · {source}")
+    ax.set_ylabel("ImageNet top-1 accuracy, % (torchvision)")
+    ax.set_title("Accuracy vs latency (bubble area = parameters)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _latency_b1(data: dict) -> dict[str, float]:
+    return {r["model"]: r["p50_ms"] for r in data["results"]
+            if "error" not in r and r["batch"] == 1 and r["precision"] == "fp32"}
+
+
+def initial_bubble():
+    for f in reference_files():
+        lat = _latency_b1(f)
+        if lat:
+            return bubble_figure(lat, f"reference: {f['environment']['device_name']}")
+    return None
+
+
+@user_errors
+def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: list | None = None,
+                precision: str = "fp32", channels_last: bool = False, compile: bool = False, runs: float = 10,
+                progress=gr.Progress()):
+    """Measure latency p50/p90, throughput and peak memory on the app's device (cached per settings).
+
+    models: zoo keys. device: auto, cpu or cuda. batch_sizes: e.g. [1, 32]. precision: fp32, fp16 or bf16.
+    """
+    models = list(models or [])
+    if not models:
+        raise gr.Error("Pick at least one model.")
+    batches = tuple(sorted({int(b) for b in (batch_sizes or [1])}))
+    if max(batches) > 256:
+        raise gr.Error("Batch sizes above 256 are not offered here; use the CLI.")
+    key = (device, tuple(models), batches, precision, bool(channels_last), bool(compile), int(runs))
+    with _LIVE_LOCK:
+        data = _LIVE.get(key)
+    cached = data is not None
+    if data is None:
+        data = run_benchmark(models, device=device, batches=batches, precisions=(precision,),
+                             channels_last=bool(channels_last), compile=bool(compile), runs=int(runs),
+                             warmup=max(2, int(runs) // 5), progress=gr_progress(progress))
+        with _LIVE_LOCK:
+            _LIVE[key] = data
+    env = data["environment"]
+    note = (f"Measured live on **{env['device_name']}** ({env['device'].upper()}, {env['threads']} threads), "
+            f"torch {env['torch']}, {env['date']}" + (" (cached result for these settings)" if cached else "") +
+            ". Other users' requests running at the same time slow it down.")
+    lat = _latency_b1(data)
+    bubble = bubble_figure(lat, f"live: {env['device_name']}") if lat else None
+    return result_rows(data, "live") + reference_rows(), note, bubble, data
+
+
+@user_errors
+def run_scaling(model: str, progress=gr.Progress()):
+    data = scaling(model, progress=gr_progress(progress))
+    batch = pd.DataFrame(data["batch"])
+    res = pd.DataFrame(data["resolution"])
+    return batch, res
+
+
+@user_errors
+def anatomy(model: str, block: str | None):
+    spec = ZOO[model]
+    stages = [[s.name, s.layer, " × ".join(map(str, s.shape)), f"{s.params:,}", f"{s.flops / 1e6:,.1f}"]
+              for s in stage_costs(spec)]
+    block = block if block in [b.name for b in spec.blocks] else spec.default_block
+    branches, savings = [], []
+    if spec.has_branches:
+        branches = [[b.branch, b.path, f"{b.params:,}", f"{b.flops / 1e6:,.1f}"] for b in branch_costs(spec, block)]
+        savings = reduction_savings(spec, block)
+    savings += factorisation_savings(spec)
+    sav_rows = [[s.where, s.choice, s.built, s.alternative, f"{s.params_built:,} vs {s.params_alt:,}",
+                 f"{s.flops_built / 1e6:,.1f} vs {s.flops_alt / 1e6:,.1f}", f"{s.params_saved:.0%}", f"{s.flops_saved:.0%}"]
+                for s in savings]
+    return stages, branches, sav_rows or [["-", "no such design choice in this model", "", "", "", "", "", ""]]
+
+
+def _blocks_update(model: str):
+    spec = ZOO[model]
+    return gr.Dropdown(choices=[b.name for b in spec.blocks if b.merge != "single"] or ["-"],
+                       value=spec.default_block if spec.has_branches else "-")
+
+
+def build() -> dict:
+    c: dict = {}
+    gr.Markdown(f"### The zoo side by side\n{FLOPS_CONVENTION}. Weight size: float32 parameters and buffers, MiB. "
+                "Inception-v3 is counted without its training-only AuxLogits head (torchvision's 27.2M includes it).")
+    c["stats"] = gr.Dataframe(elem_id="compare-stats", headers=["model", "parameters", "weight MiB", "GFLOPs", "acc@1", "acc@5", "accuracy on"],
+                              interactive=False, wrap=True)
+    with gr.Row():
+        c["params_plot"] = gr.BarPlot(x="model", y="millions of parameters", title="Parameters (millions)", elem_id="compare-params",
+                                      height=280, x_label_angle=-30)
+        c["flops_plot"] = gr.BarPlot(x="model", y="GFLOPs", title="GFLOPs at each model's own input size",
+                                     height=280, x_label_angle=-30)
+    gr.Markdown("### Measured time")
+    c["reference"] = gr.Markdown()
+    with gr.Row():
+        c["models"] = gr.Dropdown(model_choices("photo"), value=["googlenet", "resnet50", "squeezenet1_0"],
+                                  multiselect=True, label="Models", scale=4)
+        devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        c["device"] = gr.Dropdown(devices, value="auto", label="Device", scale=1)
+        c["batches"] = gr.CheckboxGroup([1, 8, 32, 64], value=[1, 8], label="Batch sizes", scale=2)
+        c["precision"] = gr.Dropdown(["fp32", "bf16", "fp16"], value="fp32", label="Precision",
+                                     info="fp16 needs CUDA", scale=1)
+    with gr.Row():
+        c["channels_last"] = gr.Checkbox(label="channels_last", value=False)
+        c["compile"] = gr.Checkbox(label="torch.compile (slow first run)", value=False)
+        c["runs"] = gr.Slider(5, 50, value=10, step=1, label="Timed runs per setting")
+        c["go"] = gr.Button("Run benchmark", variant="primary")
+    c["note"] = gr.Markdown()
+    c["results"] = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, wrap=True)
+    c["bubble"] = gr.Plot(label="Accuracy vs latency", elem_id="compare-bubble")
+    with gr.Accordion("Results file (JSON)", open=False):
+        c["json"] = gr.JSON(label="benchmark")
+    gr.Markdown("### How cost grows")
+    with gr.Row():
+        c["scale_model"] = gr.Dropdown(model_choices("photo"), value="googlenet", label="Model", scale=3)
+        c["scale_go"] = gr.Button("Measure latency vs batch and resolution", scale=1)
+    with gr.Row():
+        c["by_batch"] = gr.LinePlot(x="batch", y="ms_per_image", title="Latency per image vs batch size", height=260)
+        c["by_res"] = gr.LinePlot(x="resolution", y="p50_ms", title="Latency vs input resolution (batch 1)", height=260)
+    gr.Markdown("### Architecture anatomy")
+    with gr.Row():
+        c["an_model"] = gr.Dropdown(model_choices(), value="googlenet", label="Model")
+        c["an_block"] = gr.Dropdown([b.name for b in ZOO["googlenet"].blocks], value="inception3a", label="Block",
+                                     allow_custom_value=True)
+    c["stages"] = gr.Dataframe(headers=["stage", "layer", "output shape", "parameters", "MFLOPs"], interactive=False)
+    c["branch_costs"] = gr.Dataframe(headers=["branch", "kernel path", "parameters", "MFLOPs"], interactive=False)
+    c["savings"] = gr.Dataframe(
+        headers=["where", "design choice", "as built", "plain alternative", "parameters", "MFLOPs", "params saved", "FLOPs saved"],
+        interactive=False, wrap=True,
+    )
+
+    c["go"].click(
+        run_compare,
+        [c["models"], c["device"], c["batches"], c["precision"], c["channels_last"], c["compile"], c["runs"]],
+        [c["results"], c["note"], c["bubble"], c["json"]],
+        api_name="compare", concurrency_id=BENCH_GROUP, concurrency_limit=1,
+    )
+    c["scale_go"].click(run_scaling, [c["scale_model"]], [c["by_batch"], c["by_res"]],
+                        api_name="scaling", concurrency_id=BENCH_GROUP, concurrency_limit=1)
+    c["an_model"].change(_blocks_update, [c["an_model"]], [c["an_block"]], api_visibility="private").then(
+        anatomy, [c["an_model"], c["an_block"]], [c["stages"], c["branch_costs"], c["savings"]], api_visibility="private")
+    c["an_block"].input(anatomy, [c["an_model"], c["an_block"]], [c["stages"], c["branch_costs"], c["savings"]],
+                        api_name="anatomy")
+    return c
+
+
+def on_load():
+    """Fill the Compare tab's static parts (cheap: counted once on the meta device, then cached)."""
+    params, flops = cost_frames()
+    stages, branches, savings = anatomy("googlenet", "inception3a")
+    return (stats_rows(), params, flops, reference_markdown(), reference_rows(), initial_bubble(),
+            stages, branches, savings)
+
+
+def load_outputs(c: dict) -> list:
+    return [c["stats"], c["params_plot"], c["flops_plot"], c["reference"], c["results"], c["bubble"],
+            c["stages"], c["branch_costs"], c["savings"]]

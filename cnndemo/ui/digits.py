@@ -1,0 +1,223 @@
+"""Digits tab: draw (or photograph) a digit, see all three small networks, their branches and
+pixels; and a training lab that trains a fresh network for this session only."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from .. import render
+from ..attribution import attribute
+from ..branches import explore
+from ..digits import EmptyDrawing, normalize_digit
+from ..images import open_image
+from ..runtime import STORE, LoadedModel
+from ..training import load_digits, train
+from ..weights import WeightsInfo
+from ..zoo import DIGIT_KEYS, ZOO
+from .common import MODEL_GROUP, image_input, user_errors
+
+TRAIN_GROUP = "train"
+SELECT_BRUSH_JS = """() => { setTimeout(() => {
+  const b = document.querySelector('#digits-sketch button[aria-label="Brush"]');
+  if (b) b.click();
+}, 250); }"""
+_DATA: list = []
+_DATA_LOCK = threading.Lock()
+
+
+def _data():
+    with _DATA_LOCK:
+        if not _DATA:
+            _DATA.append(load_digits())
+        return _DATA[0]
+
+
+def _models(session: dict | None) -> dict[str, LoadedModel]:
+    """The three digit networks: shipped weights, or this session's freshly trained one."""
+    out = {k: STORE.get(k) for k in DIGIT_KEYS}
+    for key, lm in (session or {}).items():
+        out[key] = lm
+    return out
+
+
+def _as_image(value) -> Image.Image | str | None:
+    """A Sketchpad value (dict with a composite) or an uploaded file path."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        comp = value.get("composite")
+        if comp is None:
+            return None
+        return comp if isinstance(comp, Image.Image) else Image.open(comp)
+    return value
+
+
+def _read(value) -> Image.Image | None:
+    img = _as_image(value)
+    return None if img is None else open_image(img, keep_alpha=True).image
+
+
+def _classify(value, session) -> tuple[tuple, dict]:
+    """(the eight display outputs, the top-3 of each network as JSON)."""
+    img = _read(value)
+    if img is None:
+        msg = "Draw a digit on the canvas, or upload a photo of one."
+        return (None, msg, None, None, None, None, None, None), {"error": msg}
+    try:
+        digit = normalize_digit(img)
+    except EmptyDrawing as e:
+        return (None, str(e), None, None, None, None, None, None), {"error": str(e)}
+    models = _models(session)
+    labels, result = [], {}
+    for key in DIGIT_KEYS:
+        lm = models[key]
+        pred = explore(img, lm, top=3).prediction
+        labels.append({t.label: t.prob for t in pred.top})
+        result[key] = {"weights": lm.weights.kind, "source": lm.weights.source,
+                       "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)} for t in pred.top]}
+    inc = explore(img, models["mnist_inception"], top=3)  # cached: no second forward pass
+    panels = [render.block_panel(inc.blocks[b.name], inc.seen, tile=64) for b in ZOO["mnist_inception"].blocks]
+    overlay, _signed = render.attribution_views(attribute(img, models["mnist_inception"], "ig", scores=False))
+    note = "  \n".join(
+        f"**{ZOO[k].name}**: {models[k].weights.source}" + (" (trained in this session)" if k in (session or {}) else "")
+        for k in DIGIT_KEYS
+    )
+    seen = digit.resize((168, 168), Image.Resampling.NEAREST)
+    return (seen, note, *labels, *panels, overlay), result
+
+
+@user_errors
+def classify_sketch(sketch: dict | None, session: dict | None = None):
+    return _classify(sketch, session)[0]
+
+
+@user_errors
+def classify_upload(image: str | None, session: dict | None = None):
+    """All three digit networks' top-3 for one digit image (drawn or photographed).
+
+    image: path of an image of a single digit, any size, dark on light or light on dark.
+    """
+    ui, result = _classify(image, session)
+    return (*ui, result)
+
+
+# ----------------------------------------------------------------------------- training lab
+
+
+@user_errors
+def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: float, session: dict | None,
+              progress=gr.Progress()):
+    """Train a fresh digit network (this session only); stream progress and curves."""
+    session = dict(session or {})
+    data = _data()
+    updates: queue.Queue = queue.Queue()
+    box: dict = {}
+
+    def work():
+        try:
+            box["result"] = train(key, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
+                                  data=data, limit=int(limit), on_step=updates.put)
+        except Exception as e:  # reported to the user below
+            box["error"] = e
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    steps, epochs_done = [], []
+    last = 0.0
+    while True:
+        item = updates.get()
+        if item is None:
+            break
+        if "epoch_done" in item:
+            epochs_done.append(item["epoch_done"])
+        else:
+            steps.append({"step": item["step"], "loss": item["loss"], "train accuracy %": item["train_acc"]})
+            progress(item["step"] / item["total_steps"], desc=f"epoch {item['epoch']}/{item['epochs']}: "
+                     f"loss {item['loss']:.3f}, {item['ex_per_s']:.0f} examples/s")
+        if time.monotonic() - last > 0.7:
+            last = time.monotonic()
+            yield _lab_outputs(steps, epochs_done, session, "training...")
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    spec = ZOO[key]
+    info = WeightsInfo("custom", f"trained in this session ({int(epochs)} epochs, held-out {result.test_acc:.1f}%)",
+                       f"session-{id(result.model):x}")
+    session[key] = LoadedModel(spec, result.model.eval(), info, STORE.device)
+    done = (f"Done in {result.wall_s:.1f} s: held-out accuracy **{result.test_acc:.1f}%**. The Digits panel above now "
+            f"uses this {spec.name} for your session; the shipped weights are unchanged.")
+    yield _lab_outputs(steps, epochs_done, session, done)
+
+
+def _lab_outputs(steps, epochs_done, session, msg):
+    frame = pd.DataFrame(steps) if steps else None
+    if epochs_done:
+        e = epochs_done[-1]
+        msg += (f"  \nEpoch {e['epoch']}: loss {e['loss']:.3f}, train {e['train_acc']:.1f}%, held-out "
+                f"{e['test_acc']:.1f}%, {e['ex_per_s']:.0f} examples/s")
+    return frame, msg, session
+
+
+@user_errors
+def forget_session(session: dict | None):
+    return {}, "Back to the shipped weights."
+
+
+def build() -> dict:
+    c: dict = {}
+    c["session"] = gr.State({})
+    gr.Markdown("Draw a digit (0-9) with the mouse, or upload a photo of one. It is normalised the way MNIST "
+                "was made (white on black, fit into 20x20, centred by mass in 28x28) and read by all three networks.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            c["sketch"] = gr.Sketchpad(
+                type="pil", image_mode="RGBA", canvas_size=(280, 280), label="Draw a digit", elem_id="digits-sketch",
+                brush=gr.Brush(default_size=22, colors=["#000000"], color_mode="fixed"), height=340,
+            )
+            c["upload"] = image_input(sources=["upload", "webcam", "clipboard"], label="...or a photo of a digit", height=200)
+        with gr.Column(scale=6):
+            with gr.Row():
+                c["seen"] = gr.Image(label="What the networks saw (28 x 28)", interactive=False, height=190, elem_id="digits-seen")
+                c["note"] = gr.Markdown()
+            with gr.Row():
+                c["l_inc"] = gr.Label(num_top_classes=3, label=ZOO["mnist_inception"].name, elem_id="digits-inception")
+                c["l_res"] = gr.Label(num_top_classes=3, label=ZOO["mnist_resnet"].name)
+                c["l_d2l"] = gr.Label(num_top_classes=3, label=ZOO["d2l_googlenet"].name)
+            c["json"] = gr.JSON(label="top-3 of each network", visible=False)
+    with gr.Row():
+        c["panel1"] = gr.Image(label="Inception module 1: what each branch saw", interactive=False)
+        c["panel2"] = gr.Image(label="Inception module 2", interactive=False)
+    c["ig"] = gr.Image(label="Which pixels mattered (Integrated Gradients, MNIST Inception net)", interactive=False,
+                       height=320)
+    outputs = [c["seen"], c["note"], c["l_inc"], c["l_res"], c["l_d2l"], c["panel1"], c["panel2"], c["ig"]]
+    c["sketch"].change(classify_sketch, [c["sketch"], c["session"]], outputs, trigger_mode="always_last",
+                       api_visibility="private", concurrency_id=MODEL_GROUP)
+    c["upload"].change(classify_upload, [c["upload"], c["session"]], outputs + [c["json"]], api_name="digits",
+                       concurrency_id=MODEL_GROUP)
+
+    gr.Markdown("### Training lab\nTrain a fresh network on the 4,000 training digits, watch it learn, then try it "
+                "above. It lives in your session only; nobody else's model (and no file) changes.")
+    with gr.Row():
+        c["t_model"] = gr.Dropdown([(ZOO[k].name, k) for k in DIGIT_KEYS], value="mnist_resnet", label="Network")
+        c["t_epochs"] = gr.Slider(1, 5, value=2, step=1, label="Epochs")
+        c["t_batch"] = gr.Dropdown([8, 16, 32, 64, 128, 256], value=64, label="Batch size")
+        c["t_lr"] = gr.Number(value=0.05, minimum=0.0001, maximum=1.0, label="Learning rate")
+        c["t_limit"] = gr.Slider(500, 4000, value=2000, step=100, label="Training digits")
+    with gr.Row():
+        c["t_go"] = gr.Button("Train", variant="primary")
+        c["t_forget"] = gr.Button("Use the shipped weights again")
+    c["t_msg"] = gr.Markdown()
+    c["t_plot"] = gr.LinePlot(x="step", y="loss", title="Training loss (per batch)", height=260)
+    c["t_go"].click(train_lab, [c["t_model"], c["t_epochs"], c["t_batch"], c["t_lr"], c["t_limit"], c["session"]],
+                    [c["t_plot"], c["t_msg"], c["session"]], api_name="train_digits",
+                    concurrency_id=TRAIN_GROUP, concurrency_limit=2)
+    c["t_forget"].click(forget_session, [c["session"]], [c["session"], c["t_msg"]], api_visibility="private")
+    return c
+

@@ -1,0 +1,171 @@
+"""Attributions: correct on every zoo model (or refused with a reason), scored, and isolated."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import DeepLift, GuidedBackprop, Saliency
+
+from cnndemo.archs.module_relu import with_module_relus
+from cnndemo.attribution import (
+    METHODS,
+    Settings,
+    attribute,
+    attribution_model,
+    layer_choices,
+    randomized_model,
+    resolve_target,
+    spearman,
+)
+from cnndemo.runtime import STORE, build_random
+from cnndemo.taps import hook_count
+from cnndemo.zoo import ZOO
+from conftest import ROOT
+
+CAT = str(ROOT / "assets" / "examples" / "cat.jpg")
+FAST = Settings(steps=4, samples=2, window=56, stride=56)
+
+
+def _grad(model, x, target):
+    return Saliency(model).attribute(x.clone().requires_grad_(), target=target, abs=False)
+
+
+@pytest.mark.parametrize("key", ["googlenet", "inception_v3"])
+def test_guided_backprop_differs_from_plain_gradients(key):
+    spec = ZOO[key]
+    model = build_random(spec)
+    x = torch.randn(1, *spec.input_size, generator=torch.Generator().manual_seed(0))
+    plain = _grad(model, x, 3)
+    # The upstream trap: on torchvision's functional ReLUs, Captum's guided backprop is a no-op.
+    scale = float(plain.abs().mean())
+    assert scale > 0
+    naive = GuidedBackprop(model).attribute(x.clone().requires_grad_(), target=3)
+    assert float((naive - plain).abs().max()) <= 1e-5 * float(plain.abs().max())
+    fixed = with_module_relus(copy.deepcopy(model)).eval()
+    guided = GuidedBackprop(fixed).attribute(x.clone().requires_grad_(), target=3)
+    assert float((guided - plain).abs().mean()) > 0.05 * scale
+
+
+@pytest.mark.parametrize("key", ["googlenet", "inception_v3"])
+def test_guided_gradcam_differs_from_gradcam_times_plain_gradient(key):
+    lm = STORE.get(key)
+    a = attribute(CAT, lm, "guided_gradcam", scores=False)
+    g = attribute(CAT, lm, "gradcam", target=a.target, layer=a.layer, scores=False)
+    plain = _grad(lm.module, _input(lm), a.target)[0].numpy()
+    naive = plain * g.attr[None]  # what Guided Grad-CAM silently becomes with functional ReLUs
+    assert a.attr.shape == naive.shape
+    assert np.abs(a.attr - naive).mean() > 0.05 * np.abs(naive).mean()
+
+
+def _input(lm):
+    from cnndemo.predict import load_for, to_batch
+
+    return to_batch(lm.spec, load_for(lm.spec, CAT), lm.device)
+
+
+def test_deeplift_is_right_on_resnet_only_with_unique_relus():
+    spec = ZOO["resnet50"]
+    model = build_random(spec)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    base = torch.zeros_like(x)
+    fixed = with_module_relus(copy.deepcopy(model)).eval()
+    _, delta_fixed = DeepLift(fixed).attribute(x, baselines=base, target=1, return_convergence_delta=True)
+    # DeepLift's attributions must add up to f(x) - f(baseline) ("summation to delta").
+    with torch.no_grad():
+        gap = float(fixed(x)[0, 1] - fixed(base)[0, 1])
+    assert abs(float(delta_fixed)) < 1e-3 * max(1.0, abs(gap))
+    # On torchvision's Bottleneck (one ReLU module used three times) Captum refuses.
+    with pytest.raises(RuntimeError, match="DeepLift"):
+        DeepLift(model).attribute(x, baselines=base, target=1, return_convergence_delta=True)
+
+
+def test_attribution_copy_computes_the_same_logits():
+    for key in ("googlenet", "inception_v3", "resnet50"):
+        lm = STORE.get(key)
+        x = _input(lm)
+        with torch.no_grad():
+            assert torch.equal(attribution_model(lm)(x), lm.module(x))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_on_squeezenet_and_a_digit_net(method):
+    for key in ("squeezenet1_0", "mnist_inception"):
+        a = attribute(CAT, key, method, settings=FAST)
+        c, h, w = ZOO[key].input_size
+        expected = (h, w) if METHODS[method].kind == "cam" else (c, h, w)
+        assert a.attr.shape == expected and np.isfinite(a.attr).all()
+        assert np.abs(a.attr).sum() > 0
+        assert -1 <= a.sanity.rank_correlation <= 1 and len(a.deletion.probs) == 11
+        assert a.deletion.probs[0] == pytest.approx(a.prob, rel=1e-4)
+
+
+def test_gradcam_on_blocks_and_single_branches():
+    spec = ZOO["googlenet"]
+    assert "inception4d" in layer_choices(spec) and "inception4d/3x3" in layer_choices(spec)
+    lm = STORE.get("googlenet")
+    whole = attribute(CAT, lm, "gradcam", layer="inception4d", scores=False)
+    branch = attribute(CAT, lm, "gradcam", layer="inception4d/3x3", scores=False)
+    assert branch.layer == "inception4d/3x3" and whole.attr.shape == branch.attr.shape == (224, 224)
+    norm = lambda a: a / (np.abs(a).max() or 1.0)  # noqa: E731  (random-init maps are tiny)
+    assert np.abs(norm(whole.attr) - norm(branch.attr)).mean() > 0.01
+    split = attribute(CAT, "inception_v3", "gradcam", layer="Mixed_7b/3x3", scores=False)
+    assert split.attr.shape == (299, 299)
+    with pytest.raises(ValueError, match="no module of its own"):
+        attribute(CAT, "inception_v3", "gradcam", layer="Mixed_6a/pool", scores=False)
+    with pytest.raises(KeyError, match="no layer"):
+        attribute(CAT, lm, "gradcam", layer="inception9z", scores=False)
+
+
+def test_targets_by_index_and_name():
+    spec = ZOO["googlenet"]
+    logits = torch.zeros(1, 1000)
+    logits[0, 7] = 5
+    assert resolve_target(spec, None, logits) == 7
+    assert resolve_target(spec, 207, logits) == 207
+    assert resolve_target(spec, "golden retriever", logits) == 207
+    assert resolve_target(spec, "Golden Retriever (207)", logits) == 207
+    assert resolve_target(spec, "tabby", logits) == 281
+    with pytest.raises(ValueError, match="matches"):
+        resolve_target(spec, "terrier", logits)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_target(spec, 1000, logits)
+    a = attribute(CAT, "squeezenet1_0", "saliency", target="coffee mug", scores=False)
+    assert a.target == 504 and a.label == "coffee mug"
+
+
+def test_spearman():
+    a = np.arange(100.0)
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+
+
+def test_sanity_uses_a_copy_with_reinitialised_top_layers():
+    lm = STORE.get("squeezenet1_0")
+    rnd = randomized_model(lm)
+    orig = dict(lm.module.named_parameters())
+    changed = {n for n, p in rnd.named_parameters() if not torch.equal(p, orig[n])}
+    assert changed and all(n.startswith(("classifier", "features.12")) for n in changed)
+
+
+def test_concurrent_attributions_equal_their_serial_results():
+    jobs = [("googlenet", "gradcam", None), ("googlenet", "guided_backprop", None), ("googlenet", "gradcam", 504)]
+    serial = [attribute(CAT, k, m, target=t, scores=False).attr for k, m, t in jobs]
+    results: dict = {}
+
+    def work(i, job):
+        k, m, t = job
+        results[i] = attribute(CAT, k, m, target=t, scores=False).attr
+
+    threads = [threading.Thread(target=work, args=(i, j)) for i, j in enumerate(jobs * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(len(jobs) * 2):
+        np.testing.assert_allclose(results[i], serial[i % len(jobs)], rtol=1e-5, atol=1e-7)
+    lm = STORE.get("googlenet")
+    assert hook_count(lm.module) == 0 and hook_count(attribution_model(lm)) == 0

@@ -1,0 +1,136 @@
+"""Digits: shipped weights, MNIST-style normalisation of drawings, and training that learns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from cnndemo.cli import main
+from cnndemo.digits import EmptyDrawing, normalize_digit
+from cnndemo.predict import predict
+from cnndemo.runtime import STORE
+from cnndemo.training import evaluate, load_digits, train
+from cnndemo.zoo import DIGIT_KEYS, ZOO
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_digits()
+
+
+@pytest.mark.parametrize("key", DIGIT_KEYS)
+def test_shipped_weights_reach_the_recorded_accuracy(data, key):
+    record = ZOO[key].weights.record()
+    assert record["split"]["test_indices_sha256"] == data.split["test_indices_sha256"]
+    assert record["split"]["test"] == 1000 and record["split"]["train"] == 4000
+    lm = STORE.get(key)
+    assert lm.weights.kind == "pretrained", lm.weights.reason
+    _, acc = evaluate(lm.module, lm.spec, data.x_test, data.y_test)
+    assert abs(acc - record["test_acc"]) <= 0.5
+    assert acc >= 95.0
+
+
+def test_best_shipped_net_reaches_97_percent():
+    assert max(ZOO[k].weights.record()["test_acc"] for k in DIGIT_KEYS) >= 97.0
+
+
+def strokes(draw: ImageDraw.ImageDraw, fill) -> None:
+    """A hand-drawn-looking 7 on a 400 x 400 canvas."""
+    draw.line([(110, 90), (300, 90), (190, 330)], fill=fill, width=26, joint="curve")
+    draw.line([(160, 200), (250, 200)], fill=fill, width=22)
+
+
+def canvas(mode: str, bg, fg) -> Image.Image:
+    img = Image.new(mode, (400, 400), bg)
+    strokes(ImageDraw.Draw(img), fg)
+    return img
+
+
+def test_polarity_and_transparency_normalise_alike():
+    black_on_white = np.asarray(normalize_digit(canvas("RGB", "white", "black")), float)
+    on_transparent = np.asarray(normalize_digit(canvas("RGBA", (0, 0, 0, 0), (20, 20, 20, 255))), float)
+    white_on_black = np.asarray(normalize_digit(canvas("L", 0, 255)), float)
+    grey_strokes = np.asarray(normalize_digit(canvas("RGBA", (255, 255, 255, 0), (90, 90, 90, 255))), float)
+    for other in (on_transparent, white_on_black, grey_strokes):
+        assert np.abs(black_on_white - other).mean() < 4.0
+    assert black_on_white.shape == (28, 28)
+    # MNIST layout: white digit on black, inside the central 20 x 20, centred by mass.
+    assert black_on_white[0].max() == 0 and black_on_white[:, 0].max() == 0
+    ys, xs = np.nonzero(black_on_white > 25)
+    assert max(ys.max() - ys.min(), xs.max() - xs.min()) <= 20
+    cy, cx = (np.indices(black_on_white.shape) * black_on_white).reshape(2, -1).sum(1) / black_on_white.sum()
+    assert abs(cy - 13.5) <= 1.0 and abs(cx - 13.5) <= 1.0
+
+
+@pytest.mark.parametrize("img", [
+    Image.new("RGB", (300, 300), "white"),
+    Image.new("RGBA", (300, 300), (0, 0, 0, 0)),
+    Image.new("L", (50, 50), 0),
+])
+def test_empty_canvas_is_a_friendly_message(img):
+    with pytest.raises(EmptyDrawing, match="empty|too little"):
+        normalize_digit(img)
+
+
+def test_drawn_digits_are_read(tmp_path):
+    one = Image.new("RGBA", (400, 400), (0, 0, 0, 0))
+    ImageDraw.Draw(one).line([(200, 60), (205, 340)], fill=(0, 0, 0, 255), width=24)
+    zero = Image.new("RGB", (400, 400), "white")
+    ImageDraw.Draw(zero).ellipse([(120, 70), (280, 330)], outline="black", width=24)
+    for img, digit in ((one, "1"), (zero, "0")):
+        path = tmp_path / f"{digit}.png"
+        img.save(path)
+        votes = [predict(path, key).top[0].label for key in ("mnist_inception", "mnist_resnet")]
+        assert votes == [digit, digit]
+
+
+def test_cli_predict_uses_the_same_normalisation(tmp_path, capsys):
+    path = tmp_path / "seven.png"
+    canvas("RGBA", (0, 0, 0, 0), (0, 0, 0, 255)).save(path)
+    assert main(["predict", "--model", "mnist_inception", "--json", str(path)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["weights"] == "pretrained" and row["top"][0]["label"] in [str(d) for d in range(10)]
+    assert row["top"][0]["label"] == predict(canvas("RGB", "white", "black"), "mnist_inception").top[0].label
+
+
+def test_short_training_run_lowers_the_loss(data):
+    model_loss_before, _ = evaluate(STORE.get("mnist_resnet").spec.build(), ZOO["mnist_resnet"], data.x_test, data.y_test)
+    seen = []
+    result = train("mnist_resnet", epochs=1, batch_size=32, lr=0.05, data=data, limit=320, on_step=seen.append)
+    assert len(result.history) == 1 and result.history[0].test_loss < model_loss_before
+    steps = [s for s in seen if "step" in s]
+    assert len(steps) == 10 and all(s["ex_per_s"] > 0 for s in steps)
+    assert np.mean([s["loss"] for s in steps[-3:]]) < np.mean([s["loss"] for s in steps[:3]])
+
+
+def test_training_refuses_imagenet_models_and_bad_settings(data):
+    with pytest.raises(ValueError, match="ImageNet"):
+        train("googlenet", data=data)
+    with pytest.raises(ValueError):
+        train("mnist_resnet", epochs=0, data=data)
+
+
+def test_sweep_writes_one_plot_per_setting(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    rc = main(["train", "--sweep", "--model", "mnist_resnet", "--epochs", "1", "--limit", "256",
+               "--batch-sizes", "16", "128", "--out", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    runs = {r["batch_size"]: r for r in summary["runs"]}
+    assert runs[16]["updates"] == 16 and runs[128]["updates"] == 2
+    for r in summary["runs"]:
+        assert r["examples_per_s"] > 0
+        assert Image.open(r["plot"]).size[0] > 300
+    assert (out / "sweep.json").exists()
+
+
+def test_training_never_touches_the_shipped_file(data):
+    path = ZOO["mnist_resnet"].weights.path
+    before = path.read_bytes()
+    train("mnist_resnet", epochs=1, batch_size=64, data=data, limit=128)
+    assert path.read_bytes() == before
+    assert torch.is_tensor(next(STORE.get("mnist_resnet").module.parameters()))
