@@ -182,7 +182,7 @@ def block_infos(spec: ModelSpec) -> tuple[BlockInfo, ...]:
 
 
 def _summarise(raw: RawBlock, info: BlockInfo) -> BlockMaps:
-    energies = [float(t.float().pow(2).sum()) for t in raw.branches]
+    energies = [float(torch.linalg.vector_norm(t.float())) ** 2 for t in raw.branches]
     total = sum(energies) or 1.0
     maps = []
     for t, e, binfo in zip(raw.branches, energies, info.branches):
@@ -203,10 +203,13 @@ def _summarise(raw: RawBlock, info: BlockInfo) -> BlockMaps:
 
 
 class LRU:
-    """A small thread-safe LRU map."""
+    """A small thread-safe LRU map, bounded by entries and, given ``weigh``, by bytes."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, max_bytes: int | None = None, weigh=None):
         self.size = size
+        self.max_bytes = max_bytes
+        self.weigh = weigh or (lambda v: 0)
+        self.bytes = 0
         self.data: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 
@@ -214,22 +217,37 @@ class LRU:
         with self.lock:
             if key in self.data:
                 self.data.move_to_end(key)
-                return self.data[key]
+                return self.data[key][0]
         return None
 
     def put(self, key, value):
+        n = self.weigh(value)
         with self.lock:
-            self.data[key] = value
-            self.data.move_to_end(key)
-            while len(self.data) > self.size:
-                self.data.popitem(last=False)
+            if key in self.data:
+                self.bytes -= self.data.pop(key)[1]
+            self.data[key] = (value, n)
+            self.bytes += n
+            while len(self.data) > self.size or (
+                self.max_bytes is not None and self.bytes > self.max_bytes and len(self.data) > 1
+            ):
+                _, (_, dropped) = self.data.popitem(last=False)
+                self.bytes -= dropped
 
     def clear(self):
         with self.lock:
             self.data.clear()
+            self.bytes = 0
 
 
-CACHE = LRU(64)
+def exploration_bytes(ex: Exploration) -> int:
+    arrays = sum(b.mean_map.nbytes + b.top_maps.nbytes for bm in ex.blocks.values() for b in bm.branches)
+    w, h = ex.seen.size
+    return arrays + w * h * len(ex.seen.getbands())
+
+
+# Results of recent (image, model) pairs: what makes switching blocks free. Bounded in bytes
+# too, because a ResNet-50 exploration (56 x 56 maps in 16 blocks) is ~20x a digit net's.
+CACHE = LRU(64, max_bytes=48 * 2**20, weigh=exploration_bytes)
 
 
 def explore(
@@ -248,17 +266,23 @@ def explore(
 
 
 def _explore(opened: OpenedImage, lm: LoadedModel, top: int) -> Exploration:
-    infos = {i.name: i for i in block_infos(lm.spec)}
     x = to_batch(lm.spec, opened, lm.device)
+    pred, blocks, ms = explore_tensor(lm, x, top)
+    return Exploration(lm.key, lm.weights.ident, opened.digest, pred, seen_image(lm.spec, x), blocks, ms)
+
+
+def explore_tensor(lm: LoadedModel, x: torch.Tensor, top: int = 5) -> tuple[Prediction, dict[str, BlockMaps], float]:
+    """The one forward pass on a preprocessed batch: top-k, and every block's branch summaries."""
+    infos = {i.name: i for i in block_infos(lm.spec)}
     with lm.lock, torch.inference_mode():
         sync(lm.device)
         t0 = time.perf_counter()
-        logits, raw = run_with_taps(lm.module, x, lm.spec.blocks)
+        logits, raw = run_with_taps(lm.module, x, lm.spec.blocks, keep_outputs=False)
         sync(lm.device)
         ms = (time.perf_counter() - t0) * 1000.0
         pred = Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms)
         blocks = {name: _summarise(rb, infos[name]) for name, rb in raw.items()}
-    return Exploration(lm.key, lm.weights.ident, opened.digest, pred, seen_image(lm.spec, x), blocks, ms)
+    return pred, blocks, ms
 
 
 @dataclass(frozen=True)

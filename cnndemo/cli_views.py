@@ -223,14 +223,14 @@ def _setup_bench_explore(p):
     p.add_argument("--json", action="store_true")
 
 
-@command("bench-explore", "bare forward vs top-5 + every branch capture and share", _setup_bench_explore)
+@command("bench-explore", "bare forward vs top-5 + every branch capture and share (same preprocessed tensor)", _setup_bench_explore)
 def run_bench_explore(args) -> int:
     import statistics
     import time
 
     import torch
 
-    from .branches import _explore
+    from .branches import explore_tensor
     from .cli import _load
     from .predict import load_for, sync, to_batch
 
@@ -250,7 +250,8 @@ def run_bench_explore(args) -> int:
 
     def full() -> float:
         t0 = time.perf_counter()
-        _explore(opened, model, 5)  # no cache: top-5 + every block's branches and shares
+        explore_tensor(model, x, 5)  # no cache: top-5 + every block's branches and shares
+        sync(model.device)
         return (time.perf_counter() - t0) * 1000
 
     for _ in range(3):
@@ -560,8 +561,10 @@ def run_anatomy(args) -> int:
 
 
 def _setup_soak(p):
-    p.add_argument("--requests", type=int, default=300)
-    p.add_argument("--warmup", type=int, default=30, help="requests before the memory baseline is taken")
+    p.add_argument("--requests", type=int, default=300, help="measured requests")
+    p.add_argument("--warmup", type=int, default=90,
+                   help="requests first, before the memory baseline: one full cycle of every (request, image, "
+                        "model) variant, so that the bounded caches and lazily built model copies exist")
     p.add_argument("--json", action="store_true")
 
 
@@ -606,12 +609,16 @@ def run_soak(args) -> int:
         lambda i: client.predict(image=handle_file(str(ex / "camera_gray.png")), api_name="/digits"),
         lambda i: client.predict(image=handle_file(str(bad)), model="googlenet", api_name="/predict"),
     ]
-    errors, expected_errors, rss_base = [], 0, None
+    errors, expected_errors, rss_base, curve = [], 0, None, []
+    total = args.warmup + args.requests
     t0 = time.perf_counter()
-    for i in range(args.requests):
+    for i in range(total):
         if i == args.warmup:
             gc.collect()
             rss_base = _rss_mb()
+            t0 = time.perf_counter()
+        if i >= args.warmup and (i - args.warmup) % 50 == 0:
+            curve.append((i - args.warmup, round(_rss_mb(), 1)))
         kind = i % len(calls)
         try:
             calls[kind](i // len(calls))
@@ -625,19 +632,27 @@ def run_soak(args) -> int:
     elapsed = time.perf_counter() - t0
     gc.collect()
     rss_end = _rss_mb()
+    from .branches import CACHE
+    from .ui.explore import _PANELS
+
+    caches = {"explorations_mb": round(CACHE.bytes / 2**20, 1), "explorations": len(CACHE.data),
+              "branch_panels_mb": round(_PANELS.bytes / 2**20, 1)}
     hooks = {}
     for lm in STORE.loaded():
         hooks[lm.key] = hook_count(lm.module) + sum(hook_count(v) for v in lm._variants.values())
     demo.close()
     res = {
         "requests": args.requests,
+        "warmup_requests": args.warmup,
         "seconds": round(elapsed, 1),
         "unexpected_errors": len(errors),
         "refused_as_expected": expected_errors,
         "rss_start_mb": round(rss_start, 1),
         "rss_after_warmup_mb": round(rss_base or rss_end, 1),
         "rss_end_mb": round(rss_end, 1),
-        "growth_after_warmup_mb": round(rss_end - (rss_base or rss_end), 1),
+        "growth_mb": round(rss_end - (rss_base or rss_end), 1),
+        "rss_curve_mb": curve + [(args.requests, round(rss_end, 1))],
+        "bounded_caches": caches,
         "hooks_left": sum(hooks.values()),
         "hooks_by_model": hooks,
         "first_errors": errors[:5],

@@ -29,7 +29,7 @@ class Ablation:
 @dataclass
 class RawBlock:
     spec: BlockSpec
-    output: torch.Tensor
+    output: torch.Tensor | None  # None unless asked for (keep_outputs)
     branches: list[torch.Tensor]
 
 
@@ -64,6 +64,7 @@ def run_with_taps(
     blocks: Sequence[BlockSpec],
     *,
     ablation: Ablation | None = None,
+    keep_outputs: bool = True,
 ) -> tuple[torch.Tensor, dict[str, RawBlock]]:
     """Run ``model(x)`` once; return the logits and, per block, its output and branch outputs.
 
@@ -88,7 +89,7 @@ def run_with_taps(
                 branches.append(output.detach().clone())
             else:
                 branches.append(br.pre(taps[(block.name, "<input>")]))
-        out = output.detach().clone()
+        out = output.detach().clone() if keep_outputs else None
         replaced = None
         if ablation is not None and ablation.block == block.name:
             idx = [br.name for br in block.branches].index(ablation.branch)

@@ -7,7 +7,7 @@ import os
 import gradio as gr
 
 from . import attributions, compare, digits, explore
-from .common import CSS, EXAMPLES_DIR, weights_status
+from .common import CSS, EXAMPLES_DIR, tune_allocator, weights_status
 
 # Classroom tuning (README): how many network-running events at once, how long the queue may
 # grow before new requests are turned away, and the worker-thread pool.
@@ -49,6 +49,7 @@ def build_demo() -> gr.Blocks:
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs) -> gr.Blocks:
     """Build and launch the app with the project's safety settings; return the Blocks."""
+    tune_allocator()
     demo = build_demo()
     demo.launch(
         server_name=host,

@@ -122,7 +122,7 @@ def on_block(key: str, block: str):
     return gr.Dropdown(choices=branches, value=branches[0])
 
 
-_PANELS = LRU(8)
+_PANELS = LRU(8, max_bytes=16 * 2**20, weigh=lambda im: im.size[0] * im.size[1] * 3)
 
 
 def _panel(ex, block: str):
