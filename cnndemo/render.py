@@ -69,6 +69,7 @@ def training_curves(history: Sequence[dict], steps: Sequence[tuple[int, float]],
     epochs = [h["epoch"] for h in history]
     ax2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train (augmented)")
     ax2.plot(epochs, [h["test_acc"] for h in history], "s-", label="held-out")
+    ax2.set_xticks(epochs)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.set_ylim(0, 100)

@@ -184,14 +184,14 @@ def build(checkpoint_state: gr.State) -> dict:
                 c["run"] = gr.Button("Explain", variant="primary", elem_id="attr-run")
                 c["grid_btn"] = gr.Button("All methods at once")
         with gr.Column(scale=6):
-            c["banner"] = gr.HTML()
+            c["banner"] = gr.HTML(label="weights in use")
             with gr.Row():
-                c["overlay"] = gr.Image(label="|attribution| over the image", interactive=False, buttons=["download"], elem_id="attr-overlay")
-                c["signed"] = gr.Image(label="signed map", interactive=False, buttons=["download"])
-            c["scores"] = gr.Markdown(elem_id="attr-scores")
+                c["overlay"] = gr.Image(label="|attribution| over the image", show_label=False, interactive=False, buttons=["download"], elem_id="attr-overlay")
+                c["signed"] = gr.Image(label="signed map", show_label=False, interactive=False, buttons=["download"])
+            c["scores"] = gr.Markdown(elem_id="attr-scores", label="scores")
             gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
             c["deletion"] = gr.LinePlot(x="removed", y="probability", color="order", height=220,
-                                        title="Deletion curve", x_title="fraction of pixels removed")
+                                        title="Deletion curve", x_title="fraction of pixels removed", label="deletion curve")
             c["files"] = gr.File(label="Downloads: overlay PNG, signed PNG, raw attribution (.npy)", file_count="multiple")
             with gr.Accordion("Result as JSON (same as the CLI)", open=False):
                 c["json"] = gr.JSON(label="attribution")
@@ -205,7 +205,8 @@ def build(checkpoint_state: gr.State) -> dict:
         c["cmp_method"] = gr.Dropdown(method_choices(), value="gradcam", label="Method", scale=2)
         c["cmp_run"] = gr.Button("Compare", scale=1)
     c["cmp_grid"] = gr.Image(label="Side by side", interactive=False, buttons=["download"])
-    c["cmp_table"] = gr.Dataframe(headers=["model", "top-1", "probability", "weights", "ms"], interactive=False)
+    c["cmp_table"] = gr.Dataframe(headers=["model", "top-1", "probability", "weights", "ms"], interactive=False,
+                                  label="top-1 per model")
 
     knob_list = list(c["knobs"])
     c["run"].click(
@@ -236,8 +237,8 @@ def compact_panel(explore: dict, checkpoint_state: gr.State) -> None:
             method = gr.Dropdown(method_choices(), value="gradcam", label="Method", scale=3)
             go = gr.Button("Explain this prediction", scale=1)
         with gr.Row():
-            overlay = gr.Image(label="|attribution| over the image", interactive=False, buttons=["download"])
-            signed = gr.Image(label="signed map", interactive=False, buttons=["download"])
+            overlay = gr.Image(label="|attribution| over the image", show_label=False, interactive=False, buttons=["download"])
+            signed = gr.Image(label="signed map", show_label=False, interactive=False, buttons=["download"])
         scores = gr.Markdown()
         gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
     d = DEFAULT

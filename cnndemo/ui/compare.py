@@ -32,11 +32,12 @@ def stats_rows() -> list[list]:
     return rows
 
 
-def cost_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+def cost_frames() -> tuple[gr.BarPlot, gr.BarPlot]:
     stats = [model_stats(k) for k in ZOO]
-    params = pd.DataFrame({"model": [ZOO[s.key].name for s in stats], "millions of parameters": [s.params / 1e6 for s in stats]})
-    flops = pd.DataFrame({"model": [ZOO[s.key].name for s in stats], "GFLOPs": [s.gflops for s in stats]})
-    return params, flops
+    names = [ZOO[s.key].name for s in stats]
+    params = pd.DataFrame({"model": names, "millions of parameters": [s.params / 1e6 for s in stats]})
+    flops = pd.DataFrame({"model": names, "GFLOPs": [s.gflops for s in stats]})
+    return gr.BarPlot(params, sort=names), gr.BarPlot(flops, sort=names)
 
 
 def reference_markdown() -> str:
@@ -201,8 +202,8 @@ def build() -> dict:
         c["compile"] = gr.Checkbox(label="torch.compile (slow first run)", value=False)
         c["runs"] = gr.Slider(5, 50, value=10, step=1, label="Timed runs per setting")
         c["go"] = gr.Button("Run benchmark", variant="primary")
-    c["note"] = gr.Markdown()
-    c["results"] = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, wrap=True)
+    c["note"] = gr.Markdown(label="measured on")
+    c["results"] = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, wrap=True, label="results")
     c["bubble"] = gr.Plot(label="Accuracy vs latency", elem_id="compare-bubble")
     with gr.Accordion("Results file (JSON)", open=False):
         c["json"] = gr.JSON(label="benchmark")
@@ -211,18 +212,22 @@ def build() -> dict:
         c["scale_model"] = gr.Dropdown(model_choices("photo"), value="googlenet", label="Model", scale=3)
         c["scale_go"] = gr.Button("Measure latency vs batch and resolution", scale=1)
     with gr.Row():
-        c["by_batch"] = gr.LinePlot(x="batch", y="ms_per_image", title="Latency per image vs batch size", height=260)
-        c["by_res"] = gr.LinePlot(x="resolution", y="p50_ms", title="Latency vs input resolution (batch 1)", height=260)
+        c["by_batch"] = gr.LinePlot(x="batch", y="ms_per_image", title="Latency per image vs batch size", height=260,
+                                    label="latency vs batch")
+        c["by_res"] = gr.LinePlot(x="resolution", y="p50_ms", title="Latency vs input resolution (batch 1)", height=260,
+                                  label="latency vs resolution")
     gr.Markdown("### Architecture anatomy")
     with gr.Row():
         c["an_model"] = gr.Dropdown(model_choices(), value="googlenet", label="Model")
         c["an_block"] = gr.Dropdown([b.name for b in ZOO["googlenet"].blocks], value="inception3a", label="Block",
                                      allow_custom_value=True)
-    c["stages"] = gr.Dataframe(headers=["stage", "layer", "output shape", "parameters", "MFLOPs"], interactive=False)
-    c["branch_costs"] = gr.Dataframe(headers=["branch", "kernel path", "parameters", "MFLOPs"], interactive=False)
+    c["stages"] = gr.Dataframe(headers=["stage", "layer", "output shape", "parameters", "MFLOPs"], interactive=False,
+                               label="stages")
+    c["branch_costs"] = gr.Dataframe(headers=["branch", "kernel path", "parameters", "MFLOPs"], interactive=False,
+                                     label="branch costs")
     c["savings"] = gr.Dataframe(
         headers=["where", "design choice", "as built", "plain alternative", "parameters", "MFLOPs", "params saved", "FLOPs saved"],
-        interactive=False, wrap=True,
+        interactive=False, wrap=True, label="savings",
     )
 
     c["go"].click(
@@ -234,7 +239,8 @@ def build() -> dict:
     c["scale_go"].click(run_scaling, [c["scale_model"]], [c["by_batch"], c["by_res"]],
                         api_name="scaling", concurrency_id=BENCH_GROUP, concurrency_limit=1)
     c["an_model"].change(_blocks_update, [c["an_model"]], [c["an_block"]], api_visibility="private").then(
-        anatomy, [c["an_model"], c["an_block"]], [c["stages"], c["branch_costs"], c["savings"]], api_visibility="private")
+        anatomy, [c["an_model"], c["an_block"]], [c["stages"], c["branch_costs"], c["savings"]],
+        api_name="anatomy_refresh", api_visibility="private")
     c["an_block"].input(anatomy, [c["an_model"], c["an_block"]], [c["stages"], c["branch_costs"], c["savings"]],
                         api_name="anatomy")
     return c

@@ -185,7 +185,7 @@ def build() -> dict:
         with gr.Column(scale=6):
             with gr.Row():
                 c["seen"] = gr.Image(label="What the networks saw (28 x 28)", interactive=False, height=190, elem_id="digits-seen")
-                c["note"] = gr.Markdown()
+                c["note"] = gr.Markdown(label="weights")
             with gr.Row():
                 c["l_inc"] = gr.Label(num_top_classes=3, label=ZOO["mnist_inception"].name, elem_id="digits-inception")
                 c["l_res"] = gr.Label(num_top_classes=3, label=ZOO["mnist_resnet"].name)
@@ -213,8 +213,8 @@ def build() -> dict:
     with gr.Row():
         c["t_go"] = gr.Button("Train", variant="primary")
         c["t_forget"] = gr.Button("Use the shipped weights again")
-    c["t_msg"] = gr.Markdown()
-    c["t_plot"] = gr.LinePlot(x="step", y="loss", title="Training loss (per batch)", height=260)
+    c["t_msg"] = gr.Markdown(label="training status")
+    c["t_plot"] = gr.LinePlot(x="step", y="loss", title="Training loss (per batch)", height=260, label="loss curve")
     c["t_go"].click(train_lab, [c["t_model"], c["t_epochs"], c["t_batch"], c["t_lr"], c["t_limit"], c["session"]],
                     [c["t_plot"], c["t_msg"], c["session"]], api_name="train_digits",
                     concurrency_id=TRAIN_GROUP, concurrency_limit=2)

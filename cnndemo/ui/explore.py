@@ -249,7 +249,7 @@ def build(checkpoint_state: gr.State) -> dict:
                     file_types=[".pth", ".pt", ".safetensors", ".bin", ".ckpt"],
                     label="Checkpoint (.pth / .pt / .safetensors); loaded with weights_only, never unpickled",
                 )
-                c["ckpt_status"] = gr.Markdown("No checkpoint: the model uses its published weights (or random init).")
+                c["ckpt_status"] = gr.Markdown(label="checkpoint status", value="No checkpoint: the model uses its published weights (or random init).")
         with gr.Column(scale=6):
             c["banner"] = gr.HTML(weights_banner(None, "googlenet"), label="weights in use")
             c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="explore-top5")
@@ -270,19 +270,20 @@ def build(checkpoint_state: gr.State) -> dict:
         c["block"] = gr.Dropdown(
             block_choices("googlenet"), value=ZOO["googlenet"].default_block, label="Block", scale=2, elem_id="explore-block", allow_custom_value=True
         )
-        c["block_note"] = gr.Markdown(scale=5, elem_id="explore-block-note")
+        c["block_note"] = gr.Markdown(scale=5, elem_id="explore-block-note", label="block notes")
     c["panel"] = gr.Image(label="Branch maps", show_label=False, interactive=False, buttons=["download", "fullscreen"], elem_id="explore-panel")
     with gr.Row():
         c["share_plot"] = gr.BarPlot(
-            x="branch", y="share", title="Share of this block's output energy (sum of squares)",
+            x="branch", y="share", title="Share of this block's output energy (sum of squares)", label="block shares",
             y_lim=[0, 1], height=260,
         )
         c["depth_plot"] = gr.BarPlot(
-            x="block", y="share", color="branch", title="Which branch dominates, block by block",
+            x="block", y="share", color="branch", title="Which branch dominates, block by block", label="shares by depth",
             y_lim=[0, 1], height=260, x_label_angle=-45,
         )
     c["branch_table"] = gr.Dataframe(
         headers=["branch", "kernel path", "channels", "output shape", "parameters", "energy share"],
+        label="branch table",
         interactive=False,
         wrap=True,
     )
@@ -297,7 +298,7 @@ def build(checkpoint_state: gr.State) -> dict:
         with gr.Row():
             c["before"] = gr.Label(num_top_classes=5, label="Top-5 as is")
             c["after"] = gr.Label(num_top_classes=5, label="Top-5 with the branch knocked out")
-        c["ablate_msg"] = gr.Markdown()
+        c["ablate_msg"] = gr.Markdown(label="ablation summary")
         c["ablate_json"] = gr.JSON(label="ablation", visible=False)
     outputs = [c["label"], c["seen"], c["info"], c["banner"], c["json"]]
     branch_outputs = [c["panel"], c["block_note"], c["share_plot"], c["depth_plot"], c["branch_table"], c["branch_json"]]
