@@ -98,6 +98,20 @@ class BlockMaps:
     def shares(self) -> dict[str, float]:
         return {b.info.name: b.share for b in self.branches}
 
+    def branches_json(self, path_key: str = "path") -> list[dict]:
+        """The CLI's branch records: name, kernel path, channel range, shape, parameters, share."""
+        return [
+            {
+                "name": b.info.name,
+                path_key: b.info.path,
+                "channels": list(b.info.channels) if b.info.channels else None,
+                "shape": list(b.info.shape),
+                "params": b.info.params,
+                "share": round(b.share, 6),
+            }
+            for b in self.branches
+        ]
+
 
 @dataclass(frozen=True, eq=False)
 class Exploration:

@@ -117,6 +117,13 @@ def _sweep(args, data, n: int) -> int:
 # ----------------------------------------------------------------------------- branches
 
 
+def _fail(args, e: Exception) -> int:
+    """Report a human-readable failure for ``args.image`` (JSON with --json) and return 1."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    emit({"image": args.image, "error": str(msg)} if args.json else f"error: {msg}")
+    return 1
+
+
 def _model_arg(p):
     from .zoo import ZOO
 
@@ -178,25 +185,13 @@ def run_branches(args) -> int:
             "model": model.key,
             "weights": model.weights.kind,
             "block": args.block,
-            "branches": [
-                {
-                    "name": b.info.name,
-                    "path": b.info.path,
-                    "channels": list(b.info.channels) if b.info.channels else None,
-                    "shape": list(b.info.shape),
-                    "params": b.info.params,
-                    "share": round(b.share, 6),
-                }
-                for b in block.branches
-            ],
+            "branches": block.branches_json(),
         }
         if args.ablate:
             res = ablate(args.image, model, args.block, args.ablate, mode=args.mode)
             out.update(res.to_json())
     except (ImageError, WeightsError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        emit({"image": args.image, "error": str(msg)} if args.json else f"error: {msg}")
-        return 1
+        return _fail(args, e)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         files = [args.out / f"{args.block}_panel.png"]
@@ -315,9 +310,7 @@ def run_attribute(args) -> int:
         a = attribute(args.image, model, args.method, target=args.target, layer=args.layer,
                       settings=settings, scores=not args.no_scores)
     except (ImageError, WeightsError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        emit({"image": args.image, "error": str(msg)} if args.json else f"error: {msg}")
-        return 1
+        return _fail(args, e)
     out = a.to_json()
     out["image"] = args.image
     if args.npy:

@@ -182,19 +182,9 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
         "model": model,
         "weights": lm.weights.kind,
         "block": block,
-        "branches": [
-            {
-                # "path" in the CLI's JSON; renamed here because gradio_client takes any object
-                # with a string "path" for a file to download.
-                "name": b.info.name,
-                "kernel_path": b.info.path,
-                "channels": list(b.info.channels) if b.info.channels else None,
-                "shape": list(b.info.shape),
-                "params": b.info.params,
-                "share": round(b.share, 6),
-            }
-            for b in bm.branches
-        ],
+        # The CLI's "path" is renamed: gradio_client takes any object with a string "path"
+        # for a file to download.
+        "branches": bm.branches_json(path_key="kernel_path"),
     }
     return (
         _panel(ex, block),
@@ -302,6 +292,7 @@ def build(checkpoint_state: gr.State) -> dict:
         c["ablate_json"] = gr.JSON(label="ablation", visible=False)
     outputs = [c["label"], c["seen"], c["info"], c["banner"], c["json"]]
     branch_outputs = [c["panel"], c["block_note"], c["share_plot"], c["depth_plot"], c["branch_table"], c["branch_json"]]
+    branch_inputs = [c["image"], c["model"], c["block"], checkpoint_state]
     c["predict_event"] = gr.on(
         triggers=[c["run"].click, c["image"].change],
         fn=predict,
@@ -311,14 +302,14 @@ def build(checkpoint_state: gr.State) -> dict:
         concurrency_id=MODEL_GROUP,
     ).then(
         show_branches,
-        [c["image"], c["model"], c["block"], checkpoint_state],
+        branch_inputs,
         branch_outputs,
         api_visibility="private",
         concurrency_id=MODEL_GROUP,
     )
     c["block"].input(
         show_branches,
-        [c["image"], c["model"], c["block"], checkpoint_state],
+        branch_inputs,
         branch_outputs,
         api_name="branches",
         concurrency_id=MODEL_GROUP,
@@ -349,7 +340,7 @@ def build(checkpoint_state: gr.State) -> dict:
         concurrency_id=MODEL_GROUP,
     ).then(
         show_branches,
-        [c["image"], c["model"], c["block"], checkpoint_state],
+        branch_inputs,
         branch_outputs,
         api_visibility="private",
         concurrency_id=MODEL_GROUP,
