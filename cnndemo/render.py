@@ -156,36 +156,50 @@ def _rgb01(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
+def _captum_view(fig, ax, attr: np.ndarray, img: np.ndarray | None, **kw) -> None:
+    """Captum's ``visualize_image_attr`` on our axes; a map that is (almost) all zeros, which
+    Captum cannot scale, is drawn as the plain image with a note saying so."""
+    from captum.attr import visualization as viz
+
+    try:
+        viz.visualize_image_attr(attr, img, plt_fig_axis=(fig, ax), use_pyplot=False, **kw)
+    except AssertionError:
+        if img is not None:
+            ax.imshow(img)
+        ax.text(0.5, 0.5, "attribution is zero almost everywhere:\nthe class score does not depend\non these pixels",
+                ha="center", va="center", fontsize=8, transform=ax.transAxes,
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#999"})
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if kw.get("title"):
+            ax.set_title(kw["title"])
+
+
 def attribution_views(a) -> tuple[Image.Image, Image.Image]:
     """(overlay of |attribution| on the image, signed map), each with a colour bar.
 
     Drawn by Captum's own ``visualize_image_attr`` on Figure objects of ours (no pyplot).
     """
-    from captum.attr import visualization as viz
-
     img = _rgb01(a.seen)
     attr = _hwc(a.attr)
     title = f"{a.method} · {a.label} ({a.target})"
     fig1 = new_figure(4.6, 4.2)
-    viz.visualize_image_attr(
-        attr, img, method="blended_heat_map", sign="absolute_value", show_colorbar=True, cmap="Reds",
-        plt_fig_axis=(fig1, fig1.add_subplot(1, 1, 1)), use_pyplot=False, alpha_overlay=0.55,
-        title=f"|attribution| over the image\n{title}",
+    _captum_view(
+        fig1, fig1.add_subplot(1, 1, 1), attr, img, method="blended_heat_map", sign="absolute_value",
+        show_colorbar=True, cmap="Reds", alpha_overlay=0.55, title=f"|attribution| over the image\n{title}",
     )
     fig2 = new_figure(4.6, 4.2)
     has_negative = bool(np.nanmin(attr) < 0)
-    viz.visualize_image_attr(
-        attr, None, method="heat_map", sign="all" if has_negative else "positive",
-        show_colorbar=True, plt_fig_axis=(fig2, fig2.add_subplot(1, 1, 1)), use_pyplot=False,
+    _captum_view(
+        fig2, fig2.add_subplot(1, 1, 1), attr, None, method="heat_map", sign="all" if has_negative else "positive",
+        show_colorbar=True,
         title=(f"signed map (green +, red -)\n{title}" if has_negative else f"map (all values >= 0)\n{title}"),
     )
     return figure_to_image(fig1), figure_to_image(fig2)
 
 
 def attribution_grid(items: list, titles: list[str], *, cols: int = 3) -> Image.Image:
-    """Several attributions as |map| overlays in a grid, one title each."""
-    from captum.attr import visualization as viz
-
+    """Several attributions as |map| overlays in a grid, one title each (None: a text cell)."""
     rows = (len(items) + cols - 1) // cols
     fig = new_figure(3.3 * cols, 3.5 * rows)
     for i, (a, t) in enumerate(zip(items, titles)):
@@ -194,10 +208,8 @@ def attribution_grid(items: list, titles: list[str], *, cols: int = 3) -> Image.
             ax.text(0.5, 0.5, t, ha="center", va="center", wrap=True, fontsize=8)
             ax.axis("off")
             continue
-        viz.visualize_image_attr(
-            _hwc(a.attr), _rgb01(a.seen), method="blended_heat_map", sign="absolute_value", cmap="Reds",
-            plt_fig_axis=(fig, ax), use_pyplot=False, alpha_overlay=0.55,
-        )
+        _captum_view(fig, ax, _hwc(a.attr), _rgb01(a.seen), method="blended_heat_map", sign="absolute_value",
+                     cmap="Reds", alpha_overlay=0.55)
         ax.set_title(t, fontsize=8)
     fig.tight_layout()
     return figure_to_image(fig)

@@ -169,3 +169,16 @@ def test_concurrent_attributions_equal_their_serial_results():
         np.testing.assert_allclose(results[i], serial[i % len(jobs)], rtol=1e-5, atol=1e-7)
     lm = STORE.get("googlenet")
     assert hook_count(lm.module) == 0 and hook_count(attribution_model(lm)) == 0
+
+
+def test_an_all_zero_map_still_renders():
+    """Occlusion on an untrained net can give exactly zero everywhere; Captum cannot scale that."""
+    import dataclasses
+
+    from cnndemo import render
+
+    a = attribute(CAT, "squeezenet1_0", "saliency", scores=False)
+    zero = dataclasses.replace(a, attr=np.zeros_like(a.attr))
+    overlay, signed = render.attribution_views(zero)
+    assert overlay.size[0] > 100 and signed.size[0] > 100
+    assert render.attribution_grid([a, zero, None], ["a", "zero", "refused"]).size[0] > 300

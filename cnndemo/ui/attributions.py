@@ -195,7 +195,7 @@ def build(checkpoint_state: gr.State) -> dict:
             c["files"] = gr.File(label="Downloads: overlay PNG, signed PNG, raw attribution (.npy)", file_count="multiple")
             with gr.Accordion("Result as JSON (same as the CLI)", open=False):
                 c["json"] = gr.JSON(label="attribution")
-    c["grid"] = gr.Image(label="All methods on this image", interactive=False, buttons=["download"])
+    c["grid"] = gr.Image(label="All methods on this image", show_label=False, interactive=False, buttons=["download"])
     gr.Markdown("### Side by side: one method across models")
     with gr.Row():
         c["cmp_models"] = gr.Dropdown(
@@ -204,7 +204,7 @@ def build(checkpoint_state: gr.State) -> dict:
         )
         c["cmp_method"] = gr.Dropdown(method_choices(), value="gradcam", label="Method", scale=2)
         c["cmp_run"] = gr.Button("Compare", scale=1)
-    c["cmp_grid"] = gr.Image(label="Side by side", interactive=False, buttons=["download"])
+    c["cmp_grid"] = gr.Image(label="Side by side", show_label=False, interactive=False, buttons=["download"])
     c["cmp_table"] = gr.Dataframe(headers=["model", "top-1", "probability", "weights", "ms"], interactive=False,
                                   label="top-1 per model")
 

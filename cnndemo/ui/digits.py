@@ -191,9 +191,10 @@ def build() -> dict:
                 c["l_res"] = gr.Label(num_top_classes=3, label=ZOO["mnist_resnet"].name)
                 c["l_d2l"] = gr.Label(num_top_classes=3, label=ZOO["d2l_googlenet"].name)
             c["json"] = gr.JSON(label="top-3 of each network", visible=False)
+    gr.Markdown("#### What each branch of the MNIST Inception net's two Inception modules saw")
     with gr.Row():
-        c["panel1"] = gr.Image(label="Inception module 1: what each branch saw", interactive=False)
-        c["panel2"] = gr.Image(label="Inception module 2", interactive=False)
+        c["panel1"] = gr.Image(label="Inception module 1", show_label=False, interactive=False)
+        c["panel2"] = gr.Image(label="Inception module 2", show_label=False, interactive=False)
     c["ig"] = gr.Image(label="Which pixels mattered (Integrated Gradients, MNIST Inception net)", interactive=False,
                        height=320)
     outputs = [c["seen"], c["note"], c["l_inc"], c["l_res"], c["l_d2l"], c["panel1"], c["panel2"], c["ig"]]
