@@ -19,7 +19,6 @@ Each map comes with two scores:
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -158,16 +157,6 @@ class Attribution:
 
 
 # ----------------------------------------------------------------------------- model copies
-
-_ATTR_LOCKS: dict[int, threading.Lock] = {}
-_ATTR_GUARD = threading.Lock()
-
-
-def attr_lock(lm: LoadedModel) -> threading.Lock:
-    """One lock per loaded model for its attribution copies (Captum hooks them)."""
-    with _ATTR_GUARD:
-        return _ATTR_LOCKS.setdefault(id(lm), threading.Lock())
-
 
 def attribution_model(lm: LoadedModel) -> nn.Module:
     """The model with every non-linearity a module used once; same logits, its own parameters."""
@@ -415,7 +404,7 @@ def attribute(
     meta = METHODS[method]
     opened = load_for(spec, image)
     x = to_batch(spec, opened, lm.device)
-    with attr_lock(lm):
+    with lm.attr_lock:
         m = attribution_model(lm)
         layer_name, paths = resolve_layer(spec, m, layer) if meta.uses_layer else (None, ())
         with torch.no_grad():
@@ -438,7 +427,7 @@ def add_scores(a: Attribution, image: ImageLike, model: LoadedModel | str, *, pr
     lm = resolve(model)
     x = to_batch(lm.spec, load_for(lm.spec, image), lm.device)
     m_paths = ()
-    with attr_lock(lm):
+    with lm.attr_lock:
         m = attribution_model(lm)
         if METHODS[a.method].uses_layer:
             _, m_paths = resolve_layer(lm.spec, m, a.layer)

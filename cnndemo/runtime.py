@@ -41,6 +41,8 @@ class LoadedModel:
     weights: W.WeightsInfo
     device: torch.device
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # Guards the attribution copies (Captum hooks them); separate, so predictions go on meanwhile.
+    attr_lock: threading.Lock = field(default_factory=threading.Lock)
     weights_file_state: tuple | None = None
     _variants: dict[str, nn.Module] = field(default_factory=dict)
 
@@ -132,9 +134,6 @@ class ModelStore:
     @property
     def device(self) -> torch.device:
         return pick_device(self._device_name)
-
-    def set_device(self, name: str | None) -> None:
-        self._device_name = name
 
     def _lock(self, k: tuple) -> threading.Lock:
         with self._guard:

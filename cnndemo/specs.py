@@ -21,9 +21,6 @@ class Paper:
     year: int
     url: str
 
-    def cite(self) -> str:
-        return f"{self.authors} ({self.year}). {self.title}. {self.url}"
-
 
 @dataclass(frozen=True)
 class BranchSpec:

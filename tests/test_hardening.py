@@ -7,8 +7,6 @@ import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from cnndemo.cli import main
-from conftest import ROOT, AppServer
+from conftest import ROOT, AppServer, local_get
 from images_factory import bomb_png, exif_rotated_jpeg, gradient, jpeg_bytes, save
 
 EX = ROOT / "assets" / "examples"
@@ -212,12 +210,10 @@ def test_black_holed_network_never_blocks_start_or_other_users(tmp_path):
 
 
 def test_only_the_apps_own_assets_are_served(app_server):
+    from urllib.parse import quote
+
     def status(path: str) -> int:
-        try:
-            with urllib.request.urlopen(app_server.url + "gradio_api/file=" + path, timeout=10) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
+        return local_get(app_server.port, "/gradio_api/file=" + quote(path))[0]
 
     assert status(str(EX / "cat.jpg")) == 200
     assert status("/etc/passwd") in (403, 404)
@@ -226,8 +222,7 @@ def test_only_the_apps_own_assets_are_served(app_server):
 
 
 def test_limits_and_binding(app_server):
-    with urllib.request.urlopen(app_server.url + "config", timeout=10) as r:
-        config = json.loads(r.read())
+    config = json.loads(local_get(app_server.port, "/config")[1])
     assert config["max_file_size"] == 120 * 1024 * 1024
     import app
 
