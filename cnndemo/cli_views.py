@@ -35,6 +35,9 @@ def _progress_bar(total: int, desc: str):
     bar = tqdm(total=total, desc=desc, file=sys.stderr, unit="step", dynamic_ncols=True)
 
     def on_step(info: dict) -> None:
+        if "initial" in info:
+            bar.write(f"before training: held-out acc {info['initial']['test_acc']:.2f}%", file=sys.stderr)
+            return
         if "epoch_done" in info:
             e = info["epoch_done"]
             bar.write(

@@ -187,6 +187,11 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     aug = Augment(augment) if augment > 0 else None
     result = TrainResult(model)
+    if on_step:
+        # Where it starts: the untrained network on the held-out digits (about chance).
+        loss0, acc0 = evaluate(model, spec, data.x_test, data.y_test)
+        on_step({"initial": {"test_loss": loss0, "test_acc": acc0}, "epochs": epochs})
+        model.train()
     t_start = time.perf_counter()
     step = 0
     for epoch in range(1, epochs + 1):

@@ -48,3 +48,21 @@ def test_branches_and_ablate_endpoints(client):
     assert "untouched" in msg
     note_vgg = client.predict(image=img, model="vgg16", block="stage3", api_name="/branches")[1]
     assert "no parallel branches" in note_vgg
+
+
+def test_training_lab_model_serves_only_its_own_session(app_server, tmp_path):
+    from gradio_client import Client
+    from PIL import Image, ImageDraw
+
+    digit = tmp_path / "one.png"
+    img = Image.new("RGB", (200, 200), "white")
+    ImageDraw.Draw(img).line([(100, 30), (100, 170)], fill="black", width=16)
+    img.save(digit)
+    trainer, other = Client(app_server.url, verbose=False), Client(app_server.url, verbose=False)
+    loss, acc, msg = trainer.predict(key="mnist_resnet", epochs=1, batch_size=64, lr=0.05, limit=500,
+                                     api_name="/train_digits")
+    assert "held-out accuracy" in msg and "shipped weights are unchanged" in msg
+    mine = trainer.predict(image=handle_file(str(digit)), api_name="/digits")[-1]
+    theirs = other.predict(image=handle_file(str(digit)), api_name="/digits")[-1]
+    assert mine["mnist_resnet"]["weights"] == "custom" and "this session" in mine["mnist_resnet"]["source"]
+    assert theirs["mnist_resnet"]["weights"] == "pretrained"

@@ -139,7 +139,8 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
     env = data["environment"]
     note = (f"Measured live on **{env['device_name']}** ({env['device'].upper()}, {env['threads']} threads), "
             f"torch {env['torch']}, {env['date']}" + (" (cached result for these settings)" if cached else "") +
-            ". Other users' requests running at the same time slow it down.")
+            ". Timing uses each architecture with random weights (weights do not change the time); other "
+            "users' requests running at the same time slow it down.")
     lat = _latency_b1(data)
     bubble = bubble_figure(lat, f"live: {env['device_name']}") if lat else None
     return result_rows(data, "live") + reference_rows(), note, bubble, data

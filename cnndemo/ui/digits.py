@@ -135,7 +135,9 @@ def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: floa
         item = updates.get()
         if item is None:
             break
-        if "epoch_done" in item:
+        if "initial" in item:
+            epochs_done.append({"epoch": 0, **item["initial"]})
+        elif "epoch_done" in item:
             epochs_done.append(item["epoch_done"])
         else:
             steps.append({"step": item["step"], "loss": item["loss"], "train accuracy %": item["train_acc"]})
@@ -157,12 +159,21 @@ def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: floa
 
 
 def _lab_outputs(steps, epochs_done, session, msg):
-    frame = pd.DataFrame(steps) if steps else None
-    if epochs_done:
+    loss = pd.DataFrame(steps)[["step", "loss"]] if steps else None
+    acc = None
+    if steps:
+        rows = [{"step": s["step"], "accuracy": s["train accuracy %"], "curve": "train, running"}
+                for s in steps]
+        done = [e for e in epochs_done if e["epoch"] > 0]
+        per_epoch = len(steps) // len(done) if done else 0
+        rows += [{"step": e["epoch"] * per_epoch, "accuracy": e["test_acc"], "curve": "held-out"}
+                 for e in epochs_done]
+        acc = pd.DataFrame(rows)
+    if len(epochs_done) > 1:
         e = epochs_done[-1]
         msg += (f"  \nEpoch {e['epoch']}: loss {e['loss']:.3f}, train {e['train_acc']:.1f}%, held-out "
                 f"{e['test_acc']:.1f}%, {e['ex_per_s']:.0f} examples/s")
-    return frame, msg, session
+    return loss, acc, msg, session
 
 
 @user_errors
@@ -215,9 +226,12 @@ def build() -> dict:
         c["t_go"] = gr.Button("Train", variant="primary")
         c["t_forget"] = gr.Button("Use the shipped weights again")
     c["t_msg"] = gr.Markdown(label="training status")
-    c["t_plot"] = gr.LinePlot(x="step", y="loss", title="Training loss (per batch)", height=260, label="loss curve")
+    with gr.Row():
+        c["t_plot"] = gr.LinePlot(x="step", y="loss", title="Training loss (per batch)", height=320, label="loss curve")
+        c["t_acc"] = gr.LinePlot(x="step", y="accuracy", color="curve", title="Accuracy (%)", height=320,
+                                 y_lim=[0, 100], label="accuracy curve")
     c["t_go"].click(train_lab, [c["t_model"], c["t_epochs"], c["t_batch"], c["t_lr"], c["t_limit"], c["session"]],
-                    [c["t_plot"], c["t_msg"], c["session"]], api_name="train_digits",
+                    [c["t_plot"], c["t_acc"], c["t_msg"], c["session"]], api_name="train_digits",
                     concurrency_id=TRAIN_GROUP, concurrency_limit=2)
     c["t_forget"].click(forget_session, [c["session"]], [c["session"], c["t_msg"]], api_visibility="private")
     return c
