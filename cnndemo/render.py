@@ -79,6 +79,28 @@ def training_curves(history: Sequence[dict], steps: Sequence[tuple[int, float]],
     return fig
 
 
+def shares_by_depth(ex):
+    """Stacked bars: each block's output energy split by branch, blocks in forward order."""
+    blocks = list(ex.blocks.values())
+    names = list(dict.fromkeys(b.info.name for bm in blocks for b in bm.branches))
+    fig = new_figure(max(5.5, 0.45 * len(blocks) + 2.4), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    bottom = np.zeros(len(blocks))
+    colors = _cmap("tab10")
+    for i, name in enumerate(names):
+        vals = np.array([bm.shares().get(name, 0.0) for bm in blocks])
+        ax.bar(range(len(blocks)), vals, bottom=bottom, label=name, color=colors(i % 10), width=0.8)
+        bottom += vals
+    ax.set_xticks(range(len(blocks)))
+    ax.set_xticklabels([bm.info.name for bm in blocks], rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of block energy")
+    ax.set_title("Which branch dominates, block by block", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="branch", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _font(size: int):
     from PIL import ImageFont
 

@@ -171,3 +171,4 @@ def test_concurrent_captures_never_mix(tmp_path):
                 assert np.array_equal(a.mean_map, b.mean_map)
     for key in ("googlenet", "squeezenet1_0"):
         assert hook_count(STORE.get(key).module) == 0
+

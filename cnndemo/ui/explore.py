@@ -176,8 +176,6 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
         for b in bm.branches
     ]
     share = pd.DataFrame({"branch": [b.info.name for b in bm.branches], "share": [b.share for b in bm.branches]})
-    depth = pd.DataFrame(ex.shares_table())
-    order = list(ex.blocks)
     data = {
         "model": model,
         "weights": lm.weights.kind,
@@ -189,8 +187,8 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
     return (
         _panel(ex, block),
         _block_note(spec, bm.info),
-        gr.BarPlot(share, sort=list(share["branch"])),
-        gr.BarPlot(depth, sort=order),
+        share,
+        render.shares_by_depth(ex),
         rows,
         data,
     )
@@ -267,10 +265,9 @@ def build(checkpoint_state: gr.State) -> dict:
             x="branch", y="share", title="Share of this block's output energy (sum of squares)", label="block shares",
             y_lim=[0, 1], height=260,
         )
-        c["depth_plot"] = gr.BarPlot(
-            x="block", y="share", color="branch", title="Which branch dominates, block by block", label="shares by depth",
-            y_lim=[0, 1], height=260, x_label_angle=-45,
-        )
+        # A matplotlib Figure, not a native plot: Gradio fixes a native plot's colour domain at
+        # its first render, so another model's branch names would not be drawn.
+        c["depth_plot"] = gr.Plot(label="shares by depth")
     c["branch_table"] = gr.Dataframe(
         headers=["branch", "kernel path", "channels", "output shape", "parameters", "energy share"],
         label="branch table",
