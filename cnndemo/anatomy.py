@@ -150,9 +150,7 @@ def architecture(spec: ModelSpec) -> tuple[StageRow, ...]:
     Runs on the meta device: shapes and parameter counts without memory or compute.
     """
     if spec.key not in _TRACES:
-        with torch.device("meta"):
-            model = spec.builder().eval()
-        _TRACES[spec.key] = tuple(shape_trace(model, spec.input_size))
+        _TRACES[spec.key] = tuple(shape_trace(spec.build_meta(), spec.input_size))
     return _TRACES[spec.key]
 
 

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli import command, emit
+from .cli import _model_arg, command, emit
 from .zoo import DIGIT_KEYS
 
 # ----------------------------------------------------------------------------- train
@@ -125,12 +125,6 @@ def _fail(args, e: Exception) -> int:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     emit({"image": args.image, "error": str(msg)} if args.json else f"error: {msg}")
     return 1
-
-
-def _model_arg(p):
-    from .zoo import ZOO
-
-    p.add_argument("--model", required=True, choices=list(ZOO), metavar="KEY", help="zoo key")
 
 
 def _setup_blocks(p):

@@ -25,12 +25,7 @@ FLOPS_CONVENTION = "FLOPs: 2 per multiply-add, as torch.utils.flop_counter count
 
 def count_model_params(spec: ModelSpec) -> int:
     """Total parameters of the architecture, counted on the meta device (no memory, no init)."""
-    return sum(p.numel() for p in meta_model(spec).parameters())
-
-
-def meta_model(spec: ModelSpec) -> nn.Module:
-    with torch.device("meta"):
-        return spec.builder().eval()
+    return sum(p.numel() for p in spec.build_meta().parameters())
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
@@ -46,6 +41,13 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]
         path = name[len(root) + 1 :] if name.startswith(root + ".") else ("" if name == root else name)
         per[path] = int(sum(ops.values()))
     return int(counter.get_total_flops()), per
+
+
+@lru_cache(maxsize=None)
+def module_flops(key: str) -> tuple[int, dict[str, int]]:
+    """(total FLOPs, FLOPs per module path) of a zoo model at its own input size, counted once."""
+    spec = get_spec(key)
+    return count_flops(spec.build_meta(), spec.meta_input())
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,10 @@ class ModelStats:
 @lru_cache(maxsize=None)
 def model_stats(key: str) -> ModelStats:
     spec = get_spec(key)
-    model = meta_model(spec)
+    model = spec.build_meta()
     params = sum(p.numel() for p in model.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    with torch.device("meta"):
-        x = torch.zeros(1, *spec.input_size)
-    flops, _ = count_flops(model, x)
+    flops, _ = module_flops(key)
     acc1 = acc5 = None
     on = "-"
     if isinstance(spec.weights, TorchvisionWeights):
@@ -114,10 +114,7 @@ def stage_costs(spec: ModelSpec) -> list[StageCost]:
     """The shape trace with parameters and FLOPs for each stage."""
     from .anatomy import architecture
 
-    model = meta_model(spec)
-    with torch.device("meta"):
-        x = torch.zeros(1, *spec.input_size)
-    _, per = count_flops(model, x)
+    _, per = module_flops(spec.key)
     return [StageCost(r.name, r.layer, r.shape, r.params, per.get(r.name, 0)) for r in architecture(spec)]
 
 
@@ -134,10 +131,8 @@ def branch_costs(spec: ModelSpec, block: str) -> list[BranchCost]:
     """Parameters and FLOPs of each branch of one block (shared layers excluded)."""
     from .anatomy import branch_params, describe_branch
 
-    model = meta_model(spec)
-    with torch.device("meta"):
-        x = torch.zeros(1, *spec.input_size)
-    _, per = count_flops(model, x)
+    model = spec.build_meta()
+    _, per = module_flops(spec.key)
     b = spec.block(block)
     out = []
     for br in b.branches:
@@ -191,8 +186,8 @@ def _input_of(model: nn.Module, spec: ModelSpec, module: nn.Module) -> torch.Ten
     seen = {}
     h = module.register_forward_pre_hook(lambda m, i: seen.setdefault("x", i[0]))
     try:
-        with torch.device("meta"), torch.no_grad():
-            model(torch.zeros(1, *spec.input_size))
+        with torch.no_grad():
+            model(spec.meta_input())
     finally:
         h.remove()
     return seen["x"]
@@ -224,7 +219,7 @@ def _measure(spec, where, choice, built: list[nn.Module], alt: list[nn.Module], 
 def reduction_savings(spec: ModelSpec, block: str) -> list[Saving]:
     """Each chain-shaped branch that starts with a 1x1 reduce: as built vs. without the reduce
     (its next conv reading the block input directly)."""
-    model = meta_model(spec)
+    model = spec.build_meta()
     b = spec.block(block)
     x = _input_of(model, spec, model.get_submodule(b.path))
     out = []
@@ -241,7 +236,7 @@ def factorisation_savings(spec: ModelSpec) -> list[Saving]:
     """The model's factorisations, found in its conv chains and measured on their first use:
     two stacked 3x3 convs vs one 5x5, a 1xk then kx1 pair vs one kxk, a Fire module vs a plain
     3x3 conv of the same output width."""
-    model = meta_model(spec)
+    model = spec.build_meta()
     found: dict[str, Saving] = {}
     for b in spec.blocks:
         for br in b.branches:

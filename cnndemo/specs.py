@@ -116,3 +116,12 @@ class ModelSpec:
     def build(self) -> nn.Module:
         """A fresh, randomly initialised module in eval mode."""
         return self.builder().eval()
+
+    def build_meta(self) -> nn.Module:
+        """The architecture on the meta device: shapes and counts without memory or compute."""
+        with torch.device("meta"):
+            return self.builder().eval()
+
+    def meta_input(self) -> torch.Tensor:
+        """A batch of one at the input size, on the meta device."""
+        return torch.zeros(1, *self.input_size, device="meta")

@@ -12,7 +12,6 @@ from cnndemo.cli import main
 from cnndemo.profile import (
     branch_costs,
     factorisation_savings,
-    meta_model,
     model_stats,
     reduction_savings,
     stage_costs,
@@ -46,7 +45,7 @@ def test_flops_agree_with_torchvision_ops(key):
 def test_weight_size_and_accuracy_columns():
     g = model_stats("googlenet")
     assert g.acc1 == ZOO["googlenet"].weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
-    state = meta_model(ZOO["googlenet"]).state_dict()
+    state = ZOO["googlenet"].build_meta().state_dict()
     assert g.weight_mb == pytest.approx(sum(t.numel() * t.element_size() for t in state.values()) / 2**20)
     assert model_stats("bn_inception").acc1 is None
 
@@ -60,7 +59,7 @@ def test_stage_and_branch_costs_add_up():
 
 
 def test_reduce_layer_saving_is_computed_from_the_modules():
-    model = meta_model(ZOO["googlenet"])
+    model = ZOO["googlenet"].build_meta()
     red, conv = model.inception3a.branch2[0].conv, model.inception3a.branch2[1].conv
     s = {x.where: x for x in reduction_savings(ZOO["googlenet"], "inception3a")}["inception3a/3x3"]
     assert s.params_built == red.weight.numel() + conv.weight.numel()

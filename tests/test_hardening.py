@@ -89,13 +89,9 @@ def test_hostile_inputs_through_the_cli(hostile, capsys):
             assert expect in row.get("error", ""), f"{name}: {row}"
 
 
-def _rss_of(server: AppServer) -> float:
-    return server.rss_mb()
-
-
 def test_hostile_inputs_through_the_api(hostile, app_server, client):
     client.predict(image=handle_file(str(EX / "cat.jpg")), model="squeezenet1_0", api_name="/predict")
-    before = _rss_of(app_server)
+    before = app_server.rss_mb()
     for name, (path, expect) in hostile.items():
         if expect is None:
             raw = client.predict(image=handle_file(str(path)), model="squeezenet1_0", api_name="/predict")[4]
@@ -106,7 +102,7 @@ def test_hostile_inputs_through_the_api(hostile, app_server, client):
     # The server keeps serving, and gives the memory back.
     raw = client.predict(image=handle_file(str(EX / "coffee.jpg")), model="squeezenet1_0", api_name="/predict")[4]
     assert raw["model"] == "squeezenet1_0"
-    assert _rss_of(app_server) - before <= 100, "resident memory grew by more than 100 MB"
+    assert app_server.rss_mb() - before <= 100, "resident memory grew by more than 100 MB"
 
 
 def test_pickle_payload_upload_is_refused_and_never_runs(client, tmp_path):
