@@ -419,13 +419,24 @@ def attribute(
             lm.key, method, idx, spec.labels()[idx], prob, layer_name, attr, ms, lm.weights,
             seen_image(spec, x), s,
         )
-    return add_scores(result, image, lm, progress=progress) if scores else result
+    return add_scores(result, image, lm, progress=progress, x=x) if scores else result
 
 
-def add_scores(a: Attribution, image: ImageLike, model: LoadedModel | str, *, progress: ProgressFn | None = None) -> Attribution:
-    """``a`` with its sanity and deletion scores (another run of the method, and two curves)."""
+def add_scores(
+    a: Attribution,
+    image: ImageLike,
+    model: LoadedModel | str,
+    *,
+    progress: ProgressFn | None = None,
+    x: torch.Tensor | None = None,
+) -> Attribution:
+    """``a`` with its sanity and deletion scores (another run of the method, and two curves).
+
+    ``x``: the preprocessed batch ``a`` was computed on, when the caller still has it.
+    """
     lm = resolve(model)
-    x = to_batch(lm.spec, load_for(lm.spec, image), lm.device)
+    if x is None:
+        x = to_batch(lm.spec, load_for(lm.spec, image), lm.device)
     m_paths = ()
     with lm.attr_lock:
         m = attribution_model(lm)

@@ -123,14 +123,7 @@ class Exploration:
     prediction: Prediction
     seen: object  # PIL image the network saw
     blocks: dict[str, BlockMaps] = field(default_factory=dict)
-    ms: float = 0.0
-
-    def shares_table(self) -> list[dict]:
-        return [
-            {"block": name, "branch": b.info.name, "share": b.share}
-            for name, bm in self.blocks.items()
-            for b in bm.branches
-        ]
+    input_notes: tuple[str, ...] = ()  # what opening the image did (EXIF, first frame, rescaling...)
 
 
 # ----------------------------------------------------------------------------- static info
@@ -157,9 +150,8 @@ def block_infos(spec: ModelSpec) -> tuple[BlockInfo, ...]:
     with _INFO_LOCK:
         if spec.key in _INFO:
             return _INFO[spec.key]
-    with torch.device("meta"):
-        model = spec.builder().eval()
-        _, raw = run_with_taps(model, torch.zeros(1, *spec.input_size), spec.blocks)
+    model = spec.build_meta()
+    _, raw = run_with_taps(model, spec.meta_input(), spec.blocks)
     infos = []
     for block in spec.blocks:
         rb = raw[block.name]
@@ -281,8 +273,8 @@ def explore(
 
 def _explore(opened: OpenedImage, lm: LoadedModel, top: int) -> Exploration:
     x = to_batch(lm.spec, opened, lm.device)
-    pred, blocks, ms = explore_tensor(lm, x, top)
-    return Exploration(lm.key, lm.weights.ident, opened.digest, pred, seen_image(lm.spec, x), blocks, ms)
+    pred, blocks, _ms = explore_tensor(lm, x, top)
+    return Exploration(lm.key, lm.weights.ident, opened.digest, pred, seen_image(lm.spec, x), blocks, opened.notes)
 
 
 def explore_tensor(lm: LoadedModel, x: torch.Tensor, top: int = 5) -> tuple[Prediction, dict[str, BlockMaps], float]:

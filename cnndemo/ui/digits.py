@@ -58,32 +58,29 @@ def _as_image(value) -> Image.Image | str | None:
     return value
 
 
-def _read(value) -> Image.Image | None:
-    img = _as_image(value)
-    return None if img is None else open_image(img, keep_alpha=True).image
-
-
 def _classify(value, session) -> tuple[tuple, dict]:
     """(the eight display outputs, the top-3 of each network as JSON)."""
-    img = _read(value)
+    img = _as_image(value)
     if img is None:
         msg = "Draw a digit on the canvas, or upload a photo of one."
         return (None, msg, None, None, None, None, None, None), {"error": msg}
+    opened = open_image(img, keep_alpha=True)  # opened once; every network below reuses it
     try:
-        digit = normalize_digit(img)
+        digit = normalize_digit(opened.image)
     except EmptyDrawing as e:
         return (None, str(e), None, None, None, None, None, None), {"error": str(e)}
     models = _models(session)
-    labels, result = [], {}
+    labels, result, explored = [], {}, {}
     for key in DIGIT_KEYS:
         lm = models[key]
-        pred = explore(img, lm, top=3).prediction
+        explored[key] = explore(opened, lm, top=3)
+        pred = explored[key].prediction
         labels.append({t.label: t.prob for t in pred.top})
         result[key] = {"weights": lm.weights.kind, "source": lm.weights.source,
                        "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)} for t in pred.top]}
-    inc = explore(img, models["mnist_inception"], top=3)  # cached: no second forward pass
+    inc = explored["mnist_inception"]
     panels = [render.block_panel(inc.blocks[b.name], inc.seen, tile=64) for b in ZOO["mnist_inception"].blocks]
-    overlay, _signed = render.attribution_views(attribute(img, models["mnist_inception"], "ig", scores=False))
+    overlay, _signed = render.attribution_views(attribute(opened, models["mnist_inception"], "ig", scores=False))
     note = "  \n".join(
         f"**{ZOO[k].name}**: {models[k].weights.source}" + (" (trained in this session)" if k in (session or {}) else "")
         for k in DIGIT_KEYS

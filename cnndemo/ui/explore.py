@@ -58,7 +58,7 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
     progress(0.9, desc=f"running {lm.spec.name}")
     ex = explore(image, lm)
     pred = ex.prediction
-    notes = "; ".join(load_notes(image, lm)) or "no conversion needed"
+    notes = "; ".join(ex.input_notes) or "no conversion needed"
     info = (
         f"**Forward pass:** {pred.ms:.1f} ms on {lm.device.type.upper()} "
         f"(with every branch captured: the maps below need no second pass).  \n"
@@ -86,12 +86,6 @@ def on_checkpoint(file: str | None, model: str):
         return None, f"**Refused:** {html.escape(str(e))}", weights_banner(None, model)
     msg = f"Loaded **{html.escape(state['name'])}** into {lm.spec.name} for this session only."
     return state, msg, weights_banner(lm.weights, model)
-
-
-def load_notes(image: str, lm) -> tuple[str, ...]:
-    from ..predict import load_for
-
-    return load_for(lm.spec, image).notes
 
 
 def block_choices(key: str) -> list[str]:
