@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cancel
 from .archs.module_relu import with_module_relus
+from .profile import module_flops
 from .predict import ImageLike, load_for, resolve, seen_image, to_batch
 from .runtime import LoadedModel
 from .specs import ModelSpec
@@ -260,7 +262,8 @@ def _baseline(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:
 
 
 class _ForwardCounter:
-    """Counts forward passes of a module to report progress of a Captum call."""
+    """Counts forward passes of a module to report progress, and stops a cancelled request
+    between two batches (every Captum method runs its batches through ``forward``)."""
 
     def __init__(self, model: nn.Module, expected: int, label: str, progress: ProgressFn | None):
         self.model, self.expected, self.label, self.progress = model, max(1, expected), label, progress
@@ -268,13 +271,15 @@ class _ForwardCounter:
         self.handle = None
 
     def __enter__(self):
-        if self.progress:
-            self.handle = self.model.register_forward_pre_hook(self._tick)
+        cancel.check()
+        self.handle = self.model.register_forward_pre_hook(self._tick)
         return self
 
     def _tick(self, _m, _inputs):
+        cancel.check()
         self.calls += 1
-        self.progress(min(self.calls / self.expected, 0.99), f"{self.label}: pass {self.calls} of ~{self.expected}")
+        if self.progress:
+            self.progress(min(self.calls / self.expected, 0.99), f"{self.label}: pass {self.calls} of ~{self.expected}")
 
     def __exit__(self, *exc):
         if self.handle is not None:
@@ -289,20 +294,51 @@ def occlusion_window(s: Settings, x: torch.Tensor) -> tuple[int, int]:
     return win, min(s.stride, win)
 
 
-def _expected_passes(method: str, s: Settings, x: torch.Tensor) -> int:
-    b = s.internal_batch
+def images_per_call(method: str, s: Settings, x: torch.Tensor) -> tuple[int, int]:
+    """(images through forward only, images through forward and backward) of one method call."""
     if method == "ig":
-        return math.ceil(s.steps / b)
-    if method == "smoothgrad":
-        return math.ceil(s.samples / b)
+        return 0, s.steps
+    if method in ("smoothgrad", "gradient_shap"):
+        return 0, s.samples
     if method == "occlusion":
         h, w = x.shape[-2:]
         win, stride = occlusion_window(s, x)
-        n = ((h - win) // stride + 1) * ((w - win) // stride + 1)
-        return 1 + math.ceil(n / b)
-    if method == "gradient_shap":
-        return 1
-    return 2 if method == "guided_gradcam" else 1
+        return 1 + ((h - win) // stride + 1) * ((w - win) // stride + 1), 0
+    if method in ("guided_gradcam", "deeplift"):
+        return 0, 2
+    return 0, 1
+
+
+def _expected_passes(method: str, s: Settings, x: torch.Tensor) -> int:
+    fwd, grad = images_per_call(method, s, x)
+    return max(1, math.ceil(fwd / s.internal_batch) + math.ceil(grad / s.internal_batch))
+
+
+DELETION_STEPS = 10
+
+
+def estimated_tflop(spec: ModelSpec, method: str, s: Settings, x: torch.Tensor, *, scores: bool) -> float:
+    """Arithmetic one attribution request asks for: a backward pass counts twice a forward.
+
+    With scores: the method runs again on the re-initialised copy (sanity), and two deletion
+    curves of ``DELETION_STEPS + 1`` images each are evaluated.
+    """
+    fwd, grad = images_per_call(method, s, x)
+    images = 1 + fwd + 3 * grad
+    if scores:
+        images += fwd + 3 * grad + 2 * (DELETION_STEPS + 1)
+    scale = (x.shape[-2] * x.shape[-1]) / (spec.input_size[1] * spec.input_size[2])
+    return module_flops(spec.key)[0] * scale * images / 1e12
+
+
+def check_budget(spec: ModelSpec, method: str, settings: Settings | None = None, *, scores: bool = True) -> None:
+    """Refuse up front (``cancel.OverBudget``) settings whose estimated cost is over the budget."""
+    if method not in METHODS:
+        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    s = (settings or Settings()).clamp()
+    tflop = estimated_tflop(spec, method, s, spec.meta_input(), scores=scores)
+    what = f"{METHODS[method].name} on {spec.name}" + (" with its sanity and deletion scores" if scores else "")
+    cancel.check_budget(tflop, what)
 
 
 _QUIET = []
@@ -402,9 +438,10 @@ def attribute(
     spec = lm.spec
     s = (settings or Settings()).clamp()
     meta = METHODS[method]
+    check_budget(spec, method, s, scores=scores)
     opened = load_for(spec, image)
     x = to_batch(spec, opened, lm.device)
-    with lm.attr_lock:
+    with cancel.holding(lm.attr_lock):
         m = attribution_model(lm)
         layer_name, paths = resolve_layer(spec, m, layer) if meta.uses_layer else (None, ())
         with torch.no_grad():
@@ -435,10 +472,11 @@ def add_scores(
     ``x``: the preprocessed batch ``a`` was computed on, when the caller still has it.
     """
     lm = resolve(model)
+    check_budget(lm.spec, a.method, a.settings, scores=True)
     if x is None:
         x = to_batch(lm.spec, load_for(lm.spec, image), lm.device)
     m_paths = ()
-    with lm.attr_lock:
+    with cancel.holding(lm.attr_lock):
         m = attribution_model(lm)
         if METHODS[a.method].uses_layer:
             _, m_paths = resolve_layer(lm.spec, m, a.layer)
@@ -468,7 +506,8 @@ def sanity_check(
 ) -> Sanity:
     """Rank correlation of |map| with the same method's |map| on the re-initialised copy."""
     rnd = randomized_model(lm)
-    other = run_method(rnd, lm.spec, method, x, target, layer_paths=paths, settings=s)
+    with _ForwardCounter(rnd, _expected_passes(method, s, x), "sanity check", None):
+        other = run_method(rnd, lm.spec, method, x, target, layer_paths=paths, settings=s)
     other_heat = other if other.ndim == 2 else other.sum(0)
     rho = spearman(np.abs(heat), np.abs(other_heat))
     return Sanity(rho, abs(rho) < SANITY_THRESHOLD, lm.spec.top_layers)
@@ -477,7 +516,7 @@ def sanity_check(
 @torch.no_grad()
 def deletion_curve(
     model: nn.Module, x: torch.Tensor, target: int, heat: np.ndarray, baseline: torch.Tensor,
-    *, steps: int = 10, batch: int = INTERNAL_BATCH, seed: int = 0,
+    *, steps: int = DELETION_STEPS, batch: int = INTERNAL_BATCH, seed: int = 0,
 ) -> Deletion:
     """Target probability as pixels are replaced by the baseline, most attributed first vs random."""
     h, w = x.shape[-2:]
@@ -498,6 +537,7 @@ def deletion_curve(
     def probs(batch_x: torch.Tensor) -> list[float]:
         out = []
         for i in range(0, len(batch_x), batch):
+            cancel.check()
             out += torch.softmax(model(batch_x[i : i + batch]).float(), 1)[:, target].tolist()
         return out
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import cancel
 from .runtime import build_random, pick_device
 from .zoo import get_spec
 
@@ -195,12 +196,14 @@ def measure(
     autocast = torch.autocast(device.type, dtype=_DTYPES[precision]) if precision in _DTYPES else nullcontext()
     with torch.inference_mode(), autocast:
         for _ in range(warmup):
+            cancel.check()
             model(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         timer = PassTimer(device)
         for _ in range(runs):
+            cancel.check()
             timer.time(lambda: model(x))
         times = timer.times_ms()
     if device.type == "cuda":

@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from . import anatomy
+from . import anatomy, cancel
 from .images import OpenedImage
 from .predict import (
     ImageLike,
@@ -264,7 +264,9 @@ def explore(
     opened = load_for(lm.spec, image)
     key = (opened.digest, lm.ident, top)
     if use_cache and (hit := CACHE.get(key)) is not None:
-        return hit
+        # The cache is keyed by pixels, shared by every user: the notes about how *this* file
+        # was opened (first page of a TIFF, EXIF...) are this request's own.
+        return replace(hit, input_notes=opened.notes)
     result = _explore(opened, lm, top)
     if use_cache:
         CACHE.put(key, result)
@@ -280,7 +282,7 @@ def _explore(opened: OpenedImage, lm: LoadedModel, top: int) -> Exploration:
 def explore_tensor(lm: LoadedModel, x: torch.Tensor, top: int = 5) -> tuple[Prediction, dict[str, BlockMaps], float]:
     """The one forward pass on a preprocessed batch: top-k, and every block's branch summaries."""
     infos = {i.name: i for i in block_infos(lm.spec)}
-    with lm.lock, torch.inference_mode():
+    with cancel.holding(lm.lock), torch.inference_mode():
         sync(lm.device)
         t0 = time.perf_counter()
         logits, raw = run_with_taps(lm.module, x, lm.spec.blocks, keep_outputs=False)
@@ -333,7 +335,7 @@ def ablate(
     x = to_batch(spec, opened, lm.device)
     abl = Ablation(block, branch, mode)
     labels = spec.labels()
-    with lm.lock, torch.inference_mode():
+    with cancel.holding(lm.lock), torch.inference_mode():
         t0 = time.perf_counter()
         base = lm.module(x)
         t1 = time.perf_counter()

@@ -147,8 +147,25 @@ def open_image(
     return _normalise(im, name, fmt, keep_alpha)
 
 
-def _normalise(im: Image.Image, name: str, fmt: str, keep_alpha: bool) -> OpenedImage:
-    notes: list[str] = []
+def check_header(data: bytes, name: str = "the image") -> None:
+    """Refuse, from the header alone, an image too large to decode (``ImageError``); decode
+    nothing. Contents Pillow cannot identify pass: ``open_image`` names them later."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"{name} declares too many pixels to decode safely "
+            f"(limit {MAX_PIXELS / 1e6:.0f} megapixels): possibly a decompression bomb"
+        ) from None
+    except Exception:
+        return
+    with im:
+        _check_size(im, name)
+
+
+def _check_size(im: Image.Image, name: str) -> None:
     w, h = im.size
     if w < 1 or h < 1:
         raise ImageError(f"{name} has no pixels ({w} x {h})")
@@ -163,6 +180,12 @@ def _normalise(im: Image.Image, name: str, fmt: str, keep_alpha: bool) -> Opened
             f"{name} is {w} x {h} pixels: an aspect ratio of {aspect:.0f}:1 cannot be "
             f"centre-cropped to a square input (limit {MAX_ASPECT:.0f}:1). Crop it first."
         )
+
+
+def _normalise(im: Image.Image, name: str, fmt: str, keep_alpha: bool) -> OpenedImage:
+    notes: list[str] = []
+    _check_size(im, name)
+    w, h = im.size
     if fmt == "JPEG" and min(w, h) > 2 * DRAFT_SIDE:
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (never below DRAFT_SIDE on the short
         # side): a 24-megapixel photo then costs a few MB instead of ~70 MB to decode.
@@ -180,37 +203,67 @@ def _normalise(im: Image.Image, name: str, fmt: str, keep_alpha: bool) -> Opened
         im.load()
     except Exception as e:
         raise ImageError(f"{name}: the image data is truncated or corrupt ({e})") from None
-    rotated = _exif_rotated(im)
-    try:
-        im = ImageOps.exif_transpose(im)
-        if rotated:
-            notes.append("EXIF orientation applied")
-    except Exception:
-        notes.append("EXIF orientation could not be read; used the pixels as stored")
+    im = _reduce_large(im, notes)
+    orientation = _exif_orientation(im)
+    if orientation not in (None, 1) and not 2 <= orientation <= 8:
+        notes.append(f"EXIF orientation tag has an invalid value ({orientation}); used the pixels as stored")
+    else:
+        try:
+            im = ImageOps.exif_transpose(im)
+            if orientation not in (None, 1):
+                notes.append("EXIF orientation applied")
+        except Exception:
+            notes.append("EXIF orientation could not be read; used the pixels as stored")
     im = _to_display_mode(im, notes, keep_alpha)
     return OpenedImage(im, fmt, (w, h), original_mode, tuple(notes))
 
 
-def _exif_rotated(im: Image.Image) -> bool:
+def _exif_orientation(im: Image.Image) -> int | None:
     try:
-        return im.getexif().get(0x0112, 1) not in (1, None)
+        value = im.getexif().get(0x0112)
+        return int(value) if value is not None else None
     except Exception:
-        return False
+        return None
+
+
+def _reduce_large(im: Image.Image, notes: list[str]) -> Image.Image:
+    """Shrink a huge decoded image by an integer factor at once (Pillow's ``reduce``): every
+    later step (mode conversion, alpha, EXIF rotation) then works on a few MB, not hundreds.
+    JPEGs were already decoded reduced by ``draft``."""
+    w, h = im.size
+    factor = min(w, h) // DRAFT_SIDE
+    if factor < 2:
+        return im
+    try:
+        small = im.reduce(factor)
+    except (ValueError, OSError):  # modes reduce() does not support: keep the full image
+        return im
+    notes.append(f"large image reduced to {small.size[0]} x {small.size[1]} after decoding")
+    return small
 
 
 def _rescale_to_8bit(arr: np.ndarray, full_scale: float | None) -> Image.Image:
-    arr = arr.astype(np.float64)
+    """Scale integer or float pixels to 8 bits, in float32 and in place (a 40-megapixel image
+    would otherwise need several float64 copies: ~2 GB)."""
+    arr = arr.astype(np.float32)  # one copy; everything below works in place
     finite = np.isfinite(arr)
     if not finite.all():
-        arr = np.where(finite, arr, 0.0)
+        arr[~finite] = 0.0
+    del finite
     if full_scale is None:  # float data: [0, 1] is the convention, anything else is min-max
         lo, hi = float(arr.min()), float(arr.max())
         if lo >= 0.0 and hi <= 1.0:
             lo, hi = 0.0, 1.0
     else:
         lo, hi = 0.0, full_scale
-    scaled = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    return Image.fromarray(np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8), "L")
+    if hi > lo:
+        arr -= lo
+        arr *= 255.0 / (hi - lo)
+    else:
+        arr[...] = 0.0
+    np.rint(arr, out=arr)
+    np.clip(arr, 0, 255, out=arr)
+    return Image.fromarray(arr.astype(np.uint8), "L")
 
 
 def _to_display_mode(im: Image.Image, notes: list[str], keep_alpha: bool) -> Image.Image:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import cancel
 from .images import OpenedImage, open_image
 from .runtime import STORE, LoadedModel
 from .specs import ModelSpec
@@ -87,7 +88,7 @@ def sync(device: torch.device) -> None:
 
 
 def timed_forward(model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-    with model.lock, torch.inference_mode():
+    with cancel.holding(model.lock), torch.inference_mode():
         sync(model.device)
         t0 = time.perf_counter()
         logits = model.module(x)

@@ -185,7 +185,8 @@ class ModelStore:
             if k in self._custom:
                 self._custom.move_to_end(k)
                 return self._custom[k]
-            state = W.drop_prefixes(W.read_state_dict(path), spec.drop_keys)
+            expected = W.ExpectedTensors.of(spec.build_meta())
+            state = W.drop_prefixes(W.read_state_dict(path, expected, spec.name), spec.drop_keys)
             module = build_random(spec)
             W.load_into(module, state, spec.name)
             info = W.WeightsInfo("custom", f"your checkpoint {path.name}", f"custom-{digest[:16]}")

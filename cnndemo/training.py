@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from . import cancel
 from .digits import MNIST_MEAN, MNIST_STD
 from .runtime import build_random
 from .specs import ModelSpec
@@ -130,6 +131,7 @@ def evaluate(model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
     model.eval()
     loss, correct = 0.0, 0
     for i in range(0, len(x), batch):
+        cancel.check()
         logits = model(to_input(x[i : i + batch], spec))
         loss += float(F.cross_entropy(logits, y[i : i + batch], reduction="sum"))
         correct += int((logits.argmax(1) == y[i : i + batch]).sum())
@@ -200,12 +202,14 @@ def train(
         t0 = time.perf_counter()
         seen = loss_sum = correct = 0
         for i in range(0, n, batch_size):
+            cancel.check()
             idx = perm[i : i + batch_size]
             xb, yb = x_train[idx], y_train[idx]
             if aug is not None:
                 xb = aug(xb)
             logits = model(to_input(xb, spec))
             loss = F.cross_entropy(logits, yb)
+            cancel.check()  # a step of the d2l net takes ~1 s on 2 cores: check between halves
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip:

@@ -266,8 +266,98 @@ def availability(source: object | None) -> str:
 # --------------------------------------------------------------------------- state dicts
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint as a flat dict of tensors without running any pickled code."""
+# Checkpoint loads at once (each may hold up to twice a model's weights in memory).
+MAX_CONCURRENT_LOADS = int(os.environ.get("CNNDEMO_MAX_CHECKPOINT_LOADS", "2"))
+_LOAD_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_LOADS)
+# A zip checkpoint may declare at most this multiple of the architecture's tensor bytes
+# (2: a float64 copy of a float32 model still loads) plus a little slack for metadata.
+ZIP_SLACK_FACTOR = 2.0
+ZIP_SLACK_BYTES = 1 << 20
+MAX_PICKLE_RECORD = 16 << 20
+
+
+@dataclass(frozen=True)
+class ExpectedTensors:
+    """What an architecture's state_dict holds: the budget a checkpoint is checked against."""
+
+    count: int
+    total_bytes: int
+    largest_bytes: int
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ExpectedTensors:
+        sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
+        return cls(len(sizes), sum(sizes), max(sizes, default=0))
+
+
+def check_torch_zip(path: Path, expected: ExpectedTensors, model_name: str = "this model") -> None:
+    """Refuse a zip checkpoint from its directory alone, before anything is inflated.
+
+    A zip entry declares its unpacked size, and both Python's and torch's zip readers stop
+    there, so a 2 MB upload that would inflate to 2 GB is refused by arithmetic.
+    """
+    import zipfile
+
+    def mb(n: int) -> str:
+        return f"{n / 2**20:,.1f} MB"
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise WeightsError(f"{path.name} is a damaged zip checkpoint ({e})") from None
+    if len(infos) > 4 * expected.count + 32:
+        raise WeightsError(
+            f"{path.name} holds {len(infos):,} zip entries; a checkpoint for {model_name} has about "
+            f"{expected.count + 4}. Refused before unpacking."
+        )
+    records = [i for i in infos if "/data/" in i.filename]
+    total = sum(i.file_size for i in records)
+    limit = int(expected.total_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES
+    if total > limit:
+        raise WeightsError(
+            f"{path.name} declares {mb(total)} of tensor data once unpacked; the weights of {model_name} "
+            f"take {mb(expected.total_bytes)} (limit {mb(limit)}). Refused before unpacking."
+        )
+    for i in infos:
+        cap = int(expected.largest_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES if i in records else MAX_PICKLE_RECORD
+        if i.file_size > cap:
+            raise WeightsError(
+                f"{path.name}: the entry {i.filename} declares {mb(i.file_size)} once unpacked, more than "
+                f"any tensor of {model_name} needs ({mb(cap)}). Refused before unpacking."
+            )
+
+
+def _sniff_checkpoint(path: Path) -> str:
+    """'zip' (torch.save since 1.6), 'legacy' (a pickle stream) or 'safetensors'; else a refusal."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise WeightsError(f"{path.name} is empty (0 bytes)")
+    if path.suffix.lower() == ".safetensors":
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "legacy"
+    raise WeightsError(
+        f"{path.name} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before "
+        "PyTorch 1.6, a pickle stream), and this file is neither. Save it with "
+        "torch.save(model.state_dict(), 'file.pth') or as .safetensors."
+    )
+
+
+def read_state_dict(
+    path: str | Path, expected: ExpectedTensors | None = None, model_name: str = "this model"
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint as a flat dict of tensors without running any pickled code.
+
+    With ``expected`` (what the architecture holds), a zip checkpoint whose declared sizes do
+    not fit is refused before it is unpacked. At most ``MAX_CONCURRENT_LOADS`` files are read
+    at once.
+    """
+    from . import cancel
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"no such checkpoint file: {path}")
@@ -276,22 +366,32 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(
             f"{path.name}: expected a state_dict file ({', '.join(CHECKPOINT_SUFFIXES)})"
         )
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
+    kind = _sniff_checkpoint(path)
+    if kind == "zip" and expected is not None:
+        check_torch_zip(path, expected, model_name)
+    if kind == "legacy" and expected is not None:
+        # A pickle stream stores tensors uncompressed: memory follows the file size.
+        limit = int(expected.total_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES
+        if path.stat().st_size > limit:
+            raise WeightsError(f"{path.name} is larger than any checkpoint of {model_name} can be; refused")
+    with cancel.holding(_LOAD_SLOTS):
+        try:
+            if kind == "safetensors":
+                from safetensors.torch import load_file
 
-            obj = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else "unsupported object"
-        raise WeightsError(
-            f"{path.name} was refused: it holds pickled Python objects, not just tensors, and "
-            f"loading it could run code ({first}). Save it with torch.save(model.state_dict()) "
-            "or as .safetensors."
-        ) from e
-    except Exception as e:  # corrupt zip, truncated file, wrong format
-        raise WeightsError(f"{path.name} could not be read as a checkpoint: {e}") from e
+                obj = load_file(str(path), device="cpu")
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else "unsupported object"
+            raise WeightsError(
+                f"{path.name} was refused: it holds pickled Python objects, not just tensors, and "
+                f"loading it could run code ({first}). Save it with torch.save(model.state_dict()) "
+                "or as .safetensors."
+            ) from e
+        except Exception as e:  # corrupt zip, truncated file, wrong format
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"{path.name} could not be read as a checkpoint: {reason}") from e
     return _unwrap(obj, path.name)
 
 
@@ -322,6 +422,12 @@ def drop_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> 
 def check_fits(model: nn.Module, state: dict[str, torch.Tensor], model_name: str) -> None:
     """Raise ``WeightsError`` naming the first mismatching keys and shapes."""
     want = model.state_dict()
+    complex_keys = [k for k, v in state.items() if v.is_complex()]
+    if complex_keys:
+        raise WeightsError(
+            f"this checkpoint holds complex-valued tensors ({', '.join(complex_keys[:3])}); the weights "
+            f"of {model_name} are real numbers, and casting would silently drop the imaginary parts"
+        )
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
     shapes = [

@@ -166,3 +166,31 @@ def test_large_photo_predicts(tmp_path):
     Image.fromarray(arr).save(path, quality=70)
     pred = predict(path, "squeezenet1_0")
     assert pred.top[0].prob > 0
+
+
+def test_invalid_exif_orientation_is_reported_as_such(tmp_path):
+    img = gradient(40, 30)
+    exif = img.getexif()
+    exif[0x0112] = 9
+    path = tmp_path / "o9.jpg"
+    img.save(path, exif=exif.tobytes())
+    opened = open_image(path)
+    assert opened.image.size == (40, 30)
+    assert any("invalid value (9)" in n for n in opened.notes)
+    assert not any(n == "EXIF orientation applied" for n in opened.notes)
+
+
+def test_large_16bit_png_is_reduced_with_bounded_memory(tmp_path):
+    import tracemalloc
+
+    arr = (np.arange(6000 * 4000, dtype=np.uint32) % 65536).astype(np.uint16).reshape(4000, 6000)
+    path = tmp_path / "big16.png"
+    Image.fromarray(arr).save(path)
+    del arr
+    tracemalloc.start()
+    opened = open_image(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert opened.image.mode == "RGB"
+    # numpy allocations are traced: float64 copies of 24 MP would be ~190 MB each.
+    assert peak < 150 * 2**20, f"peak {peak / 2**20:.0f} MB"

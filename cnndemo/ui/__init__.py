@@ -8,6 +8,7 @@ import gradio as gr
 
 from . import attributions, compare, digits, explore
 from .common import CSS, EXAMPLES_DIR, tune_allocator, weights_status
+from .serving import install_atomic_cache_writes
 
 # Classroom tuning (README): how many network-running events at once, how long the queue may
 # grow before new requests are turned away, and the worker-thread pool.
@@ -21,6 +22,7 @@ MAX_FILE_SIZE = os.environ.get("CNNDEMO_MAX_UPLOAD", "120mb")
 
 def build_demo() -> gr.Blocks:
     """Build the Blocks app (not launched). Nothing here loads a model."""
+    install_atomic_cache_writes()
     with gr.Blocks(title="CNN Zoo Lab", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# CNN Zoo Lab\n"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import html
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -13,6 +11,7 @@ import pandas as pd
 from .. import render
 from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, layer_choices
 from ..zoo import ZOO
+from .serving import download_path
 from .common import MODEL_GROUP, examples, get_model, gr_progress, image_input, model_choices, user_errors, weights_banner
 
 SCORE_HELP = (
@@ -58,7 +57,7 @@ def deletion_frame(a) -> pd.DataFrame | None:
 
 
 def _save(img, a, suffix: str) -> str:
-    path = Path(tempfile.mkdtemp(prefix="cnndemo-")) / f"{a.model}_{a.method}_{a.target}_{suffix}"
+    path = download_path(f"{a.model}_{a.method}_{a.target}_{suffix}")
     if suffix.endswith(".npy"):
         np.save(path, a.attr)
     else:
@@ -70,8 +69,7 @@ def _settings(steps, samples, window, stride) -> Settings:
     return Settings(steps=int(steps), samples=int(samples), window=int(window), stride=int(stride))
 
 
-@user_errors
-def run_attribute(
+def attribute_steps(
     image: str | None,
     model: str,
     method: str = "ig",
@@ -102,6 +100,9 @@ def run_attribute(
     a = add_scores(a, image, lm, progress=gr_progress(progress))
     files = [_save(overlay, a, "overlay.png"), _save(signed, a, "signed.png"), _save(None, a, "attr.npy")]
     yield overlay, signed, scores_markdown(a), deletion_frame(a), a.to_json(), files, weights_banner(lm.weights, model)
+
+
+run_attribute = user_errors(attribute_steps)
 
 
 @user_errors
@@ -243,9 +244,10 @@ def compact_panel(explore: dict, checkpoint_state: gr.State) -> None:
         gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
     d = DEFAULT
 
+    @user_errors
     def compact(image, model, meth, checkpoint, progress=gr.Progress()):
-        for out in run_attribute(image, model, meth, None, None, d.steps, d.samples, d.window, d.stride,
-                                 checkpoint, progress=progress):
+        for out in attribute_steps(image, model, meth, None, None, d.steps, d.samples, d.window, d.stride,
+                                   checkpoint, progress=progress):
             yield out[0], out[1], out[2]
 
     go.click(

@@ -7,48 +7,28 @@ import html
 import inspect
 import logging
 import traceback
-from pathlib import Path
 
 import gradio as gr
 
+from ..cancel import Cancelled
 from ..digits import EmptyDrawing
 from ..images import ImageError
 from ..runtime import STORE, LoadedModel
 from ..weights import WeightsError, WeightsInfo, availability
 from ..zoo import FAMILIES, ZOO
+from .serving import EXAMPLES_DIR, cancellable, guard_files, image_input  # noqa: F401 (re-exported)
 
 log = logging.getLogger("cnndemo")
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 # Events that run a network share this concurrency group (see README, "classroom tuning").
 MODEL_GROUP = "model"
-
-
-def image_input(**kwargs) -> gr.Image:
-    """A ``gr.Image`` that hands the uploaded file to ``cnndemo.images`` untouched.
-
-    Stock ``gr.Image`` opens every upload with Pillow before the handler runs, so a PDF, a
-    truncated JPEG or a decompression bomb fails there with a generic error. This one gives
-    the handler the path, and ``open_image`` says exactly what is wrong. (The override is set
-    on the instance: a subclass would make Gradio write a .pyi stub next to this file.)
-    """
-    comp = gr.Image(type="filepath", image_mode=None, **kwargs)
-    stock = comp.preprocess
-
-    def preprocess(payload):
-        if payload is None:
-            return None
-        if payload.path is None or (payload.url or "").startswith("data:"):
-            return stock(payload)
-        return str(payload.path)
-
-    comp.preprocess = preprocess
-    return comp
 
 
 def _as_gr_error(e: Exception, where: str) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
+    if isinstance(e, Cancelled):
+        return gr.Error("The request was cancelled before it finished.", print_exception=False)
     if isinstance(e, (ImageError, WeightsError, EmptyDrawing)):
         return gr.Error(str(e), print_exception=False)
     if isinstance(e, (KeyError, ValueError)):
@@ -96,7 +76,11 @@ def release_memory() -> None:
 
 
 def user_errors(fn):
-    """Turn the library's human-readable errors into gr.Error; log anything unexpected."""
+    """Turn the library's human-readable errors into gr.Error; log anything unexpected.
+
+    The handler also becomes cancellable (``serving.cancellable``): when its client goes away,
+    the library's long loops stop within a batch.
+    """
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -108,7 +92,7 @@ def user_errors(fn):
             finally:
                 release_memory()
 
-        return gen_wrapper
+        return cancellable(gen_wrapper)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -119,7 +103,7 @@ def user_errors(fn):
         finally:
             release_memory()
 
-    return wrapper
+    return cancellable(wrapper)
 
 
 def model_choices(kind: str | None = None) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@ pixels; and a training lab that trains a fresh network for this session only."""
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -20,7 +21,7 @@ from ..runtime import STORE, LoadedModel
 from ..training import load_digits, train
 from ..weights import WeightsInfo
 from ..zoo import DIGIT_KEYS, ZOO
-from .common import MODEL_GROUP, image_input, user_errors
+from .common import MODEL_GROUP, guard_files, image_input, user_errors
 
 TRAIN_GROUP = "train"
 SELECT_BRUSH_JS = """() => { setTimeout(() => {
@@ -125,7 +126,8 @@ def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: floa
         finally:
             updates.put(None)
 
-    threading.Thread(target=work, daemon=True).start()
+    # The thread carries this request's context: its cancellation token stops the training.
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
     steps, epochs_done = [], []
     last = 0.0
     while True:
@@ -185,10 +187,10 @@ def build() -> dict:
                 "was made (white on black, fit into 20x20, centred by mass in 28x28) and read by all three networks.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
-            c["sketch"] = gr.Sketchpad(
+            c["sketch"] = guard_files(gr.Sketchpad(
                 type="pil", image_mode="RGBA", canvas_size=(280, 280), label="Draw a digit", elem_id="digits-sketch",
                 brush=gr.Brush(default_size=22, colors=["#000000"], color_mode="fixed"), height=340,
-            )
+            ), images=True)
             c["upload"] = image_input(sources=["upload", "webcam", "clipboard"], label="...or a photo of a digit", height=200)
         with gr.Column(scale=6):
             with gr.Row():

@@ -15,6 +15,7 @@ from .common import (
     MODEL_GROUP,
     examples,
     get_model,
+    guard_files,
     image_input,
     model_choices,
     user_errors,
@@ -227,10 +228,10 @@ def build(checkpoint_state: gr.State) -> dict:
             c["examples"] = gr.Examples(examples(), inputs=[c["image"]], label="Example photos")
             c["run"] = gr.Button("Predict", variant="primary")
             with gr.Accordion("Your own weights (a state_dict for the selected model)", open=False):
-                c["ckpt_file"] = gr.File(
+                c["ckpt_file"] = guard_files(gr.File(
                     file_types=[".pth", ".pt", ".safetensors", ".bin", ".ckpt"],
                     label="Checkpoint (.pth / .pt / .safetensors); loaded with weights_only, never unpickled",
-                )
+                ))
                 c["ckpt_status"] = gr.Markdown(label="checkpoint status", value="No checkpoint: the model uses its published weights (or random init).")
         with gr.Column(scale=6):
             c["banner"] = gr.HTML(weights_banner(None, "googlenet"), label="weights in use")

@@ -1,0 +1,266 @@
+"""What a public server needs around the handlers: file inputs that open only uploads, work
+that stops when its client goes away, and output files that concurrent requests cannot
+truncate.
+
+- ``guard_files``: Gradio checks that an input file lies in its upload folder only for
+  payloads that carry ``meta: {"_type": "gradio.FileData"}``. A payload without ``meta``
+  reaches ``preprocess`` with any server path, and stock components open it. Every file
+  input of this app is wrapped so that it opens only Gradio's uploads or the shipped
+  examples, and refuses anything else with one message that does not depend on what exists.
+  Inline ``data:`` images are decoded here, so the pixel cap is checked on their header
+  before any decoding.
+- ``cancellable``: Gradio cancels the asyncio task of an abandoned request, but a sync
+  handler's thread runs on. The wrapper runs the handler in a thread that carries a
+  ``cnndemo.cancel`` token and sets it when the task is cancelled; the library's long loops
+  then stop within a batch.
+- ``install_atomic_cache_writes``: Gradio names an output image by a hash of its bytes and
+  writes it in place, so two requests that produce the same image truncate each other's
+  download. Writing to a temporary name and renaming makes every reader see a whole file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextvars
+import functools
+import inspect
+import os
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import gradio as gr
+from gradio import processing_utils
+from gradio import utils as gr_utils
+from gradio.data_classes import FileData, GradioModel, GradioRootModel
+
+from .. import cancel
+from ..images import MAX_IMAGE_BYTES, ImageError, check_header
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+NOT_UPLOADED = (
+    "This file was not uploaded to the app. Send the file itself (as an upload), not a path on the server."
+)
+
+
+# ----------------------------------------------------------------------------- file inputs
+
+
+def upload_roots() -> list[Path]:
+    """Where a request's input files may lie: Gradio's upload folder and the shipped examples."""
+    return [Path(gr_utils.get_upload_folder()).resolve(), EXAMPLES_DIR.resolve()]
+
+
+def check_uploaded(path: str | os.PathLike) -> str:
+    """The real path of an uploaded file, or ``gr.Error(NOT_UPLOADED)`` for anything else.
+
+    Symbolic links are resolved first, and the refusal is the same whether or not the path
+    exists, so the answer reveals nothing about the server's files.
+    """
+    try:
+        real = Path(os.fspath(path)).resolve()
+    except (OSError, RuntimeError, TypeError, ValueError):
+        raise gr.Error(NOT_UPLOADED, print_exception=False) from None
+    if not any(real.is_relative_to(root) for root in upload_roots()):
+        raise gr.Error(NOT_UPLOADED, print_exception=False)
+    return str(real)
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of an inline ``data:...;base64,`` image, size-capped before decoding."""
+    head, _, body = url.partition(",")
+    if not head.startswith("data:") or not head.endswith(";base64"):
+        raise gr.Error("Inline images must be base64 data URLs.", print_exception=False)
+    if len(body) > (MAX_IMAGE_BYTES * 4) // 3 + 4:
+        raise gr.Error(
+            f"The inline image is over {MAX_IMAGE_BYTES / 2**20:.1f} MB, the limit for images.", print_exception=False
+        )
+    try:
+        return base64.b64decode(body, validate=False)
+    except (binascii.Error, ValueError):
+        raise gr.Error("The inline image is not valid base64.", print_exception=False) from None
+
+
+def check_image_header(data: bytes) -> None:
+    """Refuse an image whose header declares too many pixels, before anything decodes it."""
+    try:
+        check_header(data, "the inline image")
+    except ImageError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def _walk_files(payload, visit) -> None:
+    """Call ``visit`` on every FileData inside a component payload."""
+    if payload is None:
+        return
+    if isinstance(payload, FileData):
+        visit(payload)
+    elif isinstance(payload, GradioRootModel):
+        _walk_files(payload.root, visit)
+    elif isinstance(payload, GradioModel):
+        for name in type(payload).model_fields:
+            _walk_files(getattr(payload, name), visit)
+    elif isinstance(payload, (list, tuple)):
+        for item in payload:
+            _walk_files(item, visit)
+
+
+def guard_files(component: gr.components.Component, *, images: bool = False):
+    """Wrap ``component.preprocess`` so it opens only uploaded files (and checks image headers).
+
+    Set on the instance: a subclass would make Gradio write a .pyi stub next to this file.
+    """
+    stock = component.preprocess
+
+    def visit(fd: FileData) -> None:
+        if fd.url and fd.url.startswith("data:"):
+            if images:
+                check_image_header(decode_data_url(fd.url))
+            return
+        fd.path = check_uploaded(fd.path)
+
+    def preprocess(payload):
+        _walk_files(payload, visit)
+        blobs = getattr(component, "blob_storage", None)
+        if images and blobs is not None and getattr(payload, "id", None):
+            cached = blobs.get(payload.id)
+            for data in (getattr(cached, "background", None), getattr(cached, "composite", None),
+                         *(getattr(cached, "layers", None) or [])):
+                if data:
+                    check_image_header(bytes(data))
+        return stock(payload)
+
+    component.preprocess = preprocess
+    return component
+
+
+def image_input(**kwargs) -> gr.Image:
+    """A ``gr.Image`` that hands the handler the uploaded file untouched (or an inline image's
+    bytes): ``cnndemo.images`` then says exactly what is wrong with a bad one, and checks the
+    pixel count from the header before decoding. Only uploads and the examples are opened."""
+    comp = gr.Image(type="filepath", image_mode=None, **kwargs)
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            return decode_data_url(payload.url)
+        if payload.path is None:
+            raise gr.Error("No image was sent.", print_exception=False)
+        return check_uploaded(payload.path)
+
+    comp.preprocess = preprocess
+    return comp
+
+
+# ----------------------------------------------------------------------------- cancellation
+
+
+def cancellable(fn):
+    """Run a sync handler (or generator) in a worker thread that stops when the request is
+    cancelled: the thread carries a ``cnndemo.cancel`` token, set as soon as Gradio cancels
+    the request's task. Gradio still injects ``gr.Progress`` and ``gr.Request`` (the
+    signature is kept)."""
+
+    def run(ctx: contextvars.Context, call):
+        return ctx.run(call)
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        async def agen(*args, **kwargs):
+            token = threading.Event()
+            with cancel.cancellable(token):
+                ctx = contextvars.copy_context()
+            gen = ctx.run(fn, *args, **kwargs)
+            done = object()
+            try:
+                while True:
+                    item = await asyncio.to_thread(run, ctx, lambda: next(gen, done))
+                    if item is done:
+                        return
+                    yield item
+            except (asyncio.CancelledError, GeneratorExit):
+                token.set()
+                raise
+            finally:
+                token.set()
+                try:
+                    gen.close()
+                except ValueError:  # a step is still running: it stops at its next check
+                    pass
+
+        return agen
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        token = threading.Event()
+        with cancel.cancellable(token):
+            ctx = contextvars.copy_context()
+        try:
+            return await asyncio.to_thread(run, ctx, functools.partial(fn, *args, **kwargs))
+        except asyncio.CancelledError:
+            token.set()
+            raise
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- output files
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """Gradio's ``save_pil_to_cache`` (same content-hash naming), written atomically."""
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    path = (folder / f"{name}.{format}").resolve()
+    _atomic_write(path, data)
+    return str(path)
+
+
+_STOCK_SAVE_BYTES = processing_utils.save_bytes_to_cache
+
+
+def save_bytes_to_cache(data: bytes, file_name: str, cache_dir: str) -> str:
+    """Gradio's ``save_bytes_to_cache`` (same naming), written atomically."""
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    if not Path(file_name).suffix:
+        file_name += processing_utils.detect_audio_format(data)
+    path = folder / Path(file_name).name
+    _atomic_write(path, data)
+    return str(path.resolve())
+
+
+def install_atomic_cache_writes() -> None:
+    """Replace Gradio's two in-place cache writers (every component looks them up on the
+    module, so this covers images, galleries and byte outputs alike). Idempotent."""
+    processing_utils.save_pil_to_cache = save_pil_to_cache
+    processing_utils.save_bytes_to_cache = save_bytes_to_cache
+
+
+def download_path(name: str) -> Path:
+    """A unique path inside Gradio's cache for a file a request offers for download.
+
+    Gradio serves a file already in its cache as it is (no copy), and its ``delete_cache``
+    sweep removes it with Gradio's own files; nothing is left elsewhere in /tmp.
+    """
+    folder = Path(gr_utils.get_upload_folder()) / "cnndemo-downloads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{uuid.uuid4().hex[:12]}-{name}"
