@@ -649,3 +649,34 @@ def run_soak(args) -> int:
     }
     emit(res if args.json else json.dumps(res, indent=2))
     return 0 if not errors and res["hooks_left"] == 0 else 1
+
+
+# ----------------------------------------------------------------------------- classroom
+
+
+def _setup_classroom(p):
+    p.add_argument("--students", type=int, nargs="+", default=[10, 30, 60], help="class sizes, run in turn")
+    p.add_argument("--lesson", default="default",
+                   help="default (predict, switch block, knock out, IG, draw a digit), predict, or a JSON file")
+    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings, e.g. CNNDEMO_WORKERS=2")
+    p.add_argument("--time-limit", type=float, default=1200.0, help="stop starting new steps after this many seconds")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-classroom", "N simulated students run a lesson against the app on loopback", _setup_classroom)
+def run_bench_classroom(args) -> int:
+    from .classroom import load_lesson, run_classroom
+
+    env = dict(kv.split("=", 1) for kv in args.env)
+    out = run_classroom(args.students, load_lesson(args.lesson), env=env, time_limit=args.time_limit,
+                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.json:
+        emit(out)
+        return 0
+    for run in out["runs"]:
+        print(f"{run['students']} students: {run['wall_s']} s, {run['throughput_req_s']} req/s, "
+              f"server RSS peak {run['server_rss_mb_peak']} MB")
+        for api, r in run["endpoints"].items():
+            print(f"  {api:<12} {r['step']:<26} p50 {r['p50_s']} s  p95 {r['p95_s']} s  max {r['max_s']} s  "
+                  f"errors {r['errors']}/{r['calls']}" + (f"  {r['first_errors']}" if r["errors"] else ""))
+    return 0

@@ -154,8 +154,8 @@ def run_scaling(model: str, progress=gr.Progress()):
     return batch, res
 
 
-@user_errors
-def anatomy(model: str, block: str | None):
+def anatomy_tables(model: str, block: str | None):
+    """Stage costs, branch costs and savings of one model and block, as table rows."""
     spec = ZOO[model]
     stages = [[s.name, s.layer, " × ".join(map(str, s.shape)), f"{s.params:,}", f"{s.flops / 1e6:,.1f}"]
               for s in stage_costs(spec)]
@@ -169,6 +169,9 @@ def anatomy(model: str, block: str | None):
                  f"{s.flops_built / 1e6:,.1f} vs {s.flops_alt / 1e6:,.1f}", f"{s.params_saved:.0%}", f"{s.flops_saved:.0%}"]
                 for s in savings]
     return stages, branches, sav_rows or [["-", "no such design choice in this model", "", "", "", "", "", ""]]
+
+
+anatomy = user_errors(anatomy_tables)
 
 
 def _blocks_update(model: str):
@@ -250,7 +253,7 @@ def build() -> dict:
 def on_load():
     """Fill the Compare tab's static parts (cheap: counted once on the meta device, then cached)."""
     params, flops = cost_frames()
-    stages, branches, savings = anatomy("googlenet", "inception3a")
+    stages, branches, savings = anatomy_tables("googlenet", "inception3a")
     return (stats_rows(), params, flops, reference_markdown(), reference_rows(), initial_bubble(),
             stages, branches, savings)
 

@@ -32,6 +32,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import anyio
 import gradio as gr
 from gradio import processing_utils
 from gradio import utils as gr_utils
@@ -159,14 +160,17 @@ def image_input(**kwargs) -> gr.Image:
 # ----------------------------------------------------------------------------- cancellation
 
 
+async def _in_thread(ctx: contextvars.Context, call):
+    """Run ``call`` in Gradio's worker pool (anyio's limiter, sized by ``max_threads``), in
+    ``ctx``; a cancelled await returns at once and leaves the thread to stop at its next check."""
+    return await anyio.to_thread.run_sync(ctx.run, call, abandon_on_cancel=True)
+
+
 def cancellable(fn):
     """Run a sync handler (or generator) in a worker thread that stops when the request is
     cancelled: the thread carries a ``cnndemo.cancel`` token, set as soon as Gradio cancels
     the request's task. Gradio still injects ``gr.Progress`` and ``gr.Request`` (the
     signature is kept)."""
-
-    def run(ctx: contextvars.Context, call):
-        return ctx.run(call)
 
     if inspect.isgeneratorfunction(fn):
 
@@ -179,7 +183,7 @@ def cancellable(fn):
             done = object()
             try:
                 while True:
-                    item = await asyncio.to_thread(run, ctx, lambda: next(gen, done))
+                    item = await _in_thread(ctx, lambda: next(gen, done))
                     if item is done:
                         return
                     yield item
@@ -201,7 +205,7 @@ def cancellable(fn):
         with cancel.cancellable(token):
             ctx = contextvars.copy_context()
         try:
-            return await asyncio.to_thread(run, ctx, functools.partial(fn, *args, **kwargs))
+            return await _in_thread(ctx, functools.partial(fn, *args, **kwargs))
         except asyncio.CancelledError:
             token.set()
             raise
