@@ -52,10 +52,6 @@ def cancellable(token: threading.Event | None = None) -> Iterator[threading.Even
         _TOKEN.reset(reset)
 
 
-def current() -> threading.Event | None:
-    return _TOKEN.get()
-
-
 @contextlib.contextmanager
 def holding(lock) -> Iterator[None]:
     """Acquire ``lock`` while staying cancellable: a request cancelled in the queue for a busy

@@ -24,6 +24,32 @@ from .zoo import get_spec
 RANDOM_SEED = 0
 
 
+def cpu_cores() -> int:
+    """Cores this process may use: ``CPU_CORES`` (set on Hugging Face Spaces), else the affinity mask."""
+    env = os.environ.get("CPU_CORES", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(workers: int) -> int:
+    """Torch's intra-op threads for a server running ``workers`` network events at once.
+
+    The cores this process may really use (``cpu_cores``): a container often reports the
+    host's cores, and torch would start that many threads per op. Not fewer per worker: on
+    the 2-core reference machine, with 2 workers, 1 thread per event was slower than 2
+    (`bench-classroom`, README "Classroom capacity"). ``CNNDEMO_TORCH_THREADS`` overrides.
+    Returns the count set; ``workers`` is recorded for the override's help text only.
+    """
+    env = os.environ.get("CNNDEMO_TORCH_THREADS", "").strip()
+    threads = int(env) if env.isdigit() and int(env) > 0 else cpu_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """'auto' (or None): CUDA when present, else CPU. Honours CNNDEMO_DEVICE."""
     name = (name or os.environ.get("CNNDEMO_DEVICE") or "auto").lower()

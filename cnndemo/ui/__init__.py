@@ -8,6 +8,7 @@ import gradio as gr
 
 from . import attributions, compare, digits, explore
 from .common import CSS, EXAMPLES_DIR, tune_allocator, weights_status
+from ..runtime import configure_threads
 from .serving import install_atomic_cache_writes
 
 # Classroom tuning (README): how many network-running events at once, how long the queue may
@@ -52,6 +53,7 @@ def build_demo() -> gr.Blocks:
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs) -> gr.Blocks:
     """Build and launch the app with the project's safety settings; return the Blocks."""
     tune_allocator()
+    configure_threads(WORKERS)
     demo = build_demo()
     demo.launch(
         server_name=host,

@@ -187,10 +187,7 @@ def cancellable(fn):
                     if item is done:
                         return
                     yield item
-            except (asyncio.CancelledError, GeneratorExit):
-                token.set()
-                raise
-            finally:
+            finally:  # finished, failed, or cancelled (CancelledError / GeneratorExit)
                 token.set()
                 try:
                     gen.close()
