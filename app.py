@@ -1,4 +1,8 @@
-"""CNN Zoo Lab: `python app.py` starts the app (see --help). Models load lazily."""
+"""CNN Zoo Lab: `python app.py` starts the app (see --help); `gradio app.py` runs it with reload.
+
+`demo` is built at import (Hugging Face Spaces and Gradio's reload mode look for it); building
+it loads no model and touches no network. Launching happens only under `__main__`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,19 @@ import os
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     in_space = bool(os.environ.get("SPACE_ID"))
+    host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if in_space else "127.0.0.1")
     p = argparse.ArgumentParser(description="CNN Zoo Lab web app")
-    p.add_argument("--host", default="0.0.0.0" if in_space else "127.0.0.1",
-                   help="address to bind (default 127.0.0.1; 0.0.0.0 in a Hugging Face Space)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--host", default=host,
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 in a Hugging Face Space; GRADIO_SERVER_NAME)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                   help="port (default 7860; GRADIO_SERVER_PORT)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--offline", action="store_true", help="never touch the network (CNNDEMO_OFFLINE=1)")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu or cuda")
+    p.add_argument("--mcp", action="store_true", default=os.environ.get("CNNDEMO_MCP", "") in ("1", "true", "yes"),
+                   help="also serve every named endpoint as an MCP tool (CNNDEMO_MCP=1; needs gradio[mcp])")
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=in_space,
+                   help="fetch the published weights in the background at start (default: on in a Space)")
     return p.parse_args(argv)
 
 
@@ -26,8 +36,21 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["CNNDEMO_DEVICE"] = args.device
     from cnndemo.ui import launch
 
-    launch(host=args.host, port=args.port, share=args.share)
+    launch(demo, host=args.host, port=args.port, share=args.share, mcp=args.mcp, prefetch=args.prefetch)
 
+
+def _build():
+    from cnndemo.prefetch import persistent_torch_home
+
+    home = persistent_torch_home()
+    if home is not None:  # a Space's /data bucket survives restarts; its own disk does not
+        os.environ.setdefault("TORCH_HOME", str(home))
+    from cnndemo.ui import build_demo
+
+    return build_demo()
+
+
+demo = _build()
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 
+__version__ = "0.3.0"
+
 _EXPORTS = {
     # the zoo
     "ZOO": "zoo",

@@ -27,10 +27,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import cancel
+from .paths import BENCH_DIR
 from .runtime import build_random, pick_device
 from .zoo import get_spec
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "assets" / "benchmarks"
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

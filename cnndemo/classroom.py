@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .paths import EXAMPLES_DIR as EXAMPLES
+
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "assets" / "examples"
 
 # One lesson step: (label, api_name, keyword arguments; "@name" is an example file to upload).
 DEFAULT_LESSON: list[dict] = [
@@ -144,8 +145,21 @@ def _resolve(args: dict, files: dict[str, Path]):
 
 
 def run_class(server: Server, lesson: list[dict], students: int, files: dict[str, Path],
-              *, call_timeout: float = 300.0, deadline: float | None = None) -> dict:
-    """Every student runs the lesson at once (a barrier starts them in the same instant)."""
+              *, call_timeout: float = 300.0, deadline: float | None = None, rounds: int = 1) -> dict:
+    """Every student runs the lesson at once (a barrier starts them in the same instant);
+    ``rounds`` such classes one after another, pooled (one burst is a noisy sample)."""
+    records: list[dict] = []
+    t_start = time.perf_counter()
+    for _ in range(rounds):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        records += _one_class(server, lesson, students, files, call_timeout=call_timeout, deadline=deadline)
+    wall = time.perf_counter() - t_start
+    return summarise(records, students, wall, server, rounds)
+
+
+def _one_class(server: Server, lesson: list[dict], students: int, files: dict[str, Path],
+               *, call_timeout: float, deadline: float | None) -> list[dict]:
     from gradio_client import Client
 
     records: list[dict] = []
@@ -181,13 +195,16 @@ def run_class(server: Server, lesson: list[dict], students: int, files: dict[str
                 records.append({"step": step.get("step", step["api"]), "api": step["api"],
                                 "s": time.perf_counter() - t1, "ok": ok, "error": err})
 
-    t_start = time.perf_counter()
     threads = [threading.Thread(target=student, args=(i,), daemon=True) for i in range(students)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=call_timeout * (len(lesson) + 2))
-    wall = time.perf_counter() - t_start
+    return records
+
+
+def summarise(records: list[dict], students: int, wall: float, server: Server, rounds: int) -> dict:
+    """Per endpoint: calls, errors, p50/p95/max latency of the successful calls."""
     per: dict[str, dict] = {}
     for api in dict.fromkeys(r["api"] for r in records):
         rs = [r for r in records if r["api"] == api]
@@ -205,6 +222,7 @@ def run_class(server: Server, lesson: list[dict], students: int, files: dict[str
     done = sum(1 for r in records if r["ok"] and r["api"] != "/config")
     return {
         "students": students,
+        "rounds": rounds,
         "wall_s": round(wall, 2),
         "throughput_req_s": round(done / wall, 2) if wall > 0 else None,
         "server_rss_mb_now": round(server.rss_mb(), 1),
@@ -215,7 +233,7 @@ def run_class(server: Server, lesson: list[dict], students: int, files: dict[str
 
 def run_classroom(students: list[int], lesson: list[dict], *, env: dict[str, str] | None = None,
                   app_args: tuple[str, ...] = ("--offline",), time_limit: float = 1200.0,
-                  call_timeout: float = 300.0, progress=None) -> dict:
+                  call_timeout: float = 300.0, rounds: int = 1, progress=None) -> dict:
     """Start the app, warm it with one student, then run each class size in turn."""
     import tempfile
 
@@ -236,7 +254,8 @@ def run_classroom(students: list[int], lesson: list[dict], *, env: dict[str, str
                     break
                 if progress:
                     progress(f"{n} students")
-                runs.append(run_class(server, lesson, n, files, call_timeout=call_timeout, deadline=deadline))
+                runs.append(run_class(server, lesson, n, files, call_timeout=call_timeout, deadline=deadline,
+                                      rounds=rounds))
         finally:
             server.stop()
     return {

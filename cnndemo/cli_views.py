@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli import _model_arg, command, emit
+from .paths import EXAMPLES_DIR
 from .zoo import DIGIT_KEYS
 
 # ----------------------------------------------------------------------------- train
@@ -228,7 +229,7 @@ def run_bench_explore(args) -> int:
 
     runs = max(10, args.runs)
     model = _load(args.model)
-    image = args.image or str(Path(__file__).resolve().parent.parent / "assets" / "examples" / "cat.jpg")
+    image = args.image or str(EXAMPLES_DIR / "cat.jpg")
     opened = load_for(model.spec, image)
     x = to_batch(model.spec, opened, model.device)
 
@@ -356,7 +357,7 @@ def run_bench_attribution(args) -> int:
     from .predict import load_for, to_batch
 
     model = _load(args.model)
-    image = str(Path(__file__).resolve().parent.parent / "assets" / "examples" / "cat.jpg")
+    image = str(EXAMPLES_DIR / "cat.jpg")
     x = to_batch(model.spec, load_for(model.spec, image), model.device)
     with torch.no_grad():
         target = int(model.module(x).argmax(1)[0])
@@ -587,7 +588,7 @@ def run_soak(args) -> int:
     demo = launch(port=port, prevent_thread_lock=True, quiet=True)
     url = demo.local_url
     client = Client(url, verbose=False)
-    ex = Path(__file__).resolve().parent.parent / "assets" / "examples"
+    ex = EXAMPLES_DIR
     bad = Path(tempfile.mkdtemp()) / "notes.jpg"
     bad.write_text("not an image")
     photos = [handle_file(str(p)) for p in sorted(ex.glob("*.jpg"))]
@@ -659,6 +660,7 @@ def _setup_classroom(p):
     p.add_argument("--lesson", default="default",
                    help="default (predict, switch block, knock out, IG, draw a digit), predict, or a JSON file")
     p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings, e.g. CNNDEMO_WORKERS=2")
+    p.add_argument("--rounds", type=int, default=1, help="repeat each class size this many times, pooled")
     p.add_argument("--time-limit", type=float, default=1200.0, help="stop starting new steps after this many seconds")
     p.add_argument("--json", action="store_true")
 
@@ -668,7 +670,7 @@ def run_bench_classroom(args) -> int:
     from .classroom import load_lesson, run_classroom
 
     env = dict(kv.split("=", 1) for kv in args.env)
-    out = run_classroom(args.students, load_lesson(args.lesson), env=env, time_limit=args.time_limit,
+    out = run_classroom(args.students, load_lesson(args.lesson), env=env, time_limit=args.time_limit, rounds=args.rounds,
                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.json:
         emit(out)
@@ -680,3 +682,101 @@ def run_bench_classroom(args) -> int:
             print(f"  {api:<12} {r['step']:<26} p50 {r['p50_s']} s  p95 {r['p95_s']} s  max {r['max_s']} s  "
                   f"errors {r['errors']}/{r['calls']}" + (f"  {r['first_errors']}" if r["errors"] else ""))
     return 0
+
+
+# ----------------------------------------------------------------------------- check-space
+
+
+def _setup_check_space(p):
+    p.add_argument("--skip-resolve", action="store_true", help="skip the pip resolution (it needs the package index)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the app")
+
+
+def _front_matter(readme: Path) -> dict[str, str]:
+    lines = readme.read_text().splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    out = {}
+    for line in lines[1:]:
+        if line.strip() == "---":
+            break
+        key, _, value = line.partition(":")
+        out[key.strip()] = value.strip().strip('"').strip("'")
+    return out
+
+
+def _listening_on_all_interfaces(port: int) -> bool:
+    """Whether some socket listens on 0.0.0.0:port or [::]:port (read from /proc/net)."""
+    for table, any_addr in (("/proc/net/tcp", "00000000"), ("/proc/net/tcp6", "0" * 32)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            addr, _, hexport = local.partition(":")
+            if state == "0A" and int(hexport, 16) == port and addr == any_addr:
+                return True
+    return False
+
+
+@command("check-space", "before pushing to a Space: resolve requirements.txt for the front matter's Python, "
+         "start the app as a Space does and call /predict", _setup_check_space)
+def run_check_space(args) -> int:
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    from .classroom import _free_port
+
+    root = Path(__file__).resolve().parent.parent
+    meta = _front_matter(root / "README.md")
+    version = meta.get("python_version")
+    ok = True
+    print(f"front matter: sdk {meta.get('sdk')} {meta.get('sdk_version')}, python_version {version or 'MISSING (Spaces default to 3.10)'}")
+    if not version:
+        ok = False
+    if not args.skip_resolve and version:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+                   "--only-binary=:all:", "--python-version", version, "--target", tmp,
+                   "-r", str(root / "requirements.txt")]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        errors = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("ERROR")]
+        print(f"requirements.txt for Python {version}: " + ("resolves" if r.returncode == 0 else "FAILS"))
+        for line in errors[:4]:
+            print("  " + line)
+        ok &= r.returncode == 0
+    port = _free_port()
+    env = {**os.environ, "SPACE_ID": "check/cnn-zoo-lab", "GRADIO_SERVER_PORT": str(port),
+           "CNNDEMO_OFFLINE": os.environ.get("CNNDEMO_OFFLINE", "1")}
+    env.pop("GRADIO_SERVER_NAME", None)
+    proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--no-prefetch"], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from gradio_client import Client, handle_file
+
+        t0 = time.monotonic()
+        client = None
+        while time.monotonic() - t0 < args.timeout and client is None:
+            if proc.poll() is not None:
+                break
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            except Exception:
+                time.sleep(0.5)
+        if client is None:
+            print(f"app as a Space (SPACE_ID set, GRADIO_SERVER_PORT={port}): did NOT start")
+            return 1
+        print(f"app as a Space: answered on port {port} after {time.monotonic() - t0:.1f} s; "
+              f"listening on all interfaces: {'yes' if _listening_on_all_interfaces(port) else 'NO'}")
+        ok &= _listening_on_all_interfaces(port)
+        raw = client.predict(image=handle_file(str(EXAMPLES_DIR / "cat.jpg")), model="googlenet", api_name="/predict")[-1]
+        print(f"/predict: {raw['model']} ({raw['weights']} weights), top-1 {raw['top'][0]['label']}")
+        ok &= raw["model"] == "googlenet" and len(raw["top"]) == 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    print("ready to push" if ok else "NOT ready: see above")
+    return 0 if ok else 1

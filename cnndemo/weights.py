@@ -26,10 +26,9 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-ProgressFn = Callable[[float | None, str], None]
+from .paths import WEIGHTS_DIR as BUNDLED_DIR
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_DIR = ASSETS / "weights"
+ProgressFn = Callable[[float | None, str], None]
 
 # Without a single byte for this long, a download is given up (a black-holed network hangs).
 STALL_TIMEOUT_S = float(os.environ.get("CNNDEMO_DOWNLOAD_TIMEOUT", "10"))

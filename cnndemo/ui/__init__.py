@@ -44,17 +44,37 @@ def build_demo() -> gr.Blocks:
                 digits.build()
         # The Sketchpad opens with no tool selected; pick the brush so a class can draw at once.
         digits_tab.select(None, None, None, js=digits.SELECT_BRUSH_JS, api_visibility="private")
-        demo.load(weights_status, None, status, api_visibility="private")
+        # While weights are fetched in the background, the status line refreshes itself.
+        ticker = gr.Timer(2.0, active=False)
+        demo.load(weights_status, None, [status, ticker], api_visibility="private")
+        ticker.tick(weights_status, None, [status, ticker], api_visibility="private")
         demo.load(compare.on_load, None, compare.load_outputs(cmp), api_visibility="private")
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs) -> gr.Blocks:
-    """Build and launch the app with the project's safety settings; return the Blocks."""
+def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           *, mcp: bool = False, prefetch: bool = False, **kwargs) -> gr.Blocks:
+    """Launch ``demo`` (built here if None) with the project's safety settings; return it.
+
+    ``prefetch``: fetch the published weights in the background (a Space's disk is
+    ephemeral). ``mcp``: also serve every named endpoint as an MCP tool.
+    """
     tune_allocator()
     configure_threads(WORKERS)
-    demo = build_demo()
+    demo = demo or build_demo()
+    if prefetch:
+        from .. import prefetch as P
+        from ..weights import is_offline
+
+        if not is_offline():
+            P.start()
+    if mcp:
+        try:
+            import mcp as _mcp  # noqa: F401  (gradio's MCP server needs it)
+        except ImportError:
+            raise SystemExit("--mcp needs Gradio's MCP extra: pip install \"gradio[mcp]==6.31.0\"") from None
+        kwargs["mcp_server"] = True
     demo.launch(
         server_name=host,
         server_port=port,

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import render
+from ..branches import explore
 from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, layer_choices
 from ..zoo import ZOO
 from .serving import download_path
@@ -29,8 +30,14 @@ def method_choices() -> list[tuple[str, str]]:
     return [(m.name, m.key) for m in METHODS.values()]
 
 
-def target_choices(key: str) -> list[str]:
-    return [f"{label} ({i})" for i, label in enumerate(ZOO[key].labels())]
+def target_choices(image, key: str, checkpoint: dict | None = None) -> list[str]:
+    """The image's top-5 classes on this model, as the dropdown offers them. Any other class is
+    typed (a name, part of one, or an index): listing all 1,000 ImageNet classes would put
+    100 KB into the page every visitor downloads."""
+    if not image:
+        return []
+    pred = explore(image, get_model(key, checkpoint)).prediction
+    return [f"{t.label} ({t.index})" for t in pred.top]
 
 
 def scores_markdown(a) -> str:
@@ -82,11 +89,18 @@ def attribute_steps(
     checkpoint: dict | None = None,
     progress=gr.Progress(),
 ):
-    """An attribution map with its sanity and deletion scores.
+    """An attribution map (which pixels drove the prediction) with its sanity and deletion scores.
 
-    image: path of the image. model: zoo key. method: ig, saliency, smoothgrad, gradcam, guided_gradcam,
-    occlusion, guided_backprop, deeplift or gradient_shap. target: class index or name, empty for the
-    top prediction. layer: Grad-CAM layer (a block, or block/branch), empty for the model's default.
+    Args:
+        image: the image (an upload).
+        model: a zoo key.
+        method: ig, saliency, smoothgrad, gradcam, guided_gradcam, occlusion, guided_backprop, deeplift or gradient_shap.
+        target: a class index or name; empty for the top prediction.
+        layer: the Grad-CAM layer (a block, or block/branch); empty for the model's default.
+        steps: Integrated Gradients steps (4-128).
+        samples: SmoothGrad / GradientSHAP samples (1-32).
+        window: occlusion window in pixels.
+        stride: occlusion stride in pixels.
     """
     if not image:
         raise gr.Error("Give the model an image first.")
@@ -108,7 +122,14 @@ run_attribute = user_errors(attribute_steps)
 @user_errors
 def run_all_methods(image: str | None, model: str, target: str | None = None, layer: str | None = None,
                     checkpoint: dict | None = None, progress=gr.Progress()):
-    """Every method on one image and model, in a grid (fast settings, no scores)."""
+    """Every attribution method on one image and model, in one grid (fast settings, no scores).
+
+    Args:
+        image: the image (an upload).
+        model: a zoo key.
+        target: a class index or name; empty for the top prediction.
+        layer: the Grad-CAM layer; empty for the model's default.
+    """
     if not image:
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint, progress)
@@ -127,9 +148,12 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
 
 @user_errors
 def run_compare(image: str | None, models: list[str] | None, method: str = "gradcam", progress=gr.Progress()):
-    """One method across 2 to 6 zoo models on the same image, each with its own top-1 label.
+    """One attribution method across 2 to 6 zoo models on the same image, each with its own top-1.
 
-    image: path of the image. models: 2-6 zoo keys. method: an attribution method key.
+    Args:
+        image: the image (an upload).
+        models: 2 to 6 zoo keys.
+        method: an attribution method key, e.g. "gradcam".
     """
     if not image:
         raise gr.Error("Give the models an image first.")
@@ -154,8 +178,9 @@ def _layer_update(key: str):
     return gr.Dropdown(choices=layer_choices(spec), value=spec.gradcam_layer)
 
 
-def _target_update(key: str):
-    return gr.Dropdown(choices=target_choices(key), value=None)
+@user_errors
+def _target_update(image, key: str, checkpoint: dict | None = None):
+    return gr.Dropdown(choices=target_choices(image, key, checkpoint), value=None)
 
 
 def knobs():
@@ -178,8 +203,8 @@ def build(checkpoint_state: gr.State) -> dict:
             c["method"] = gr.Dropdown(method_choices(), value="ig", label="Method")
             c["layer"] = gr.Dropdown(layer_choices(ZOO["googlenet"]), value=ZOO["googlenet"].gradcam_layer,
                                      label="Grad-CAM layer (a block, or one branch of it)", allow_custom_value=True)
-            c["target"] = gr.Dropdown(target_choices("googlenet"), value=None, allow_custom_value=True,
-                                      filterable=True, label="Target class (empty: the top prediction; type to search)")
+            c["target"] = gr.Dropdown([], value=None, allow_custom_value=True,
+                                      filterable=True, label="Target class (empty: the top prediction; or type any class name or index)")
             c["knobs"] = knobs()
             with gr.Row():
                 c["run"] = gr.Button("Explain", variant="primary", elem_id="attr-run")
@@ -225,9 +250,9 @@ def build(checkpoint_state: gr.State) -> dict:
         run_compare, [c["image"], c["cmp_models"], c["cmp_method"]], [c["cmp_grid"], c["cmp_table"]],
         api_name="attribute_compare", concurrency_id=MODEL_GROUP,
     )
-    c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private").then(
-        _target_update, [c["model"]], [c["target"]], api_visibility="private"
-    )
+    c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private")
+    gr.on([c["model"].change, c["image"].change], _target_update, [c["image"], c["model"], checkpoint_state],
+          [c["target"]], api_visibility="private", concurrency_id=MODEL_GROUP)
     return c
 
 

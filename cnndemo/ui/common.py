@@ -156,8 +156,10 @@ def weights_banner(info: WeightsInfo | None, spec_key: str) -> str:
     return f'<div class="cz-banner {cls}"><b>✓ {label}:</b> {html.escape(info.source)}</div>'
 
 
-def weights_status() -> str:
-    """One line per model: which weights this machine has, for the header (no network needed)."""
+def weights_status():
+    """The header line: which weights this machine has (no network needed), the background
+    fetch's progress while it runs, and the timer that refreshes this line until it is done."""
+    from .. import prefetch
     from ..weights import is_offline
 
     marks = {"cached": "✓ on this machine", "pretrained": "⤓ downloads on first use", "none": "✗ none: random init"}
@@ -165,7 +167,11 @@ def weights_status() -> str:
         marks["pretrained"] = "✗ not cached, and offline: random init"
     parts = [f"{ZOO[k].name}: {marks[availability(ZOO[k].weights)]}" for k in ZOO]
     head = "**Weights on this machine**" + (" (offline mode: nothing is downloaded)" if is_offline() else "")
-    return head + " · " + " · ".join(parts)
+    line = head + " · " + " · ".join(parts)
+    fetching = prefetch.describe()
+    if fetching:
+        line = f"{fetching}.  \n" + line
+    return line, gr.Timer(active=prefetch.status().running)
 
 
 def examples() -> list[str]:

@@ -116,9 +116,16 @@ def initial_bubble():
 def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: list | None = None,
                 precision: str = "fp32", channels_last: bool = False, compile: bool = False, runs: float = 10,
                 progress=gr.Progress()):
-    """Measure latency p50/p90, throughput and peak memory on the app's device (cached per settings).
+    """Measure latency p50/p90, throughput and peak memory on the app's own device (cached per settings).
 
-    models: zoo keys. device: auto, cpu or cuda. batch_sizes: e.g. [1, 32]. precision: fp32, fp16 or bf16.
+    Args:
+        models: zoo keys.
+        device: "auto", "cpu" or "cuda".
+        batch_sizes: batch sizes, e.g. [1, 8].
+        precision: "fp32", "bf16" or "fp16" (fp16 needs CUDA).
+        channels_last: use the channels_last memory format.
+        compile: torch.compile the model first (slow first run).
+        runs: timed runs per setting (5-50).
     """
     models = list(models or [])
     if not models:
@@ -148,6 +155,11 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
 
 @user_errors
 def run_scaling(model: str, progress=gr.Progress()):
+    """Latency per image against batch size, and against input resolution, measured live.
+
+    Args:
+        model: a zoo key.
+    """
     data = scaling(model, progress=gr_progress(progress))
     batch = pd.DataFrame(data["batch"])
     res = pd.DataFrame(data["resolution"])
@@ -155,7 +167,12 @@ def run_scaling(model: str, progress=gr.Progress()):
 
 
 def anatomy_tables(model: str, block: str | None):
-    """Stage costs, branch costs and savings of one model and block, as table rows."""
+    """Stage costs, branch costs and what the design choices save, for one model and block.
+
+    Args:
+        model: a zoo key.
+        block: a block name; empty for the model's default block.
+    """
     spec = ZOO[model]
     stages = [[s.name, s.layer, " × ".join(map(str, s.shape)), f"{s.params:,}", f"{s.flops / 1e6:,.1f}"]
               for s in stage_costs(spec)]

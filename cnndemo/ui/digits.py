@@ -24,10 +24,17 @@ from ..zoo import DIGIT_KEYS, ZOO
 from .common import MODEL_GROUP, guard_files, image_input, user_errors
 
 TRAIN_GROUP = "train"
-SELECT_BRUSH_JS = """() => { setTimeout(() => {
-  const b = document.querySelector('#digits-sketch button[aria-label="Brush"]');
-  if (b) b.click();
-}, 250); }"""
+# The Sketchpad opens with no tool selected. The tab's content renders after the click, so
+# wait for the brush button (up to 10 s) instead of guessing a delay.
+SELECT_BRUSH_JS = """() => {
+  const t0 = Date.now();
+  const tick = () => {
+    const b = document.querySelector('#digits-sketch button[aria-label="Brush"]');
+    if (b) { if (b.getAttribute('aria-pressed') !== 'true') b.click(); return; }
+    if (Date.now() - t0 < 10000) setTimeout(tick, 100);
+  };
+  tick();
+}"""
 _DATA: list = []
 _DATA_LOCK = threading.Lock()
 
@@ -97,9 +104,10 @@ def classify_sketch(sketch: dict | None, session: dict | None = None):
 
 @user_errors
 def classify_upload(image: str | None, session: dict | None = None):
-    """All three digit networks' top-3 for one digit image (drawn or photographed).
+    """All three digit networks' top-3 for one image of a digit, with their branch maps.
 
-    image: path of an image of a single digit, any size, dark on light or light on dark.
+    Args:
+        image: an image of a single digit, any size, dark on light or light on dark.
     """
     ui, result = _classify(image, session)
     return (*ui, result)
@@ -111,7 +119,15 @@ def classify_upload(image: str | None, session: dict | None = None):
 @user_errors
 def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: float, session: dict | None,
               progress=gr.Progress()):
-    """Train a fresh digit network (this session only); stream progress and curves."""
+    """Train a fresh digit network for this session only, streaming the loss and accuracy curves.
+
+    Args:
+        key: "mnist_inception", "mnist_resnet" or "d2l_googlenet".
+        epochs: passes over the training digits (1-5).
+        batch_size: examples per step.
+        lr: initial learning rate (cosine decay to 0).
+        limit: how many of the 4,000 training digits to use.
+    """
     session = dict(session or {})
     data = _data()
     updates: queue.Queue = queue.Queue()

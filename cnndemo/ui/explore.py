@@ -49,9 +49,11 @@ def on_model_change(key: str, checkpoint: dict | None):
 
 @user_errors
 def predict(image: str | None, model: str, checkpoint: dict | None = None, progress=gr.Progress()):
-    """Top-5 for one image on one zoo model.
+    """Top-5 predictions for one image on one zoo model, with the image the network saw.
 
-    image: path of the uploaded image file. model: a zoo key, e.g. "googlenet".
+    Args:
+        image: the image (an upload: JPEG, PNG, WebP, BMP, GIF or TIFF).
+        model: a zoo key, e.g. "googlenet", "bn_inception", "inception_v3", "resnet50", "vgg16", "squeezenet1_0".
     """
     if not image:
         return None, None, "Give the model an image: upload one, use the webcam, paste, or pick an example.", weights_banner(None, model), None
@@ -72,8 +74,9 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
 def on_checkpoint(file: str | None, model: str):
     """Load your own state_dict for one architecture, for this session only.
 
-    file: a .pth / .pt / .safetensors state_dict (loaded with weights_only: pickled code never runs).
-    model: the zoo key it was trained for.
+    Args:
+        file: a .pth / .pt / .safetensors state_dict (loaded with weights_only: pickled code never runs).
+        model: the zoo key it was trained for.
     """
     if not file:
         return None, "No checkpoint: the model uses its published weights (or random init).", weights_banner(None, model)
@@ -147,9 +150,12 @@ def _block_note(spec, info) -> str:
 
 @user_errors
 def show_branches(image: str | None, model: str, block: str, checkpoint: dict | None = None):
-    """Every branch of one block for one image: maps, shares, and the shares across depth.
+    """Every branch of one block for one image: maps, energy shares, and the shares across depth.
 
-    image: path of the image. model: zoo key. block: block name (see `python -m cnndemo blocks`).
+    Args:
+        image: the image (an upload).
+        model: a zoo key, e.g. "googlenet".
+        block: a block name, e.g. "inception4c" (`python -m cnndemo blocks --model KEY` lists them).
     """
     spec = ZOO[model]
     if block not in block_choices(model):
@@ -191,9 +197,14 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
 
 @user_errors
 def run_ablation(image: str | None, model: str, block: str, branch: str, mode: str = "zero", checkpoint: dict | None = None):
-    """Knock one branch out (zeros, or its per-channel mean) and compare the top-5.
+    """Knock one branch of a block out (zeros, or its per-channel mean) and compare the top-5.
 
-    image: path of the image. model: zoo key. block: block name. branch: branch name. mode: "zero" or "mean".
+    Args:
+        image: the image (an upload).
+        model: a zoo key with multi-branch blocks (not "vgg16").
+        block: a block name, e.g. "inception4c".
+        branch: a branch of that block, e.g. "3x3".
+        mode: "zero" or "mean".
     """
     if not image:
         raise gr.Error("Give the model an image first.")

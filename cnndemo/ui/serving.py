@@ -39,9 +39,9 @@ from gradio import utils as gr_utils
 from gradio.data_classes import FileData, GradioModel, GradioRootModel
 
 from .. import cancel
+from ..paths import EXAMPLES_DIR
 from ..images import MAX_IMAGE_BYTES, ImageError, check_header
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 NOT_UPLOADED = (
     "This file was not uploaded to the app. Send the file itself (as an upload), not a path on the server."
 )

@@ -1,0 +1,164 @@
+"""The Hugging Face Space path: Space conventions, and weights fetched in the background."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cnndemo import prefetch
+from cnndemo import weights as W
+from cnndemo.predict import predict
+from cnndemo.runtime import STORE
+from cnndemo.zoo import ZOO
+from conftest import ROOT, free_port, wait_http
+
+CAT = ROOT / "assets" / "examples" / "cat.jpg"
+
+
+def test_space_conventions_for_host_and_port(monkeypatch):
+    import app
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    args = app.parse_args([])
+    assert (args.host, args.port, args.prefetch, args.mcp) == ("127.0.0.1", 7860, False, False)
+    monkeypatch.setenv("SPACE_ID", "someone/cnn-zoo-lab")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    args = app.parse_args([])
+    assert (args.host, args.port, args.prefetch) == ("0.0.0.0", 7999, True)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.2")
+    assert app.parse_args([]).host == "127.0.0.2"
+    assert app.demo is not None  # built at import, for Spaces and `gradio app.py`
+
+
+def test_app_started_as_a_space_listens_everywhere_and_predicts():
+    from gradio_client import Client, handle_file
+
+    from cnndemo.cli_views import _listening_on_all_interfaces
+
+    port = free_port()
+    env = dict(os.environ, SPACE_ID="check/cnn-zoo-lab", GRADIO_SERVER_PORT=str(port))
+    env.pop("GRADIO_SERVER_NAME", None)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--offline"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(port, timeout=90)
+        assert _listening_on_all_interfaces(port)
+        raw = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            image=handle_file(str(CAT)), model="googlenet", api_name="/predict")[-1]
+        assert raw["model"] == "googlenet" and len(raw["top"]) == 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+class SlowMirror:
+    """A local HTTP mirror that sends each file at about ``rate`` bytes per second."""
+
+    def __init__(self, root: Path, rate: int):
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **k):
+                super().__init__(*a, directory=str(root), **k)
+
+            def copyfile(self, source, outputfile):
+                while chunk := source.read(rate // 20):
+                    outputfile.write(chunk)
+                    time.sleep(0.05)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def mirror_files(root: Path, sizes: dict[str, int]) -> list[tuple[str, W.TorchvisionWeights]]:
+    """Files named the torchvision way (name-<sha256 prefix>.pth), each as a weights source."""
+    root.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for key, size in sizes.items():
+        data = os.urandom(size)
+        path = root / f"{key}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+        path.write_bytes(data)
+        enum = SimpleNamespace(url=f"http://unused.invalid/{path.name}", name=key.upper(),
+                               meta={"_file_size": size / 1e6})
+        sources.append((key, W.TorchvisionWeights(enum)))
+    return sources
+
+
+@pytest.fixture
+def private_hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setenv("CNNDEMO_OFFLINE", "0")
+    W._failures.clear()
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_prefetch_fetches_smallest_first_verified(tmp_path, private_hub, monkeypatch):
+    sources = mirror_files(tmp_path / "mirror", {"big": 300_000, "small": 20_000, "mid": 100_000})
+    sources.sort(key=lambda kv: kv[1].meta["_file_size"])
+    # One file is corrupted on the mirror: its hash no longer matches its name.
+    bad = tmp_path / "mirror" / sources[1][1].filename
+    bad.write_bytes(b"tampered" + bad.read_bytes()[8:])
+    mirror = SlowMirror(tmp_path / "mirror", rate=4_000_000)
+    monkeypatch.setenv("CNNDEMO_WEIGHTS_URL", mirror.url)
+    try:
+        state = prefetch.run(sources)
+    finally:
+        mirror.close()
+    assert state.done == ["small", "big"] and list(state.failed) == ["mid"]
+    assert "SHA-256" in state.failed["mid"]
+    assert sorted(p.name for p in private_hub.iterdir()) == sorted(s.filename for k, s in sources if k != "mid")
+    assert "2 of 3 published checkpoints ready" in prefetch.describe() and "could not be fetched" in prefetch.describe()
+
+
+def test_published_sources_are_ordered_by_size():
+    keys = [k for k, _ in prefetch.published_sources()]
+    sizes = [ZOO[k].weights.meta["_file_size"] for k in keys]
+    assert sizes == sorted(sizes) and keys[0] == "squeezenet1_0" and keys[-1] == "vgg16"
+
+
+def _latencies(n: int = 15) -> list[float]:
+    lm = STORE.get("mnist_resnet")
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        predict(CAT, lm)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def test_prefetch_does_not_delay_a_first_request(tmp_path, private_hub, monkeypatch):
+    """A request during the prefetch takes about as long as without it (medians compared)."""
+    sources = mirror_files(tmp_path / "mirror", {"a": 3_000_000, "b": 3_000_000})
+    mirror = SlowMirror(tmp_path / "mirror", rate=1_500_000)
+    monkeypatch.setenv("CNNDEMO_WEIGHTS_URL", mirror.url)
+    try:
+        _latencies(3)  # warm
+        alone = statistics.median(_latencies())
+        thread = prefetch.start(sources)
+        time.sleep(0.3)
+        assert prefetch.status().running
+        during = statistics.median(_latencies())
+        assert prefetch.status().running, "the prefetch finished before the measurement did"
+        thread.join(timeout=30)
+    finally:
+        mirror.close()
+    assert prefetch.status().done == ["a", "b"]
+    assert during < alone * 1.5 + 0.005, f"median {during * 1000:.1f} ms during the prefetch vs {alone * 1000:.1f} ms"
