@@ -5,8 +5,9 @@ model's lock meanwhile. Python cannot stop a thread from outside, so long loops 
 batches, occlusion windows, the sanity and deletion passes, benchmark iterations, training
 steps) call ``check()``. It raises ``Cancelled`` once the token of the current context is set.
 
-The token travels in a ``ContextVar``: ``asyncio.to_thread`` and ``contextvars.copy_context``
-carry it into worker threads, so library code needs no extra argument. Outside a cancellable
+The token travels in a ``ContextVar``; the app runs each handler in a worker thread inside a
+copy of the request's context (``ui.serving.cancellable``), so library code needs no extra
+argument. Outside a cancellable
 call ``check()`` does nothing.
 """
 
@@ -42,9 +43,8 @@ def check() -> None:
 
 
 @contextlib.contextmanager
-def cancellable(token: threading.Event | None = None) -> Iterator[threading.Event]:
-    """Run the body with ``token`` (a new one by default) as the current cancellation token."""
-    token = token or threading.Event()
+def cancellable(token: threading.Event) -> Iterator[threading.Event]:
+    """Run the body with ``token`` as the current cancellation token."""
     reset = _TOKEN.set(token)
     try:
         yield token

@@ -62,7 +62,7 @@ def _digit_file(folder: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -72,6 +72,8 @@ def _free_port() -> int:
 class Server:
     proc: subprocess.Popen
     url: str
+    port: int
+    startup_s: float
     peak_rss_mb: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -99,13 +101,25 @@ class Server:
 
 
 def start_server(env: dict[str, str] | None = None, app_args: tuple[str, ...] = ("--offline",),
-                 timeout: float = 120) -> Server:
+                 timeout: float = 120, *, as_space: bool = False) -> Server:
+    """``python app.py`` on a free loopback port; returns once it answers HTTP 200.
+
+    ``as_space``: started the way a Hugging Face Space starts it (``SPACE_ID`` set, the port
+    in ``GRADIO_SERVER_PORT``, no address given), so it binds all interfaces by itself.
+    """
     import http.client
 
-    port = _free_port()
+    port = free_port()
+    full_env = {**os.environ, **(env or {})}
+    if as_space:
+        full_env.update(SPACE_ID="check/cnn-zoo-lab", GRADIO_SERVER_PORT=str(port))
+        full_env.pop("GRADIO_SERVER_NAME", None)
+        address: list[str] = []
+    else:
+        address = ["--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *app_args],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, str(ROOT / "app.py"), *address, *app_args],
+        cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -115,7 +129,7 @@ def start_server(env: dict[str, str] | None = None, app_args: tuple[str, ...] = 
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/")
             if conn.getresponse().status == 200:
-                server = Server(proc, f"http://127.0.0.1:{port}/")
+                server = Server(proc, f"http://127.0.0.1:{port}/", port, time.monotonic() - t0)
                 server.watch()
                 return server
         except OSError:

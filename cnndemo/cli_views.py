@@ -726,9 +726,8 @@ def run_check_space(args) -> int:
     import os
     import subprocess
     import tempfile
-    import time
 
-    from .classroom import _free_port
+    from .classroom import start_server
 
     root = Path(__file__).resolve().parent.parent
     meta = _front_matter(root / "README.md")
@@ -748,35 +747,24 @@ def run_check_space(args) -> int:
         for line in errors[:4]:
             print("  " + line)
         ok &= r.returncode == 0
-    port = _free_port()
-    env = {**os.environ, "SPACE_ID": "check/cnn-zoo-lab", "GRADIO_SERVER_PORT": str(port),
-           "CNNDEMO_OFFLINE": os.environ.get("CNNDEMO_OFFLINE", "1")}
-    env.pop("GRADIO_SERVER_NAME", None)
-    proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--no-prefetch"], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        server = start_server({"CNNDEMO_OFFLINE": os.environ.get("CNNDEMO_OFFLINE", "1")}, ("--no-prefetch",),
+                              timeout=args.timeout, as_space=True)
+    except RuntimeError as e:
+        print(f"app as a Space (SPACE_ID set, GRADIO_SERVER_PORT): did NOT start: {e}")
+        return 1
     try:
         from gradio_client import Client, handle_file
 
-        t0 = time.monotonic()
-        client = None
-        while time.monotonic() - t0 < args.timeout and client is None:
-            if proc.poll() is not None:
-                break
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-            except Exception:
-                time.sleep(0.5)
-        if client is None:
-            print(f"app as a Space (SPACE_ID set, GRADIO_SERVER_PORT={port}): did NOT start")
-            return 1
-        print(f"app as a Space: answered on port {port} after {time.monotonic() - t0:.1f} s; "
-              f"listening on all interfaces: {'yes' if _listening_on_all_interfaces(port) else 'NO'}")
-        ok &= _listening_on_all_interfaces(port)
+        everywhere = _listening_on_all_interfaces(server.port)
+        print(f"app as a Space: answered on port {server.port} after {server.startup_s:.1f} s; "
+              f"listening on all interfaces: {'yes' if everywhere else 'NO'}")
+        ok &= everywhere
+        client = Client(server.url, verbose=False)
         raw = client.predict(image=handle_file(str(EXAMPLES_DIR / "cat.jpg")), model="googlenet", api_name="/predict")[-1]
         print(f"/predict: {raw['model']} ({raw['weights']} weights), top-1 {raw['top'][0]['label']}")
         ok &= raw["model"] == "googlenet" and len(raw["top"]) == 5
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        server.stop()
     print("ready to push" if ok else "NOT ready: see above")
     return 0 if ok else 1

@@ -57,9 +57,10 @@ def status() -> PrefetchState:
                              _STATE.fraction, _STATE.running, _STATE.started)
 
 
-def describe() -> str:
-    """One line for the status bar; empty when no prefetch was started."""
-    s = status()
+def describe(s: PrefetchState | None = None) -> str:
+    """One line for the status bar (from ``s``, else the current state); empty when no
+    prefetch was started."""
+    s = s or status()
     if not s.total:
         return ""
     head = f"{len(s.done)} of {s.total} published checkpoints ready"

@@ -35,14 +35,13 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads(workers: int) -> int:
-    """Torch's intra-op threads for a server running ``workers`` network events at once.
+def configure_threads() -> int:
+    """Set torch's intra-op threads for the server; return the count.
 
     The cores this process may really use (``cpu_cores``): a container often reports the
     host's cores, and torch would start that many threads per op. Not fewer per worker: on
     the 2-core reference machine, with 2 workers, 1 thread per event was slower than 2
     (`bench-classroom`, README "Classroom capacity"). ``CNNDEMO_TORCH_THREADS`` overrides.
-    Returns the count set; ``workers`` is recorded for the override's help text only.
     """
     env = os.environ.get("CNNDEMO_TORCH_THREADS", "").strip()
     threads = int(env) if env.isdigit() and int(env) > 0 else cpu_cores()

@@ -26,6 +26,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
+from . import cancel
 from .paths import WEIGHTS_DIR as BUNDLED_DIR
 
 ProgressFn = Callable[[float | None, str], None]
@@ -288,6 +289,16 @@ class ExpectedTensors:
         sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
         return cls(len(sizes), sum(sizes), max(sizes, default=0))
 
+    @property
+    def limit_bytes(self) -> int:
+        """The most tensor data a checkpoint of this architecture may hold."""
+        return int(self.total_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES
+
+    @property
+    def record_limit_bytes(self) -> int:
+        """The most one stored tensor of this architecture may take."""
+        return int(self.largest_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES
+
 
 def check_torch_zip(path: Path, expected: ExpectedTensors, model_name: str = "this model") -> None:
     """Refuse a zip checkpoint from its directory alone, before anything is inflated.
@@ -312,14 +323,14 @@ def check_torch_zip(path: Path, expected: ExpectedTensors, model_name: str = "th
         )
     records = [i for i in infos if "/data/" in i.filename]
     total = sum(i.file_size for i in records)
-    limit = int(expected.total_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES
+    limit = expected.limit_bytes
     if total > limit:
         raise WeightsError(
             f"{path.name} declares {mb(total)} of tensor data once unpacked; the weights of {model_name} "
             f"take {mb(expected.total_bytes)} (limit {mb(limit)}). Refused before unpacking."
         )
     for i in infos:
-        cap = int(expected.largest_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES if i in records else MAX_PICKLE_RECORD
+        cap = expected.record_limit_bytes if i in records else MAX_PICKLE_RECORD
         if i.file_size > cap:
             raise WeightsError(
                 f"{path.name}: the entry {i.filename} declares {mb(i.file_size)} once unpacked, more than "
@@ -355,8 +366,6 @@ def read_state_dict(
     not fit is refused before it is unpacked. At most ``MAX_CONCURRENT_LOADS`` files are read
     at once.
     """
-    from . import cancel
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"no such checkpoint file: {path}")
@@ -370,8 +379,7 @@ def read_state_dict(
         check_torch_zip(path, expected, model_name)
     if kind == "legacy" and expected is not None:
         # A pickle stream stores tensors uncompressed: memory follows the file size.
-        limit = int(expected.total_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES
-        if path.stat().st_size > limit:
+        if path.stat().st_size > expected.limit_bytes:
             raise WeightsError(f"{path.name} is larger than any checkpoint of {model_name} can be; refused")
     with cancel.holding(_LOAD_SLOTS):
         try:

@@ -6,8 +6,6 @@ import hashlib
 import http.server
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from cnndemo import weights as W
 from cnndemo.predict import predict
 from cnndemo.runtime import STORE
 from cnndemo.zoo import ZOO
-from conftest import ROOT, free_port, wait_http
+from conftest import ROOT
 
 CAT = ROOT / "assets" / "examples" / "cat.jpg"
 
@@ -46,22 +44,17 @@ def test_space_conventions_for_host_and_port(monkeypatch):
 def test_app_started_as_a_space_listens_everywhere_and_predicts():
     from gradio_client import Client, handle_file
 
+    from cnndemo.classroom import start_server
     from cnndemo.cli_views import _listening_on_all_interfaces
 
-    port = free_port()
-    env = dict(os.environ, SPACE_ID="check/cnn-zoo-lab", GRADIO_SERVER_PORT=str(port))
-    env.pop("GRADIO_SERVER_NAME", None)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--offline"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_server(app_args=("--offline",), timeout=90, as_space=True)
     try:
-        wait_http(port, timeout=90)
-        assert _listening_on_all_interfaces(port)
-        raw = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+        assert _listening_on_all_interfaces(server.port)
+        raw = Client(server.url, verbose=False).predict(
             image=handle_file(str(CAT)), model="googlenet", api_name="/predict")[-1]
         assert raw["model"] == "googlenet" and len(raw["top"]) == 5
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        server.stop()
 
 
 class SlowMirror:

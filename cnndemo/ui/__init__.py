@@ -8,7 +8,9 @@ import gradio as gr
 
 from . import attributions, compare, digits, explore
 from .common import CSS, EXAMPLES_DIR, tune_allocator, weights_status
+from .. import prefetch as weights_prefetch
 from ..runtime import configure_threads
+from ..weights import is_offline
 from .serving import install_atomic_cache_writes
 
 # Classroom tuning (README): how many network-running events at once, how long the queue may
@@ -61,14 +63,10 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
     ephemeral). ``mcp``: also serve every named endpoint as an MCP tool.
     """
     tune_allocator()
-    configure_threads(WORKERS)
+    configure_threads()
     demo = demo or build_demo()
-    if prefetch:
-        from .. import prefetch as P
-        from ..weights import is_offline
-
-        if not is_offline():
-            P.start()
+    if prefetch and not is_offline():
+        weights_prefetch.start()
     if mcp:
         try:
             import mcp as _mcp  # noqa: F401  (gradio's MCP server needs it)

@@ -14,7 +14,8 @@ from ..cancel import Cancelled
 from ..digits import EmptyDrawing
 from ..images import ImageError
 from ..runtime import STORE, LoadedModel
-from ..weights import WeightsError, WeightsInfo, availability
+from .. import prefetch
+from ..weights import WeightsError, WeightsInfo, availability, is_offline
 from ..zoo import FAMILIES, ZOO
 from .serving import EXAMPLES_DIR, cancellable, guard_files, image_input  # noqa: F401 (re-exported)
 
@@ -159,19 +160,16 @@ def weights_banner(info: WeightsInfo | None, spec_key: str) -> str:
 def weights_status():
     """The header line: which weights this machine has (no network needed), the background
     fetch's progress while it runs, and the timer that refreshes this line until it is done."""
-    from .. import prefetch
-    from ..weights import is_offline
-
     marks = {"cached": "✓ on this machine", "pretrained": "⤓ downloads on first use", "none": "✗ none: random init"}
     if is_offline():
         marks["pretrained"] = "✗ not cached, and offline: random init"
     parts = [f"{ZOO[k].name}: {marks[availability(ZOO[k].weights)]}" for k in ZOO]
     head = "**Weights on this machine**" + (" (offline mode: nothing is downloaded)" if is_offline() else "")
     line = head + " · " + " · ".join(parts)
-    fetching = prefetch.describe()
-    if fetching:
-        line = f"{fetching}.  \n" + line
-    return line, gr.Timer(active=prefetch.status().running)
+    fetching = prefetch.status()
+    if fetching.total:
+        line = f"{prefetch.describe(fetching)}.  \n" + line
+    return line, gr.Timer(active=fetching.running)
 
 
 def examples() -> list[str]:

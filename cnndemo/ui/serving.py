@@ -235,9 +235,6 @@ def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "w
     return str(path)
 
 
-_STOCK_SAVE_BYTES = processing_utils.save_bytes_to_cache
-
-
 def save_bytes_to_cache(data: bytes, file_name: str, cache_dir: str) -> str:
     """Gradio's ``save_bytes_to_cache`` (same naming), written atomically."""
     folder = Path(cache_dir) / processing_utils.hash_bytes(data)
