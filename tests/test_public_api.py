@@ -160,6 +160,12 @@ def test_work_over_budget_is_refused_up_front(server):
     kind, payload = raw_call(server, "attribute", [fd, "googlenet", "occlusion", None, None, 16, 8, 4, 2])
     assert kind == "error" and "TFLOP" in error_text(payload) and "limit of 6 TFLOP" in error_text(payload)
     assert time.monotonic() - t0 < 10
+    # Occlusion at window 8 / stride 5: the map alone is ~5.8 TFLOP, with both scores ~11.7.
+    # The map is streamed before the scores, so the refusal must come before the map.
+    t0 = time.monotonic()
+    kind, payload = raw_call(server, "attribute", [fd, "googlenet", "occlusion", None, None, 16, 8, 8, 5])
+    assert kind == "error" and "with its sanity and deletion scores" in error_text(payload), payload
+    assert time.monotonic() - t0 < 10
 
 
 def test_cancelled_training_stops_within_a_second(server):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import render
 from ..branches import explore
-from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, layer_choices
+from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, check_budget, layer_choices
 from ..zoo import ZOO
 from .serving import download_path
 from .common import MODEL_GROUP, examples, get_model, gr_progress, image_input, model_choices, user_errors, weights_banner
@@ -106,8 +106,11 @@ def attribute_steps(
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint, progress)
     layer = layer if (layer and METHODS[method].uses_layer) else None
+    settings = _settings(steps, samples, window, stride)
+    # The map is shown before its scores; refuse now if map and scores together are over budget.
+    check_budget(lm.spec, method, settings, scores=True)
     a = attribute(image, lm, method, target=target or None, layer=layer,
-                  settings=_settings(steps, samples, window, stride), scores=False, progress=gr_progress(progress))
+                  settings=settings, scores=False, progress=gr_progress(progress))
     overlay, signed = render.attribution_views(a)
     yield (overlay, signed, scores_markdown(a) + "  \n*Computing the sanity and deletion scores...*", None,
            a.to_json(), None, weights_banner(lm.weights, model))
