@@ -7,7 +7,10 @@ never typed in, so a label always says what the code really does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
+import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from .specs import BlockSpec, BranchSpec, ModelSpec
@@ -156,3 +159,91 @@ def architecture(spec: ModelSpec) -> tuple[StageRow, ...]:
 
 def total_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- receptive field
+
+_GLOBAL = 10**9  # a global pooling or a linear layer: every output sees the whole input
+_POOLS = {F.max_pool2d: ("kernel_size", "stride", "padding", "dilation"),
+          F.avg_pool2d: ("kernel_size", "stride", "padding")}
+
+
+def _window(node: fx.Node, mod: nn.Module | None) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """(kernel, stride, dilation) of a conv or pool node, per axis; None for other nodes."""
+    if isinstance(mod, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        k = _pair(mod.kernel_size)
+        st = _pair(mod.stride if mod.stride is not None else mod.kernel_size)
+        d = _pair(getattr(mod, "dilation", 1))
+        return k, st, d
+    if node.op == "call_function" and node.target in _POOLS:
+        names = _POOLS[node.target]
+        given = dict(zip(names, node.args[1:]), **node.kwargs)
+        k = _pair(given["kernel_size"])
+        st = _pair(given.get("stride") or given["kernel_size"])
+        return k, st, _pair(given.get("dilation", 1))
+    return None
+
+
+def _is_global(node: fx.Node, mod: nn.Module | None) -> bool:
+    if isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear)):
+        return True
+    return node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.linear)
+
+
+@dataclass(frozen=True)
+class Field:
+    """Receptive field (input pixels one output position can see) and stride (input pixels
+    between neighbouring output positions), per axis (height, width)."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+
+    @property
+    def whole_image(self) -> bool:
+        return max(self.size) >= _GLOBAL
+
+    def describe(self) -> str:
+        if self.whole_image:
+            return "whole image"
+        h, w = self.size
+        return f"{h}" if h == w else f"{h}x{w}"
+
+
+def receptive_fields(spec: ModelSpec) -> dict[str, Field]:
+    """The receptive field and stride of every stage output, computed from the modules.
+
+    The model is traced with torch.fx; each conv and pool grows the field by (k - 1) x dilation
+    x the stride so far and multiplies the stride; where paths merge (concat, add), the widest
+    path counts. The theoretical field: the effective one, weighted by the weights, is smaller.
+    """
+    model = spec.build_meta()
+    graph = fx.symbolic_trace(model).graph
+    mods = dict(model.named_modules())
+    state: dict[fx.Node, Field] = {}
+    last_in: dict[str, fx.Node] = {}
+    for node in graph.nodes:
+        mod = mods.get(node.target) if node.op == "call_module" else None
+        inputs = [state[a] for a in node.all_input_nodes if a in state]
+        if node.op == "placeholder":
+            f = Field((1, 1), (1, 1))
+        elif not inputs:
+            continue
+        else:
+            size = tuple(max(i.size[a] for i in inputs) for a in (0, 1))
+            stride = tuple(max(i.stride[a] for i in inputs) for a in (0, 1))
+            if _is_global(node, mod):
+                size = (_GLOBAL, _GLOBAL)
+            elif (win := _window(node, mod)) is not None:
+                k, st, d = win
+                size = tuple(min(_GLOBAL, size[a] + (k[a] - 1) * d[a] * stride[a]) for a in (0, 1))
+                stride = tuple(stride[a] * st[a] for a in (0, 1))
+            f = Field(size, stride)
+        state[node] = f
+        for path in node.meta.get("nn_module_stack", {}):
+            last_in[path] = node
+    out = {}
+    for row in architecture(spec):
+        node = last_in.get(row.name)
+        if node is not None:
+            out[row.name] = state[node]
+    return out

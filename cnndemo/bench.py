@@ -79,6 +79,7 @@ class BenchResult:
     runs: int
     warmup: int
     threads: int
+    p10_ms: float
     p50_ms: float
     p90_ms: float
     mean_ms: float
@@ -169,56 +170,124 @@ def prepare(key: str, device: torch.device, *, channels_last: bool = False, comp
     return model
 
 
-def measure(
+@dataclass(frozen=True)
+class Setting:
+    """One timed configuration of a prepared model."""
+
+    batch: int
+    precision: str = "fp32"
+    resolution: int | None = None
+
+
+def check_setting(st: Setting, device: torch.device) -> None:
+    """Refuse, with the reason, a setting that cannot be measured honestly on ``device``."""
+    if st.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+    if st.precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 is a GPU setting: most CPUs have no fast float16 kernels, so the "
+                         "figure would measure emulation; on the CPU use fp32 or bf16")
+
+
+def _quantile(sorted_ms: list[float], q: float) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, int(round(q * (len(sorted_ms) - 1))))]
+
+
+def measure_interleaved(
     model: nn.Module,
     key: str,
     device: torch.device,
+    settings: list[Setting],
     *,
-    batch: int,
-    precision: str = "fp32",
     channels_last: bool = False,
     compiled: bool = False,
     runs: int = 20,
     warmup: int = 5,
-    resolution: int | None = None,
-) -> BenchResult:
+) -> list[BenchResult]:
+    """Time several settings of one model, interleaved: round after round, each setting runs
+    once per round (in a rotating order), so a burst of load from elsewhere lands on all of
+    them alike instead of on whichever happened to run then. One result per setting, with
+    its p10/p50/p90 spread over ``runs`` passes."""
     spec = get_spec(key)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 autocast is a GPU setting; on the CPU use fp32 or bf16")
-    c, h, w = spec.input_size
-    if resolution:
-        h = w = resolution
-    x = torch.randn(batch, c, h, w, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=_DTYPES[precision]) if precision in _DTYPES else nullcontext()
-    with torch.inference_mode(), autocast:
-        for _ in range(warmup):
-            cancel.check()
+    cases = []
+    for st in settings:
+        check_setting(st, device)
+        c, h, w = spec.input_size
+        if st.resolution:
+            h = w = st.resolution
+        x = torch.randn(st.batch, c, h, w, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = (torch.autocast(device.type, dtype=_DTYPES[st.precision]) if st.precision in _DTYPES
+                    else nullcontext())
+        cases.append((st, x, autocast, (c, h, w), PassTimer(device)))
+
+    def run(case) -> None:
+        _, x, autocast, _, _ = case
+        with autocast:
             model(x)
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for case in cases:
+                cancel.check()
+                run(case)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        timer = PassTimer(device)
-        for _ in range(runs):
-            cancel.check()
-            timer.time(lambda: model(x))
-        times = timer.times_ms()
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
-    else:
-        peak, kind = cpu_peak_mb(model, x, autocast), "peak live tensor bytes (weights + activations)"
-    times.sort()
-    p50 = statistics.median(times)
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+        for r in range(runs):
+            for i in range(len(cases)):
+                case = cases[(i + r) % len(cases)]
+                cancel.check()
+                case[4].time(lambda: run(case))
     env = environment(device)
-    return BenchResult(
-        key, device.type, env["device_name"], precision, channels_last, compiled, batch, (c, h, w), runs,
-        warmup, torch.get_num_threads(), round(p50, 3), round(p90, 3), round(statistics.fmean(times), 3),
-        round(batch / p50 * 1000.0, 2), round(peak, 1), kind, torch.__version__, env["date"],
-    )
+    out = []
+    for st, x, autocast, size, timer in cases:
+        times = sorted(timer.times_ms())
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.inference_mode(), autocast:
+                model(x)
+            peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+        else:
+            peak, kind = cpu_peak_mb(model, x, autocast), "peak live tensor bytes (weights + activations)"
+        p50 = statistics.median(times)
+        out.append(BenchResult(
+            key, device.type, env["device_name"], st.precision, channels_last, compiled, st.batch, size, runs,
+            warmup, torch.get_num_threads(), round(_quantile(times, 0.1), 3), round(p50, 3),
+            round(_quantile(times, 0.9), 3), round(statistics.fmean(times), 3),
+            round(st.batch / p50 * 1000.0, 2), round(peak, 1), kind, torch.__version__, env["date"],
+        ))
+    return out
+
+
+def measure(model: nn.Module, key: str, device: torch.device, *, batch: int, precision: str = "fp32",
+            channels_last: bool = False, compiled: bool = False, runs: int = 20, warmup: int = 5,
+            resolution: int | None = None) -> BenchResult:
+    """One setting (see ``measure_interleaved``)."""
+    return measure_interleaved(model, key, device, [Setting(batch, precision, resolution)],
+                               channels_last=channels_last, compiled=compiled, runs=runs, warmup=warmup)[0]
+
+
+# The spread above which figures are called noisy: the slowest tenth of the passes takes more
+# than 1.5 times as long as the fastest tenth. A quiet machine measures well under that.
+NOISY_SPREAD = 1.5
+
+
+def noise_note(results: list[dict], others_running: int = 0) -> str | None:
+    """A plain sentence when the figures are noisy, and why; None when they look steady."""
+    spreads = [(r["p90_ms"] / r["p10_ms"], r) for r in results if r.get("p10_ms")]
+    wide = [(sp, r) for sp, r in spreads if sp > NOISY_SPREAD]
+    reasons = []
+    if others_running:
+        reasons.append(f"{others_running} other request{'s were' if others_running > 1 else ' was'} "
+                       "running on the same machine while it was measured")
+    if wide:
+        sp, r = max(wide, key=lambda t: t[0])
+        reasons.append(f"{len(wide)} of {len(spreads)} settings spread widely (worst: {get_spec(r['model']).name} "
+                       f"batch {r['batch']}, p90 is {sp:.1f}x p10)")
+    if not reasons:
+        return None
+    return ("These figures are noisy: " + "; and ".join(reasons) +
+            ". Compare settings by their bars, not their exact values, or measure again when the machine is idle.")
 
 
 ProgressFn = Callable[[float | None, str], None]
@@ -243,17 +312,22 @@ def run_benchmark(
     done = 0
     for key in models:
         model = prepare(key, dev, channels_last=channels_last, compile=compile)
+        settings = []
         for precision in precisions:
             for b in batches:
-                if progress:
-                    progress(done / total, f"{key}: batch {b}, {precision}")
                 try:
-                    r = measure(model, key, dev, batch=b, precision=precision, channels_last=channels_last,
-                                compiled=compile, runs=runs, warmup=warmup)
-                    results.append(r.to_json())
-                except (ValueError, RuntimeError) as e:
+                    check_setting(Setting(b, precision), dev)
+                    settings.append(Setting(b, precision))
+                except ValueError as e:
                     results.append({"model": key, "batch": b, "precision": precision, "error": str(e)})
-                done += 1
+        if progress:
+            progress(done / total, f"{key}: {len(settings)} settings, interleaved")
+        try:
+            results += [] if not settings else [r.to_json() for r in measure_interleaved(
+                model, key, dev, settings, channels_last=channels_last, compiled=compile, runs=runs, warmup=warmup)]
+        except RuntimeError as e:  # out of memory, unsupported kernel
+            results += [{"model": key, "batch": st.batch, "precision": st.precision, "error": str(e)} for st in settings]
+        done += len(precisions) * len(batches)
         del model
     return {"environment": environment(dev), "settings": {
         "batches": list(batches), "precisions": list(precisions), "channels_last": channels_last,
@@ -262,23 +336,29 @@ def run_benchmark(
 
 def scaling(key: str, *, device: str = "auto", batches=(1, 2, 4, 8, 16), resolutions=(128, 160, 224, 288, 352),
             runs: int = 8, warmup: int = 2, progress: ProgressFn | None = None) -> dict:
-    """How cost grows: latency vs batch size (own resolution) and vs input resolution (batch 1)."""
+    """How cost grows: latency per image vs batch size (own resolution), and latency vs input
+    resolution (batch 1). All settings are timed interleaved, ``runs`` passes each, and each
+    point carries its p10-p90 spread."""
+    if runs < 3:
+        raise ValueError("a curve needs at least 3 timed passes per point (one sample shows no spread)")
     dev = pick_device(device)
     model = prepare(key, dev)
     spec = get_spec(key)
     min_side = 75 if spec.key == "inception_v3" else 32 if spec.inputs.kind == "photo" else spec.input_size[-1]
-    out = {"model": key, "device": dev.type, "batch": [], "resolution": []}
-    steps = len(batches) + len(resolutions)
-    for i, b in enumerate(batches):
-        if progress:
-            progress(i / steps, f"{key}: batch {b}")
-        r = measure(model, key, dev, batch=b, runs=runs, warmup=warmup)
-        out["batch"].append({"batch": b, "p50_ms": r.p50_ms, "ms_per_image": round(r.p50_ms / b, 3)})
-    for j, res in enumerate(r for r in resolutions if r >= min_side):
-        if progress:
-            progress((len(batches) + j) / steps, f"{key}: {res}x{res}")
-        r = measure(model, key, dev, batch=1, runs=runs, warmup=warmup, resolution=res)
-        out["resolution"].append({"resolution": res, "p50_ms": r.p50_ms})
+    by_batch = [Setting(b) for b in batches]
+    by_res = [Setting(1, resolution=r) for r in resolutions if r >= min_side]
+    if progress:
+        progress(0.05, f"{key}: {len(by_batch) + len(by_res)} settings, {runs} interleaved rounds")
+    results = measure_interleaved(model, key, dev, by_batch + by_res, runs=runs, warmup=warmup)
+    out = {"model": key, "device": dev.type, "runs": runs, "batch": [], "resolution": []}
+    for r in results[: len(by_batch)]:
+        b = r.batch
+        out["batch"].append({"batch": b, "ms_per_image": round(r.p50_ms / b, 3), "p10": round(r.p10_ms / b, 3),
+                             "p90": round(r.p90_ms / b, 3), "p10_ms": r.p10_ms, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms})
+    for r in results[len(by_batch):]:
+        out["resolution"].append({"resolution": r.input_size[-1], "p10_ms": r.p10_ms, "p50_ms": r.p50_ms,
+                                  "p90_ms": r.p90_ms})
+    out["noise"] = noise_note([{**r.to_json()} for r in results])
     return out
 
 

@@ -174,7 +174,10 @@ def block_infos(spec: ModelSpec) -> tuple[BlockInfo, ...]:
                 block.kind,
                 block.merge,
                 tuple(rb.output.shape[1:]),
-                anatomy.count_params(model, (block.path,)),
+                # The block's module, and for a plain stage (whose path is its last layer) every
+                # layer of its one path: the same count as the branch table's.
+                anatomy.count_params(model, (block.path, *block.shared,
+                                             *(m for br in block.branches for m in br.modules + br.tap_paths))),
                 anatomy.describe_shared(model, block),
                 branches,
             )

@@ -218,16 +218,19 @@ def _one_class(server: Server, lesson: list[dict], students: int, files: dict[st
 
 
 def summarise(records: list[dict], students: int, wall: float, server: Server, rounds: int) -> dict:
-    """Per endpoint: calls, errors, p50/p95/max latency of the successful calls."""
+    """Per endpoint: calls, errors, refusals (Gradio's "queue full", the answer a student
+    over ``CNNDEMO_QUEUE_MAX`` gets), p50/p95/max latency of the successful calls."""
     per: dict[str, dict] = {}
     for api in dict.fromkeys(r["api"] for r in records):
         rs = [r for r in records if r["api"] == api]
         lat = sorted(r["s"] for r in rs if r["ok"])
         errors = [r["error"] for r in rs if not r["ok"]]
+        refused = [e for e in errors if "Queue is full" in e]
         per[api] = {
             "step": rs[0]["step"],
             "calls": len(rs),
-            "errors": len(errors),
+            "errors": len(errors) - len(refused),
+            "refused_queue_full": len(refused),
             "first_errors": sorted(set(errors))[:3],
             "p50_s": round(_percentile(lat, 50), 3) if lat else None,
             "p95_s": round(_percentile(lat, 95), 3) if lat else None,

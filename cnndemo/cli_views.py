@@ -521,7 +521,7 @@ def _setup_anatomy(p):
 def run_anatomy(args) -> int:
     from dataclasses import asdict
 
-    from .profile import FLOPS_CONVENTION, branch_costs, factorisation_savings, reduction_savings, stage_costs
+    from .profile import FLOPS_CONVENTION, PARAMS_CONVENTION, branch_costs, factorisation_savings, reduction_savings, stage_costs
     from .zoo import ZOO
 
     spec = ZOO[args.model]
@@ -529,6 +529,7 @@ def run_anatomy(args) -> int:
     out = {
         "model": spec.key,
         "flops_convention": FLOPS_CONVENTION,
+        "params_convention": PARAMS_CONVENTION,
         "stages": [asdict(s) for s in stage_costs(spec)],
         "block": block,
         "branches": [asdict(b) for b in branch_costs(spec, block)] if block else [],
@@ -543,8 +544,9 @@ def run_anatomy(args) -> int:
     for b in out["branches"]:
         print(f"  {b['block']}/{b['branch']:12} {b['path']:45} {b['params']:>10,} {b['flops'] / 1e6:9.1f} MFLOPs")
     for s in out["savings"]:
+        textbook = "" if s["textbook_saved"] is None else f" (textbook, equal widths: {s['textbook_saved']:.0%}; {s['why']})"
         print(f"  {s['where']}: {s['choice']}: {s['built']} vs {s['alternative']}: "
-              f"{s['params_saved']:.0%} fewer parameters, {s['flops_saved']:.0%} fewer FLOPs")
+              f"{s['params_saved']:.0%} fewer parameters, {s['flops_saved']:.0%} fewer FLOPs{textbook}")
     return 0
 
 
@@ -680,7 +682,8 @@ def run_bench_classroom(args) -> int:
               f"server RSS peak {run['server_rss_mb_peak']} MB")
         for api, r in run["endpoints"].items():
             print(f"  {api:<12} {r['step']:<26} p50 {r['p50_s']} s  p95 {r['p95_s']} s  max {r['max_s']} s  "
-                  f"errors {r['errors']}/{r['calls']}" + (f"  {r['first_errors']}" if r["errors"] else ""))
+                  f"errors {r['errors']}/{r['calls']}  queue full {r['refused_queue_full']}"
+                  + (f"  {r['first_errors']}" if r["errors"] else ""))
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from . import cancel
+from .digits import photo_warning
 from .images import OpenedImage, open_image
 from .runtime import STORE, LoadedModel
 from .specs import ModelSpec
@@ -55,7 +56,10 @@ def load_for(spec: ModelSpec, image: ImageLike) -> OpenedImage:
         if spec.inputs.kind == "digit" or image.image.mode == "RGB":
             return image
         image = image.image
-    return open_image(image, keep_alpha=spec.inputs.kind == "digit")
+    opened = open_image(image, keep_alpha=spec.inputs.kind == "digit")
+    if spec.inputs.kind == "digit" and (warning := photo_warning(opened.image, spec.inputs.trained_on)):
+        opened = replace(opened, notes=(*opened.notes, warning))
+    return opened
 
 
 def to_batch(spec: ModelSpec, opened: OpenedImage, device: torch.device) -> torch.Tensor:

@@ -142,9 +142,20 @@ def branch_costs(spec: ModelSpec, block: str) -> list[BranchCost]:
     return out
 
 
+PARAMS_CONVENTION = (
+    "Parameters: every learned number of the layers, BatchNorm's scale and shift (2 per channel) "
+    "included, in every table; a plain alternative gets the same BatchNorm as the layer it replaces"
+)
+
+
 @dataclass(frozen=True)
 class Saving:
-    """A design choice, measured: the path as built vs. the plain alternative it replaces."""
+    """A design choice, measured: the path as built vs. the plain alternative it replaces,
+    with the same input and output widths.
+
+    ``textbook_saved``: the saving the paper's argument gives at equal widths (weights only;
+    None where no single ratio exists); ``why``: one line on why the as-built figure differs.
+    """
 
     model: str
     where: str
@@ -155,6 +166,8 @@ class Saving:
     params_alt: int
     flops_built: int
     flops_alt: int
+    textbook_saved: float | None = None
+    why: str = ""
 
     @property
     def params_saved(self) -> float:
@@ -170,11 +183,26 @@ class Saving:
         return d
 
 
-def _cost(layers: list[nn.Module], x: torch.Tensor) -> tuple[int, int]:
-    """(params, FLOPs) of running ``layers`` in sequence on ``x`` (meta tensors)."""
+def _batchnorms(model: nn.Module) -> dict[int, nn.BatchNorm2d]:
+    """Each conv's BatchNorm (the next BatchNorm2d registered after it, of its output width)."""
+    out, last = {}, None
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            last = m
+        elif isinstance(m, nn.BatchNorm2d) and last is not None and m.num_features == last.out_channels:
+            out[id(last)] = m
+            last = None
+    return out
+
+
+def _cost(layers: list[nn.Module], x: torch.Tensor, bns: dict[int, nn.BatchNorm2d]) -> tuple[int, int]:
+    """(params, FLOPs) of running ``layers`` in sequence on ``x`` (meta tensors); each conv's
+    BatchNorm counts toward the parameters (BatchNorm adds no multiply-adds to the count)."""
     seq = nn.Sequential(*layers)
     flops, _ = count_flops(seq, x)
-    return sum(p.numel() for p in seq.parameters()), flops
+    params = sum(p.numel() for p in seq.parameters())
+    params += sum(p.numel() for m in layers if id(m) in bns for p in bns[id(m)].parameters())
+    return params, flops
 
 
 def _convs(model: nn.Module, paths: tuple[str, ...]) -> list[nn.Conv2d]:
@@ -198,28 +226,35 @@ def _fmt(c: nn.Conv2d) -> str:
     return f"{kh}x{kw} {c.in_channels}->{c.out_channels}"
 
 
-def _conv_like(c: nn.Conv2d, *, cin: int | None = None, kernel=None, padding=None, cout: int | None = None) -> nn.Conv2d:
+def _conv_like(c: nn.Conv2d, bns: dict, *, cin: int | None = None, kernel=None, padding=None,
+               cout: int | None = None) -> nn.Conv2d:
+    """A plain conv in place of ``c``'s path, registered with a BatchNorm when ``c`` has one."""
     with torch.device("meta"):
-        return nn.Conv2d(
+        conv = nn.Conv2d(
             cin or c.in_channels, cout or c.out_channels, kernel or c.kernel_size,
             stride=c.stride, padding=c.padding if padding is None else padding, bias=c.bias is not None,
         )
+        if id(c) in bns:
+            bns[id(conv)] = nn.BatchNorm2d(conv.out_channels)
+    return conv
 
 
-def _measure(spec, where, choice, built: list[nn.Module], alt: list[nn.Module], x, built_txt=None, alt_txt=None) -> Saving:
-    pb, fb = _cost(built, x)
-    pa, fa = _cost(alt, x)
+def _measure(spec, where, choice, built: list[nn.Module], alt: list[nn.Module], x, bns,
+             built_txt=None, alt_txt=None, textbook=None, why="") -> Saving:
+    pb, fb = _cost(built, x, bns)
+    pa, fa = _cost(alt, x, bns)
     return Saving(
         spec.key, where, choice,
         built_txt or " -> ".join(_fmt(c) for c in built), alt_txt or " -> ".join(_fmt(c) for c in alt),
-        pb, pa, fb, fa,
+        pb, pa, fb, fa, textbook, why,
     )
 
 
 def reduction_savings(spec: ModelSpec, block: str) -> list[Saving]:
     """Each chain-shaped branch that starts with a 1x1 reduce: as built vs. without the reduce
-    (its next conv reading the block input directly)."""
+    (its next conv reading the block input directly, same output width)."""
     model = spec.build_meta()
+    bns = _batchnorms(model)
     b = spec.block(block)
     x = _input_of(model, spec, model.get_submodule(b.path))
     out = []
@@ -227,42 +262,79 @@ def reduction_savings(spec: ModelSpec, block: str) -> list[Saving]:
         convs = _convs(model, br.modules)
         if len(br.tap_paths) != 1 or len(convs) < 2 or convs[0].kernel_size != (1, 1):
             continue
-        direct = _conv_like(convs[1], cin=x.shape[1])
-        out.append(_measure(spec, f"{block}/{br.name}", "1x1 reduction", convs, [direct, *convs[2:]], x))
+        direct = _conv_like(convs[1], bns, cin=x.shape[1])
+        red = convs[0]
+        why = (f"the 1x1 narrows {red.in_channels} channels to {red.out_channels} before the "
+               f"{convs[1].kernel_size[0]}x{convs[1].kernel_size[1]}; the saving grows with that ratio")
+        out.append(_measure(spec, f"{block}/{br.name}", "1x1 reduction", convs, [direct, *convs[2:]], x, bns, why=why))
     return out
 
 
-def factorisation_savings(spec: ModelSpec) -> list[Saving]:
-    """The model's factorisations, found in its conv chains and measured on their first use:
-    two stacked 3x3 convs vs one 5x5, a 1xk then kx1 pair vs one kxk, a Fire module vs a plain
-    3x3 conv of the same output width."""
-    model = spec.build_meta()
-    found: dict[str, Saving] = {}
+def _width_note(cin: int, mid: int, cout: int) -> str:
+    """Why a two-conv stack saves more or less than at equal widths."""
+    if cin == mid == cout:
+        return f"equal widths ({cin}): the as-built saving is the textbook one, give or take BatchNorm"
+    if mid > cin:
+        return (f"the intermediate width ({mid}) is wider than the input ({cin}), so the first conv "
+                "costs more than at equal widths")
+    if mid < cin:
+        return (f"the intermediate width ({mid}) is narrower than the input ({cin}), so the first conv "
+                "costs less than at equal widths")
+    return f"the output width ({cout}) differs from the input and intermediate width ({cin})"
+
+
+def _pairs(model: nn.Module, spec: ModelSpec):
+    """(where, first conv, second conv) for consecutive convs of each branch, in order."""
     for b in spec.blocks:
         for br in b.branches:
             convs = _convs(model, br.modules)
             for c1, c2 in zip(convs, convs[1:]):
-                where = f"{b.name}/{br.name}"
-                if "3x3" not in found and c1.kernel_size == c2.kernel_size == (3, 3) \
-                        and c1.stride == c2.stride == (1, 1) and c2.in_channels == c1.out_channels:
-                    alt = _conv_like(c1, kernel=(5, 5), padding=(2, 2), cout=c2.out_channels)
-                    found["3x3"] = _measure(spec, where, "two 3x3 convs in place of one 5x5", [c1, c2], [alt],
-                                            _input_of(model, spec, c1))
-                k = c1.kernel_size[1]
-                if "1xk" not in found and k > 1 and c1.kernel_size == (1, k) and c2.kernel_size == (k, 1):
-                    alt = _conv_like(c1, kernel=(k, k), padding=(k // 2, k // 2), cout=c2.out_channels)
-                    found["1xk"] = _measure(spec, where, f"1x{k} + {k}x1 in place of one {k}x{k}", [c1, c2], [alt],
-                                            _input_of(model, spec, c1))
-        if b.shared and b.merge == "concat" and "fire" not in found:
-            fm = model.get_submodule(b.path)
-            x = _input_of(model, spec, fm)
-            width = sum(model.get_submodule(br.modules[0]).out_channels for br in b.branches)
-            with torch.device("meta"):
-                plain = nn.Conv2d(x.shape[1], width, 3, padding=1)
-            squeeze = _convs(model, b.shared)[0]
-            found["fire"] = _measure(
-                spec, b.name, "Fire module in place of a plain 3x3 conv", [fm], [plain], x,
-                built_txt=f"squeeze {_fmt(squeeze)}, expand 1x1 || 3x3 -> {width}",
-                alt_txt=f"3x3 {x.shape[1]}->{width}",
-            )
-    return list(found.values())
+                yield f"{b.name}/{br.name}", c1, c2
+
+
+def _first_equal_width(pairs: list):
+    """The first pair whose widths are all equal (the paper's own comparison), else the first."""
+    return next((p for p in pairs if p[1].in_channels == p[1].out_channels == p[2].out_channels), pairs[0])
+
+
+def factorisation_savings(spec: ModelSpec) -> list[Saving]:
+    """The model's factorisations, found in its conv chains: two stacked 3x3 convs vs one 5x5,
+    a 1xk then kx1 pair vs one kxk (each on an equal-width use where the model has one, else
+    its first use, with the intermediate width stated), and a Fire module vs a plain 3x3 conv
+    of the same output width."""
+    model = spec.build_meta()
+    bns = _batchnorms(model)
+    found: list[Saving] = []
+    pairs = list(_pairs(model, spec))
+    stacked = [p for p in pairs if p[1].kernel_size == p[2].kernel_size == (3, 3)
+               and p[1].stride == p[2].stride == (1, 1) and p[2].in_channels == p[1].out_channels]
+    if stacked:
+        where, c1, c2 = _first_equal_width(stacked)
+        alt = _conv_like(c2, bns, cin=c1.in_channels, kernel=(5, 5), padding=(2, 2))
+        found.append(_measure(spec, where, "two 3x3 convs in place of one 5x5", [c1, c2], [alt],
+                              _input_of(model, spec, c1), bns, textbook=1 - 18 / 25,
+                              why=_width_note(c1.in_channels, c1.out_channels, c2.out_channels)))
+    split = [p for p in pairs if p[1].kernel_size[0] == 1 and p[1].kernel_size[1] > 1
+             and p[2].kernel_size == p[1].kernel_size[::-1]]
+    if split:
+        where, c1, c2 = _first_equal_width(split)
+        k = c1.kernel_size[1]
+        alt = _conv_like(c2, bns, cin=c1.in_channels, kernel=(k, k), padding=(k // 2, k // 2))
+        found.append(_measure(spec, where, f"1x{k} + {k}x1 in place of one {k}x{k}", [c1, c2], [alt],
+                              _input_of(model, spec, c1), bns, textbook=1 - 2 / k,
+                              why=_width_note(c1.in_channels, c1.out_channels, c2.out_channels)))
+    fire = next((b for b in spec.blocks if b.shared and b.merge == "concat"), None)
+    if fire is not None:
+        fm = model.get_submodule(fire.path)
+        x = _input_of(model, spec, fm)
+        width = sum(model.get_submodule(br.modules[0]).out_channels for br in fire.branches)
+        squeeze = _convs(model, fire.shared)[0]
+        with torch.device("meta"):
+            plain = nn.Conv2d(x.shape[1], width, 3, padding=1)
+        found.append(_measure(
+            spec, fire.name, "Fire module in place of a plain 3x3 conv", [fm], [plain], x, bns,
+            built_txt=f"squeeze {_fmt(squeeze)}, expand 1x1 || 3x3 -> {width}",
+            alt_txt=f"3x3 {x.shape[1]}->{width}",
+            why=f"the squeeze to {squeeze.out_channels} channels and the half-1x1 expand set the saving",
+        ))
+    return found

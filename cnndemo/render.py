@@ -13,6 +13,20 @@ import numpy as np
 from PIL import Image
 
 
+# Colour-blind-safe choices (about 1 in 12 men cannot tell red from green): a diverging
+# purple-white-orange map for signed values, perceptually uniform maps for magnitudes, and
+# matplotlib's petroff10 cycle (designed for colour-vision deficiencies) for branches.
+SIGNED_CMAP = "PuOr_r"  # negative purple, zero white, positive orange
+MAGNITUDE_CMAP = "inferno"
+SIGNED_LEGEND = "orange +, purple -"
+
+
+def _branch_colours() -> list:
+    from matplotlib import color_sequences
+
+    return list(color_sequences["petroff10"])
+
+
 def _cmap(name: str):
     from matplotlib import colormaps
 
@@ -35,11 +49,11 @@ def overlay(base: Image.Image, arr: np.ndarray, *, alpha: float = 0.55, cmap: st
     return Image.blend(base.convert("RGB"), heat, alpha)
 
 
-def new_figure(width: float, height: float, dpi: int = 100):
+def new_figure(width: float, height: float, dpi: int = 100, layout: str | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=dpi)
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -83,21 +97,21 @@ def shares_by_depth(ex):
     """Stacked bars: each block's output energy split by branch, blocks in forward order."""
     blocks = list(ex.blocks.values())
     names = list(dict.fromkeys(b.info.name for bm in blocks for b in bm.branches))
-    fig = new_figure(max(5.5, 0.45 * len(blocks) + 2.4), 3.6)
+    fig = new_figure(max(5.5, 0.45 * len(blocks) + 2.4), 3.8, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     bottom = np.zeros(len(blocks))
-    colors = _cmap("tab10")
+    colors = _branch_colours()
     for i, name in enumerate(names):
         vals = np.array([bm.shares().get(name, 0.0) for bm in blocks])
-        ax.bar(range(len(blocks)), vals, bottom=bottom, label=name, color=colors(i % 10), width=0.8)
+        ax.bar(range(len(blocks)), vals, bottom=bottom, label=name, color=colors[i % len(colors)], width=0.8)
         bottom += vals
     ax.set_xticks(range(len(blocks)))
     ax.set_xticklabels([bm.info.name for bm in blocks], rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of block energy")
     ax.set_title("Which branch dominates, block by block", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="branch", title_fontsize=8)
-    fig.tight_layout()
+    # Outside the axes, and laid out with them (constrained layout): never over the title.
+    fig.legend(fontsize=7, loc="outside right upper", title="branch", title_fontsize=8)
     return fig
 
 
@@ -132,7 +146,12 @@ def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 
     for r, b in enumerate(block.branches):
         y = head + r * row_h + pad
         info = b.info
-        ch = f"channels {info.channels[0]}-{info.channels[1]}" if info.channels else "added, same channels"
+        if info.channels:
+            ch = f"channels {info.channels[0]}-{info.channels[1]}"
+        elif block.info.merge == "single":
+            ch = "the stage's only path: all channels"
+        else:
+            ch = "added to the other branch: full width"
         lines = [
             (info.name, _font(16), "black"),
             (info.path, small, "#1f2937"),
@@ -208,14 +227,14 @@ def attribution_views(a) -> tuple[Image.Image, Image.Image]:
     fig1 = new_figure(4.6, 4.2)
     _captum_view(
         fig1, fig1.add_subplot(1, 1, 1), attr, img, method="blended_heat_map", sign="absolute_value",
-        show_colorbar=True, cmap="Reds", alpha_overlay=0.55, title=f"|attribution| over the image\n{title}",
+        show_colorbar=True, cmap=MAGNITUDE_CMAP, alpha_overlay=0.55, title=f"|attribution| over the image\n{title}",
     )
     fig2 = new_figure(4.6, 4.2)
     has_negative = bool(np.nanmin(attr) < 0)
     _captum_view(
         fig2, fig2.add_subplot(1, 1, 1), attr, None, method="heat_map", sign="all" if has_negative else "positive",
-        show_colorbar=True,
-        title=(f"signed map (green +, red -)\n{title}" if has_negative else f"map (all values >= 0)\n{title}"),
+        show_colorbar=True, cmap=SIGNED_CMAP if has_negative else MAGNITUDE_CMAP,
+        title=(f"signed map ({SIGNED_LEGEND})\n{title}" if has_negative else f"map (all values >= 0)\n{title}"),
     )
     return figure_to_image(fig1), figure_to_image(fig2)
 
@@ -231,7 +250,32 @@ def attribution_grid(items: list, titles: list[str], *, cols: int = 3) -> Image.
             ax.axis("off")
             continue
         _captum_view(fig, ax, _hwc(a.attr), _rgb01(a.seen), method="blended_heat_map", sign="absolute_value",
-                     cmap="Reds", alpha_overlay=0.55)
+                     cmap=MAGNITUDE_CMAP, alpha_overlay=0.55)
         ax.set_title(t, fontsize=8)
     fig.tight_layout()
     return figure_to_image(fig)
+
+
+def timing_curve(points: list[dict], x: str, y: str, lo: str, hi: str, *, xlabel: str, ylabel: str, title: str,
+                 log_x: bool = False):
+    """A measured curve: the median of each point, with its p10-p90 spread as a bar."""
+    fig = new_figure(5.6, 3.3, layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    colours = _branch_colours()
+    xs = [p[x] for p in points]
+    mid = [p[y] for p in points]
+    err = [[m - p[lo] for m, p in zip(mid, points)], [p[hi] - m for m, p in zip(mid, points)]]
+    ax.errorbar(xs, mid, yerr=err, fmt="o-", capsize=4, color=colours[0], ecolor=colours[1],
+                label="median, bar: p10 to p90")
+    if log_x:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(v) for v in xs])
+    else:
+        ax.set_xticks(xs)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig

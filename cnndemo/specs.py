@@ -75,6 +75,7 @@ class InputSpec:
     std: tuple[float, ...]
     transform: Callable[[Image.Image], torch.Tensor]
     kind: Literal["photo", "digit"] = "photo"
+    trained_on: str = "ImageNet-1k photos (1.28 million images, 1,000 classes)"
 
 
 @dataclass(frozen=True)

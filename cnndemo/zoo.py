@@ -28,7 +28,8 @@ def _photo_inputs(weights_enum, size: int) -> InputSpec:
 
 
 def _digit_inputs(size: int) -> InputSpec:
-    return InputSpec((1, size, size), MNIST_MEAN, MNIST_STD, DigitTransform(size), kind="digit")
+    return InputSpec((1, size, size), MNIST_MEAN, MNIST_STD, DigitTransform(size), kind="digit",
+                     trained_on="MNIST handwritten digits (white strokes on black, 28 × 28)")
 
 
 def _categories(weights_enum):

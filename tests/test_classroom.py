@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import httpx
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, AppServer
 from test_public_api import raw_call, upload
 
 CAT = ROOT / "assets" / "examples" / "cat.jpg"
@@ -46,3 +47,38 @@ def test_thirty_identical_predictions_all_download_whole(app_server):
         for t in threads:
             t.join(timeout=300)
     assert not failures, failures[:5]
+
+
+def test_a_student_over_the_queue_limit_is_told_the_queue_is_full():
+    """One worker, a waiting room of 3: of 10 students clicking at once, the ones that find
+    the queue full are told so at once (HTTP 503, Gradio's message), and the rest are served."""
+    server = AppServer(extra_env={"CNNDEMO_WORKERS": "1", "CNNDEMO_QUEUE_MAX": "3"})
+    try:
+        fd = upload(server, CAT)
+        raw_call(server, "predict", [fd, "googlenet"])
+        barrier = threading.Barrier(10)
+        served, refused, other = [], [], []
+
+        def student():
+            barrier.wait(timeout=60)
+            t0 = time.monotonic()
+            try:
+                kind, payload = raw_call(server, "predict", [fd, "googlenet"])
+                (served if kind == "complete" else other).append(payload)
+            except httpx.HTTPStatusError as e:
+                body = e.response.json()
+                refused.append((e.response.status_code, body, time.monotonic() - t0))
+
+        threads = [threading.Thread(target=student) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        server.stop()
+    assert not other, other
+    assert refused, "nobody was turned away"
+    assert len(served) >= 4 and len(served) + len(refused) == 10
+    for code, body, seconds in refused:
+        assert code == 503 and "Queue is full" in str(body), body
+        assert seconds < 5, f"told only after {seconds:.1f} s"

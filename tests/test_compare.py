@@ -58,23 +58,50 @@ def test_stage_and_branch_costs_add_up():
     assert sum(b.flops for b in branch_costs(spec, "inception3a")) == block.flops
 
 
-def test_reduce_layer_saving_is_computed_from_the_modules():
+def _bn(c: int) -> int:
+    return 2 * c  # BatchNorm's scale and shift
+
+
+def test_reduce_layer_saving_counts_parameters_as_the_branch_table_does():
     model = ZOO["googlenet"].build_meta()
     red, conv = model.inception3a.branch2[0].conv, model.inception3a.branch2[1].conv
     s = {x.where: x for x in reduction_savings(ZOO["googlenet"], "inception3a")}["inception3a/3x3"]
-    assert s.params_built == red.weight.numel() + conv.weight.numel()
-    assert s.params_alt == red.in_channels * conv.out_channels * 9
-    assert 0 < s.flops_saved < 1 and s.flops_alt == 2 * s.params_alt * 28 * 28
+    # 1x1 192->96 and 3x3 96->128, no conv bias, BatchNorm after each: 18,432 + 192 + 110,592 + 256.
+    assert s.params_built == 192 * 96 + _bn(96) + 9 * 96 * 128 + _bn(128) == 129_472
+    assert s.params_built == {b.branch: b for b in branch_costs(ZOO["googlenet"], "inception3a")}["3x3"].params
+    assert s.params_alt == 9 * red.in_channels * conv.out_channels + _bn(128)
+    assert 0 < s.flops_saved < 1 and s.flops_alt == 2 * 9 * 192 * 128 * 28 * 28
+
+
+def test_two_3x3_against_one_5x5_compares_equal_widths_with_the_textbook_beside_it():
+    """VGG's argument: at C channels in and out, two 3x3 hold 18 C^2 weights, one 5x5 holds 25 C^2:
+    a 28% saving. The example must be a like-for-like one (not 3->64->64, which costs more)."""
+    vgg = {s.choice: s for s in factorisation_savings(ZOO["vgg16"])}["two 3x3 convs in place of one 5x5"]
+    assert vgg.built == "3x3 256->256 -> 3x3 256->256" and vgg.alternative == "5x5 256->256"
+    assert vgg.params_built == 2 * (9 * 256 * 256 + 256) and vgg.params_alt == 25 * 256 * 256 + 256
+    assert vgg.textbook_saved == pytest.approx(0.28)
+    assert vgg.params_saved == pytest.approx(0.28, abs=0.002) and vgg.params_saved > 0
+    assert "equal widths" in vgg.why
+    # Inception-v3's first double-3x3 reads 64 channels, widens to 96, outputs 96: as built it
+    # saves less than the textbook figure, and says why.
+    v3 = {s.choice: s for s in factorisation_savings(ZOO["inception_v3"])}
+    s = v3["two 3x3 convs in place of one 5x5"]
+    assert s.built == "3x3 64->96 -> 3x3 96->96" and s.alternative == "5x5 64->96"
+    built = 9 * 64 * 96 + _bn(96) + 9 * 96 * 96 + _bn(96)
+    alt = 25 * 64 * 96 + _bn(96)
+    assert (s.params_built, s.params_alt) == (built, alt)
+    assert s.params_saved == pytest.approx(1 - built / alt) and s.params_saved < s.textbook_saved
+    assert "intermediate width (96) is wider than the input (64)" in s.why
 
 
 def test_factorisations():
-    bn = {s.choice: s for s in factorisation_savings(ZOO["bn_inception"])}
-    assert "two 3x3 convs in place of one 5x5" in bn
     v3 = {s.choice: s for s in factorisation_savings(ZOO["inception_v3"])}
     s = v3["1x7 + 7x1 in place of one 7x7"]
+    assert s.textbook_saved == pytest.approx(1 - 14 / 49)
     assert s.params_alt > s.params_built and s.where.startswith("Mixed_6b")
+    assert "two 3x3 convs in place of one 5x5" in {s.choice for s in factorisation_savings(ZOO["bn_inception"])}
     fire = factorisation_savings(ZOO["squeezenet1_0"])[0]
-    assert fire.where == "fire2" and fire.params_saved > 0.5
+    assert fire.where == "fire2" and fire.params_saved > 0.5 and fire.textbook_saved is None
 
 
 def test_cpu_timing_path_and_results_record():
@@ -116,3 +143,49 @@ def test_shipped_reference_results_are_labelled():
     for f in files:
         assert {"device", "device_name", "torch", "date"} <= set(f["environment"])
         assert f["results"]
+
+
+def test_settings_are_timed_interleaved_with_their_spread(monkeypatch):
+    """Round after round, every setting runs once per round: a burst of load lands on all of them."""
+    model = bench.prepare("squeezenet1_0", torch.device("cpu"))
+    order = []
+    real = bench.PassTimer.time
+
+    def spy(self, fn):
+        order.append(id(self))
+        return real(self, fn)
+
+    monkeypatch.setattr(bench.PassTimer, "time", spy)
+    settings = [bench.Setting(1), bench.Setting(2), bench.Setting(1, resolution=96)]
+    res = bench.measure_interleaved(model, "squeezenet1_0", torch.device("cpu"), settings, runs=4, warmup=1)
+    assert [r.batch for r in res] == [1, 2, 1] and res[2].input_size == (3, 96, 96)
+    assert len(order) == 12 and len(set(order[:3])) == 3 and len(set(order[3:6])) == 3  # each round: all three
+    assert order[0] != order[3]  # the order rotates between rounds
+    for r in res:
+        assert 0 < r.p10_ms <= r.p50_ms <= r.p90_ms and r.runs == 4
+    with pytest.raises(ValueError, match="at least 3"):
+        bench.scaling("mnist_resnet", device="cpu", runs=1)
+
+
+def test_noise_is_said_plainly():
+    steady = [{"model": "googlenet", "batch": 1, "p10_ms": 10.0, "p50_ms": 10.5, "p90_ms": 11.0}]
+    assert bench.noise_note(steady) is None
+    wide = steady + [{"model": "googlenet", "batch": 16, "p10_ms": 60.0, "p50_ms": 90.0, "p90_ms": 130.0}]
+    note = bench.noise_note(wide)
+    assert "noisy" in note and "batch 16" in note and "2.2x" in note
+    assert "2 other requests were running" in bench.noise_note(steady, others_running=2)
+
+
+def test_receptive_fields_match_the_published_values():
+    """VGG-16: conv5_3 sees 196 px, pool5 212 px at stride 32; ResNet-50's last block 427 px."""
+    from cnndemo.anatomy import receptive_fields
+
+    vgg = receptive_fields(ZOO["vgg16"])
+    assert (vgg["features.0"].size, vgg["features.0"].stride) == ((3, 3), (1, 1))
+    assert vgg["features.28"].size == (196, 196) and vgg["features.30"].size == (212, 212)
+    assert vgg["features.30"].stride == (32, 32) and vgg["avgpool"].whole_image
+    res = receptive_fields(ZOO["resnet50"])
+    assert res["layer4.2"].size == (427, 427) and res["layer4.2"].stride == (32, 32)
+    # Inception-v3's 1x7 / 7x1 paths grow each axis by 6 x the stride per conv.
+    v3 = receptive_fields(ZOO["inception_v3"])
+    assert v3["Mixed_6b"].size[0] - v3["Mixed_6a"].size[0] == 2 * 6 * 16

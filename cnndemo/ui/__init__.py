@@ -35,15 +35,18 @@ def build_demo() -> gr.Blocks:
         status = gr.Markdown(elem_classes=["cz-note"])
         checkpoint = gr.State(None)
         with gr.Tabs():
-            with gr.Tab("Explore", id="explore"):
+            with gr.Tab("Explore", id="explore") as explore_tab:
                 ex = explore.build(checkpoint)
                 attributions.compact_panel(ex, checkpoint)
-            with gr.Tab("Attributions", id="attributions"):
-                attributions.build(checkpoint)
+            with gr.Tab("Attributions", id="attributions") as attr_tab:
+                att = attributions.build(checkpoint)
             with gr.Tab("Compare", id="compare"):
                 cmp = compare.build()
             with gr.Tab("Digits", id="digits") as digits_tab:
                 digits.build()
+        # One image across Explore and Attributions: the tab opened shows the image last given.
+        attr_tab.select(carry_image, [ex["image"], att["image"]], [att["image"]], api_visibility="private", queue=False)
+        explore_tab.select(carry_image, [att["image"], ex["image"]], [ex["image"]], api_visibility="private", queue=False)
         # The Sketchpad opens with no tool selected; pick the brush so a class can draw at once.
         digits_tab.select(None, None, None, js=digits.SELECT_BRUSH_JS, api_visibility="private")
         # While weights are fetched in the background, the status line refreshes itself.
@@ -53,6 +56,11 @@ def build_demo() -> gr.Blocks:
         demo.load(compare.on_load, None, compare.load_outputs(cmp), api_visibility="private")
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
     return demo
+
+
+def carry_image(source: str | None, current: str | None):
+    """The other tab's image, unless there is none or it is already this one."""
+    return gr.skip() if not source or source == current else source
 
 
 def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

@@ -13,7 +13,7 @@ from ..branches import explore
 from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, check_budget, layer_choices
 from ..zoo import ZOO
 from .serving import download_path
-from .common import MODEL_GROUP, examples, get_model, gr_progress, image_input, model_choices, user_errors, weights_banner
+from .common import MODEL_GROUP, examples, get_model, gr_progress, image_input, model_choices, user_errors, weights_banner, weights_kind
 
 SCORE_HELP = (
     "**Sanity** (Adebayo et al. 2018): rank correlation between this map and the same method's map "
@@ -41,7 +41,8 @@ def target_choices(image, key: str, checkpoint: dict | None = None) -> list[str]
 
 
 def scores_markdown(a) -> str:
-    lines = [f"**{METHODS[a.method].name}** for **{html.escape(a.label)}** (class {a.target}, p = {a.prob:.2%}) "
+    lines = [f"**{ZOO[a.model].name}** ({weights_kind(a.weights)}) · "
+             f"**{METHODS[a.method].name}** for **{html.escape(a.label)}** (class {a.target}, p = {a.prob:.2%}) "
              f"in {a.ms:.0f} ms" + (f", layer `{a.layer}`" if a.layer else "") + "."]
     if a.sanity:
         ok = "passes" if a.sanity.passed else "⚠ **fails**: the map barely changes when the top layers are re-initialised"
@@ -176,6 +177,11 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
     return render.attribution_grid(items, titles, cols=cols), rows
 
 
+def _cleared(model: str):
+    """Empty results, and the banner of the model now selected (no result, no stale names)."""
+    return None, None, "", None, None, None, weights_banner(None, model), None
+
+
 def _layer_update(key: str):
     spec = ZOO[key]
     return gr.Dropdown(choices=layer_choices(spec), value=spec.gradcam_layer)
@@ -202,7 +208,7 @@ def build(checkpoint_state: gr.State) -> dict:
         with gr.Column(scale=4):
             c["image"] = image_input(sources=["upload", "webcam", "clipboard"], label="Image", height=280, elem_id="attr-image")
             gr.Examples(examples(), inputs=[c["image"]], label="Example photos")
-            c["model"] = gr.Dropdown(model_choices(), value="googlenet", label="Model")
+            c["model"] = gr.Dropdown(model_choices(), value="googlenet", label="Model", elem_id="attr-model")
             c["method"] = gr.Dropdown(method_choices(), value="ig", label="Method")
             c["layer"] = gr.Dropdown(layer_choices(ZOO["googlenet"]), value=ZOO["googlenet"].gradcam_layer,
                                      label="Grad-CAM layer (a block, or one branch of it)", allow_custom_value=True)
@@ -254,6 +260,12 @@ def build(checkpoint_state: gr.State) -> dict:
         api_name="attribute_compare", concurrency_id=MODEL_GROUP,
     )
     c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private")
+    # A map belongs to one model, image and setting: when any of them changes, it goes.
+    results = [c["overlay"], c["signed"], c["scores"], c["deletion"], c["json"], c["files"]]
+    gr.on([c["model"].change, c["image"].change, c["method"].input, c["target"].input, c["layer"].input],
+          _cleared, [c["model"]], [*results, c["banner"], c["grid"]], api_visibility="private", queue=False)
+    gr.on([c["image"].change, c["cmp_models"].change, c["cmp_method"].input], lambda: (None, None), None,
+          [c["cmp_grid"], c["cmp_table"]], api_visibility="private", queue=False)
     gr.on([c["model"].change, c["image"].change], _target_update, [c["image"], c["model"], checkpoint_state],
           [c["target"]], api_visibility="private", concurrency_id=MODEL_GROUP)
     return c
@@ -282,3 +294,5 @@ def compact_panel(explore: dict, checkpoint_state: gr.State) -> None:
         compact, [explore["image"], explore["model"], method, checkpoint_state], [overlay, signed, scores],
         api_visibility="private", concurrency_id=MODEL_GROUP,
     )
+    gr.on([explore["model"].change, explore["image"].change, method.input], lambda: (None, None, ""), None,
+          [overlay, signed, scores], api_visibility="private", queue=False)

@@ -6,6 +6,7 @@ import functools
 import html
 import inspect
 import logging
+import threading
 import traceback
 
 import gradio as gr
@@ -86,25 +87,44 @@ def user_errors(fn):
 
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
+            _running(+1)
             try:
                 yield from fn(*args, **kwargs)
             except Exception as e:
                 raise _as_gr_error(e, fn.__name__) from None
             finally:
+                _running(-1)
                 release_memory()
 
         return cancellable(gen_wrapper)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _running(+1)
         try:
             return fn(*args, **kwargs)
         except Exception as e:
             raise _as_gr_error(e, fn.__name__) from None
         finally:
+            _running(-1)
             release_memory()
 
     return cancellable(wrapper)
+
+
+_RUNNING = [0]
+_RUNNING_LOCK = threading.Lock()
+
+
+def _running(delta: int) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING[0] += delta
+
+
+def requests_running() -> int:
+    """How many handlers are running right now, in this process (the caller included)."""
+    with _RUNNING_LOCK:
+        return _RUNNING[0]
 
 
 def model_choices(kind: str | None = None) -> list[tuple[str, str]]:
@@ -132,6 +152,11 @@ def get_model(key: str, checkpoint: dict | None = None, progress: gr.Progress | 
     return STORE.get(key, progress=gr_progress(progress))
 
 
+def weights_kind(info: WeightsInfo) -> str:
+    """Which weights produced a result, in three words."""
+    return {"pretrained": "pretrained weights", "custom": "your own weights", "random": "random weights"}[info.kind]
+
+
 def weights_banner(info: WeightsInfo | None, spec_key: str) -> str:
     """HTML banner: which weights are in use; unmissable when they are random."""
     spec = ZOO[spec_key]
@@ -142,6 +167,9 @@ def weights_banner(info: WeightsInfo | None, spec_key: str) -> str:
             "pretrained": "published weights will be downloaded on first use",
             "none": "no published weights: it will run with random weights unless you load a checkpoint",
         }[avail]
+        if avail == "pretrained" and is_offline():
+            text = ("offline, and its published weights are not cached here: it will run with random "
+                    "weights (see the header line)")
         return f'<div class="cz-banner cz-pending"><b>{html.escape(spec.name)}</b>: {text}.</div>'
     if info.kind == "random":
         return (

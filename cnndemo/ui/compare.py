@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 
 from .. import render
-from ..bench import reference_files, run_benchmark, scaling
-from ..profile import FLOPS_CONVENTION, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
+from ..bench import noise_note, reference_files, run_benchmark, scaling
+from ..profile import FLOPS_CONVENTION, PARAMS_CONVENTION, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
 from ..zoo import ZOO
-from .common import gr_progress, model_choices, user_errors
+from .common import gr_progress, model_choices, requests_running, user_errors
 
 BENCH_GROUP = "bench"
 _LIVE: dict = {}
@@ -61,15 +61,17 @@ def result_rows(data: dict, label: str) -> list[list]:
     rows = []
     for r in data["results"]:
         if "error" in r:
-            rows.append([label, ZOO[r["model"]].name, env["device_name"], r["precision"], r["batch"], "-", "-", "-", "-", r["error"]])
+            rows.append([label, ZOO[r["model"]].name, env["device_name"], r["precision"], r["batch"], "-", "-", "-", "-", "-",
+                         "not measured (reason below the table)"])
             continue
         rows.append([label, ZOO[r["model"]].name, env["device_name"], r["precision"] + (" CL" if r["channels_last"] else ""),
-                     r["batch"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['throughput']:.1f}",
+                     r["batch"], _fmt(r.get("p10_ms"), ".2f"), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['throughput']:.1f}",
                      f"{r['peak_mem_mb']:.0f}", f"{env['threads']} threads, {r['date']}"])
     return rows
 
 
-RESULT_HEADERS = ["source", "model", "device", "precision", "batch", "p50 ms", "p90 ms", "images/s", "peak MiB", "notes"]
+RESULT_HEADERS = ["source", "model", "device", "precision", "batch", "p10 ms", "p50 ms", "p90 ms", "images/s", "peak MiB",
+                  "notes"]
 
 
 def reference_rows() -> list[list]:
@@ -79,19 +81,22 @@ def reference_rows() -> list[list]:
     return rows
 
 
-def bubble_figure(latency: dict[str, float], source: str):
-    """Accuracy vs latency at batch 1, bubble area = parameters."""
+def bubble_figure(latency: dict[str, dict], source: str):
+    """Accuracy vs latency at batch 1 (median, bar: p10 to p90 where measured), bubble area = parameters."""
     fig = render.new_figure(7.5, 4.6)
     ax = fig.add_subplot(1, 1, 1)
-    for key, ms in latency.items():
+    for key, r in latency.items():
         s = model_stats(key)
         if s.acc1 is None or not s.accuracy_on.startswith("ImageNet"):
             continue
+        ms = r["p50_ms"]
         ax.scatter(ms, s.acc1, s=max(30.0, s.params / 1e5), alpha=0.55)
+        ax.errorbar(ms, s.acc1, xerr=[[ms - r.get("p10_ms", ms)], [r["p90_ms"] - ms]], fmt="none",
+                    ecolor="#555", capsize=3, lw=1)
         ax.annotate(f"{ZOO[key].name}\n{s.params / 1e6:.1f}M params", (ms, s.acc1), fontsize=8,
                     xytext=(6, 4), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel(f"latency at batch 1, ms (log scale) · {source}")
+    ax.set_xlabel(f"latency at batch 1, ms (log scale; bar: p10 to p90) · {source}")
     ax.set_ylabel("ImageNet top-1 accuracy, % (torchvision)")
     ax.set_title("Accuracy vs latency (bubble area = parameters)")
     ax.grid(alpha=0.3)
@@ -99,8 +104,8 @@ def bubble_figure(latency: dict[str, float], source: str):
     return fig
 
 
-def _latency_b1(data: dict) -> dict[str, float]:
-    return {r["model"]: r["p50_ms"] for r in data["results"]
+def _latency_b1(data: dict) -> dict[str, dict]:
+    return {r["model"]: r for r in data["results"]
             if "error" not in r and r["batch"] == 1 and r["precision"] == "fp32"}
 
 
@@ -138,16 +143,26 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
         data = _LIVE.get(key)
     cached = data is not None
     if data is None:
+        others = requests_running() - 1
         data = run_benchmark(models, device=device, batches=batches, precisions=(precision,),
                              channels_last=bool(channels_last), compile=bool(compile), runs=int(runs),
                              warmup=max(2, int(runs) // 5), progress=gr_progress(progress))
+        data["noise"] = noise_note(data["results"], max(others, requests_running() - 1))
         with _LIVE_LOCK:
+            while len(_LIVE) >= 32:  # bounded: the oldest settings go first
+                _LIVE.pop(next(iter(_LIVE)))
             _LIVE[key] = data
     env = data["environment"]
     note = (f"Measured live on **{env['device_name']}** ({env['device'].upper()}, {env['threads']} threads), "
             f"torch {env['torch']}, {env['date']}" + (" (cached result for these settings)" if cached else "") +
-            ". Timing uses each architecture with random weights (weights do not change the time); other "
-            "users' requests running at the same time slow it down.")
+            f". Batch sizes timed interleaved, {int(runs)} passes each; p10 and p90 show the spread. Timing uses "
+            "each architecture with random weights (weights do not change the time).")
+    if data.get("noise"):
+        note = f"**⚠ {data['noise']}**  \n" + note
+    refused = [r for r in data["results"] if "error" in r]
+    if refused:
+        note += "  \n" + "  \n".join(f"**Not measured**: {ZOO[r['model']].name}, batch {r['batch']}, "
+                                      f"{r['precision']}: {r['error']}" for r in refused)
     lat = _latency_b1(data)
     bubble = bubble_figure(lat, f"live: {env['device_name']}") if lat else None
     return result_rows(data, "live") + reference_rows(), note, bubble, data
@@ -160,10 +175,23 @@ def run_scaling(model: str, progress=gr.Progress()):
     Args:
         model: a zoo key.
     """
+    others = requests_running() - 1
     data = scaling(model, progress=gr_progress(progress))
-    batch = pd.DataFrame(data["batch"])
-    res = pd.DataFrame(data["resolution"])
-    return batch, res
+    noise = noise_note([{"model": model, **p} for p in data["batch"] + [{"batch": 1, **r} for r in data["resolution"]]],
+                       max(others, requests_running() - 1))
+    data["noise"] = noise
+    name = ZOO[model].name
+    by_batch = render.timing_curve(data["batch"], "batch", "ms_per_image", "p10", "p90", log_x=True,
+                                   xlabel="batch size", ylabel="ms per image",
+                                   title=f"{name}: latency per image vs batch size")
+    by_res = render.timing_curve(data["resolution"], "resolution", "p50_ms", "p10_ms", "p90_ms",
+                                 xlabel="input side, px", ylabel="ms per pass (batch 1)",
+                                 title=f"{name}: latency vs input resolution")
+    note = (f"{name} on {data['device'].upper()}: every point is the median of {data['runs']} passes, all settings "
+            "timed interleaved (round after round), with its p10-p90 spread as a bar.")
+    if noise:
+        note = f"**⚠ {noise}**  \n" + note
+    return by_batch, by_res, note, data
 
 
 def anatomy_tables(model: str, block: str | None):
@@ -182,10 +210,12 @@ def anatomy_tables(model: str, block: str | None):
         branches = [[b.branch, b.path, f"{b.params:,}", f"{b.flops / 1e6:,.1f}"] for b in branch_costs(spec, block)]
         savings = reduction_savings(spec, block)
     savings += factorisation_savings(spec)
-    sav_rows = [[s.where, s.choice, s.built, s.alternative, f"{s.params_built:,} vs {s.params_alt:,}",
-                 f"{s.flops_built / 1e6:,.1f} vs {s.flops_alt / 1e6:,.1f}", f"{s.params_saved:.0%}", f"{s.flops_saved:.0%}"]
+    sav_rows = [[s.where, s.choice, f"{s.built}  vs  {s.alternative}",
+                 f"{s.params_built:,} vs {s.params_alt:,} ({s.flops_built / 1e6:,.1f} vs {s.flops_alt / 1e6:,.1f} MFLOPs)",
+                 f"{s.params_saved:.0%} / {s.flops_saved:.0%}",
+                 "-" if s.textbook_saved is None else f"{s.textbook_saved:.0%}", s.why]
                 for s in savings]
-    return stages, branches, sav_rows or [["-", "no such design choice in this model", "", "", "", "", "", ""]]
+    return stages, branches, sav_rows or [["-", "no such design choice in this model", "", "", "", "", ""]]
 
 
 anatomy = user_errors(anatomy_tables)
@@ -232,11 +262,12 @@ def build() -> dict:
     with gr.Row():
         c["scale_model"] = gr.Dropdown(model_choices("photo"), value="googlenet", label="Model", scale=3)
         c["scale_go"] = gr.Button("Measure latency vs batch and resolution", scale=1)
+    c["scale_note"] = gr.Markdown(label="how it was measured")
     with gr.Row():
-        c["by_batch"] = gr.LinePlot(x="batch", y="ms_per_image", title="Latency per image vs batch size", height=260,
-                                    label="latency vs batch")
-        c["by_res"] = gr.LinePlot(x="resolution", y="p50_ms", title="Latency vs input resolution (batch 1)", height=260,
-                                  label="latency vs resolution")
+        c["by_batch"] = gr.Plot(label="latency vs batch")
+        c["by_res"] = gr.Plot(label="latency vs resolution")
+    with gr.Accordion("Scaling results (JSON)", open=False):
+        c["scale_json"] = gr.JSON(label="scaling")
     gr.Markdown("### Architecture anatomy")
     with gr.Row():
         c["an_model"] = gr.Dropdown(model_choices(), value="googlenet", label="Model")
@@ -246,9 +277,14 @@ def build() -> dict:
                                label="stages")
     c["branch_costs"] = gr.Dataframe(headers=["branch", "kernel path", "parameters", "MFLOPs"], interactive=False,
                                      label="branch costs")
+    gr.Markdown(f"{PARAMS_CONVENTION}. Each saving compares the path as built with one plain layer of the "
+                "same input and output widths; the textbook column is the paper's argument at equal widths "
+                "(18 vs 25 weights per channel pair for two 3x3 against one 5x5).", elem_classes=["cz-note"])
     c["savings"] = gr.Dataframe(
-        headers=["where", "design choice", "as built", "plain alternative", "parameters", "MFLOPs", "params saved", "FLOPs saved"],
-        interactive=False, wrap=True, label="savings",
+        headers=["where", "design choice", "as built vs plain alternative", "parameters (MFLOPs)",
+                 "saved: params / FLOPs", "textbook, equal widths", "why they differ"],
+        interactive=False, wrap=True, label="savings", elem_id="compare-savings",
+        column_widths=["11%", "13%", "20%", "19%", "9%", "8%", "20%"],
     )
 
     c["go"].click(
@@ -257,7 +293,7 @@ def build() -> dict:
         [c["results"], c["note"], c["bubble"], c["json"]],
         api_name="compare", concurrency_id=BENCH_GROUP, concurrency_limit=1,
     )
-    c["scale_go"].click(run_scaling, [c["scale_model"]], [c["by_batch"], c["by_res"]],
+    c["scale_go"].click(run_scaling, [c["scale_model"]], [c["by_batch"], c["by_res"], c["scale_note"], c["scale_json"]],
                         api_name="scaling", concurrency_id=BENCH_GROUP, concurrency_limit=1)
     c["an_model"].change(_blocks_update, [c["an_model"]], [c["an_block"]], api_visibility="private").then(
         anatomy, [c["an_model"], c["an_block"]], [c["stages"], c["branch_costs"], c["savings"]],

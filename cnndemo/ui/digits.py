@@ -24,13 +24,31 @@ from ..zoo import DIGIT_KEYS, ZOO
 from .common import MODEL_GROUP, guard_files, image_input, user_errors
 
 TRAIN_GROUP = "train"
-# The Sketchpad opens with no tool selected. The tab's content renders after the click, so
-# wait for the brush button (up to 10 s) instead of guessing a delay.
+# The Sketchpad opens with no tool selected, and "Clear canvas" (and undo/redo) deselects the
+# brush, so the next stroke would draw nothing. Select the brush once the tab renders (wait for
+# the button, up to 10 s, instead of guessing a delay), and again after each of those buttons,
+# unless a tool (brush or eraser) is still selected.
 SELECT_BRUSH_JS = """() => {
+  const q = (s) => document.querySelector('#digits-sketch ' + s);
+  const toolOn = () => ['Brush', 'Erase'].some((n) => {
+    const b = q(`button[aria-label="${n}"]`); return b && b.classList.contains('highlight'); });
+  const ensure = () => { const b = q('button[aria-label="Brush"]'); if (b && !toolOn()) b.click(); };
   const t0 = Date.now();
   const tick = () => {
-    const b = document.querySelector('#digits-sketch button[aria-label="Brush"]');
-    if (b) { if (b.getAttribute('aria-pressed') !== 'true') b.click(); return; }
+    const root = document.querySelector('#digits-sketch');
+    if (root && q('button[aria-label="Brush"]')) {
+      ensure();
+      if (!root.dataset.czBrushKeeper) {
+        root.dataset.czBrushKeeper = '1';
+        root.addEventListener('click', (e) => {
+          const t = e.target.closest('button');
+          if (t && ['Clear canvas', 'Undo', 'Redo'].includes(t.getAttribute('aria-label'))) {
+            setTimeout(ensure, 50); setTimeout(ensure, 400);
+          }
+        }, true);
+      }
+      return;
+    }
     if (Date.now() - t0 < 10000) setTimeout(tick, 100);
   };
   tick();

@@ -20,6 +20,7 @@ from .common import (
     model_choices,
     user_errors,
     weights_banner,
+    weights_kind,
 )
 
 
@@ -29,14 +30,21 @@ def model_card(key: str) -> str:
     return (
         f"**{spec.name}** · {spec.family} · input {spec.input_size[1]}×{spec.input_size[2]}  \n"
         f"{spec.description}  \n"
+        f"Trained on: {spec.inputs.trained_on}.  \n"
         f"Paper: [{spec.paper.title}]({spec.paper.url}) ({spec.paper.authors}, {spec.paper.year})"
         + (f"<ul class='cz-note'>{notes}</ul>" if notes else "")
     )
 
 
 def architecture_rows(key: str) -> list[list]:
-    rows = anatomy.architecture(ZOO[key])
-    return [[r.name, r.layer, " × ".join(map(str, r.shape)), f"{r.params:,}"] for r in rows]
+    spec = ZOO[key]
+    fields = anatomy.receptive_fields(spec)
+    rows = []
+    for r in anatomy.architecture(spec):
+        f = fields.get(r.name)
+        rows.append([r.name, r.layer, " × ".join(map(str, r.shape)), f"{r.params:,}",
+                     f.describe() if f else "-", f"{f.stride[0]}" if f else "-"])
+    return rows
 
 
 @user_errors
@@ -61,9 +69,11 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
     progress(0.9, desc=f"running {lm.spec.name}")
     ex = explore(image, lm)
     pred = ex.prediction
-    notes = "; ".join(ex.input_notes) or "no conversion needed"
+    warnings = [n for n in ex.input_notes if n.startswith("⚠")]
+    notes = "; ".join(n for n in ex.input_notes if n not in warnings) or "no conversion needed"
     info = (
-        f"**Forward pass:** {pred.ms:.1f} ms on {lm.device.type.upper()} "
+        "".join(f"**{html.escape(w)}.**  \n" for w in warnings)
+        + f"**{lm.spec.name}** ({weights_kind(lm.weights)}): forward pass {pred.ms:.1f} ms on {lm.device.type.upper()} "
         f"(with every branch captured: the maps below need no second pass).  \n"
         f"**Input:** {notes}."
     )
@@ -101,6 +111,19 @@ def branch_choices(key: str, block: str) -> list[str]:
     if block not in block_choices(key):
         block = spec.default_block
     return [b.name for b in spec.block(block).branches]
+
+
+def ablation_cleared(key: str):
+    """No ablation result (it named another model, image or block); the button off, with the
+    reason, where the model has no branches to knock out."""
+    spec = ZOO[key]
+    if spec.has_branches:
+        msg = ""
+    else:
+        others = ", ".join(z.name for z in ZOO.values() if z.has_branches and z.inputs.kind == spec.inputs.kind)
+        msg = (f"*{spec.name} has no parallel branches: each stage is a single path, so there is no "
+               f"branch to knock out. Models with branches: {others}.*")
+    return None, None, msg, None, gr.Button(interactive=spec.has_branches)
 
 
 @user_errors
@@ -169,7 +192,8 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
         [
             b.info.name,
             b.info.path,
-            f"{b.info.channels[0]}-{b.info.channels[1]}" if b.info.channels else "summed",
+            f"{b.info.channels[0]}-{b.info.channels[1]}" if b.info.channels
+            else ("all (one path)" if bm.info.merge == "single" else "all (added)"),
             " × ".join(map(str, b.info.shape)),
             f"{b.info.params:,}",
             f"{b.share:.1%}",
@@ -213,7 +237,7 @@ def run_ablation(image: str | None, model: str, block: str, branch: str, mode: s
     before = res.before.top[0]
     p_after = before.prob + res.top1_delta
     msg = (
-        f"Knocking out **{block}/{branch}** ({'zeros' if mode == 'zero' else 'per-channel mean'}) "
+        f"**{lm.spec.name}** ({weights_kind(lm.weights)}): knocking out **{block}/{branch}** ({'zeros' if mode == 'zero' else 'per-channel mean'}) "
         f"moves the probability of **{before.label}** from {before.prob:.2%} to {p_after:.2%} "
         f"(**{res.top1_delta:+.2%}**). The shared model is untouched: the change lives in a hook "
         "that existed only for this run."
@@ -253,9 +277,14 @@ def build(checkpoint_state: gr.State) -> dict:
             with gr.Accordion("Raw result (same JSON as the CLI)", open=False):
                 c["json"] = gr.JSON(label="prediction")
     with gr.Accordion("Architecture: stage by stage", open=False):
+        gr.Markdown("Receptive field: how many input pixels (per side) one output position can see; stride: "
+                    "how far apart, in input pixels, neighbouring output positions are. Both are computed from "
+                    "the modules (each k×k conv or pool adds (k−1) × the stride so far; where branches merge, the "
+                    "widest counts). This is the theoretical field: the weights concentrate on its centre.",
+                    elem_classes=["cz-note"])
         c["arch"] = gr.Dataframe(
             architecture_rows("googlenet"),
-            headers=["stage", "layer", "output shape (C × H × W)", "parameters"],
+            headers=["stage", "layer", "output shape (C × H × W)", "parameters", "receptive field (px)", "stride (px)"],
             interactive=False,
             wrap=True,
         )
@@ -324,6 +353,9 @@ def build(checkpoint_state: gr.State) -> dict:
         api_name="ablate",
         concurrency_id=MODEL_GROUP,
     )
+    gr.on([c["model"].change, c["image"].change, c["block"].input, c["branch"].input, c["mode"].input],
+          ablation_cleared, [c["model"]], [c["before"], c["after"], c["ablate_msg"], c["ablate_json"], c["ablate"]],
+          api_visibility="private", queue=False)
     c["ckpt_file"].change(
         on_checkpoint,
         [c["ckpt_file"], c["model"]],

@@ -82,6 +82,29 @@ def test_switching_blocks_changes_the_branch_maps(page):
     assert page.locator("#explore-panel img").get_attribute("src") != first
 
 
+def test_switching_model_leaves_no_stale_result(page):
+    """Results name the model that made them; switching model clears what it no longer shows."""
+    page.set_input_files("#explore-image input[type=file]", str(EX / "cat.jpg"))
+    page.wait_for_function("document.querySelector('#explore-block-note').innerText.includes('inception4c')")
+    page.get_by_role("button", name="Knock it out").click()
+    page.wait_for_function("document.body.innerText.includes('knocking out')")
+    assert "GoogLeNet" in page.inner_text("body")
+    choose(page, "explore-model", "VGG-16")
+    page.wait_for_function("document.querySelector('#explore-block-note').innerText.includes('stage')")
+    body = page.inner_text("body")
+    assert "knocking out" not in body and "inception4c" not in page.inner_text("#explore-block-note")
+    assert "no parallel branches" in body
+    assert page.get_by_role("button", name="Knock it out").is_disabled()
+    # The image goes with the class to Attributions; a map there belongs to the model that made it.
+    page.get_by_role("tab", name="Attributions").click()
+    page.wait_for_selector("#attr-image img")
+    page.locator("#attr-run").click()
+    page.wait_for_function("document.querySelector('#attr-scores').innerText.includes('GoogLeNet')")
+    choose(page, "attr-model", "ResNet-50")
+    page.wait_for_function("!document.querySelector('#attr-scores').innerText.includes('GoogLeNet')")
+    assert page.locator("#attr-overlay img").count() == 0
+
+
 def test_attribution_shows_a_map(page):
     page.get_by_role("tab", name="Attributions").click()
     page.set_input_files("#attr-image input[type=file]", str(EX / "cat.jpg"))
@@ -91,23 +114,50 @@ def test_attribution_shows_a_map(page):
     assert "Deletion" in page.inner_text("#attr-scores")
 
 
-def test_draw_a_digit_with_the_mouse(page):
-    page.get_by_role("tab", name="Digits").click()
+def _stroke(page, points) -> None:
+    """One mouse stroke through ``points`` (fractions of the canvas), as a student draws."""
     canvas = page.locator("#digits-sketch canvas").first
     canvas.wait_for()
     box = canvas.bounding_box()
     x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
-    # A "1": one long vertical stroke through the middle of the canvas.
-    page.mouse.move(x0 + w * 0.5, y0 + h * 0.2)
+    page.mouse.move(x0 + w * points[0][0], y0 + h * points[0][1])
     page.mouse.down()
-    for i in range(1, 21):
-        page.mouse.move(x0 + w * 0.5, y0 + h * (0.2 + 0.6 * i / 20))
+    for (xa, ya), (xb, yb) in zip(points, points[1:]):
+        for i in range(1, 11):
+            page.mouse.move(x0 + w * (xa + (xb - xa) * i / 10), y0 + h * (ya + (yb - ya) * i / 10))
     page.mouse.up()
-    page.wait_for_function("document.querySelector('#digits-inception').innerText.includes('%')")
+
+
+def _headline_digit(page) -> str:
     lines = [ln.strip() for ln in page.inner_text("#digits-inception").splitlines() if ln.strip()]
     digits = [ln for ln in lines if ln in [str(d) for d in range(10)]]
-    assert digits and digits[0] == "1", lines  # the headline class: the vertical stroke reads as a 1
+    assert digits, lines
+    return digits[0]
+
+
+def test_draw_a_digit_with_the_mouse(page):
+    page.get_by_role("tab", name="Digits").click()
+    # A "1": one long vertical stroke through the middle of the canvas.
+    _stroke(page, [(0.5, 0.2), (0.5, 0.8)])
+    page.wait_for_function("document.querySelector('#digits-inception').innerText.includes('%')")
+    assert _headline_digit(page) == "1"  # the vertical stroke reads as a 1
     page.wait_for_selector("#digits-seen img")
+
+
+def test_redraw_after_clear_canvas(page):
+    """A teacher redraws all the time: after "Clear canvas" the brush must still draw."""
+    page.get_by_role("tab", name="Digits").click()
+    _stroke(page, [(0.5, 0.2), (0.5, 0.8)])
+    page.wait_for_function("document.querySelector('#digits-inception').innerText.includes('%')")
+    first = page.locator("#digits-seen img").get_attribute("src")
+    page.locator('#digits-sketch button[aria-label="Clear canvas"]').click()
+    page.wait_for_function(
+        "document.querySelector('#digits-sketch button[aria-label=\"Brush\"]').classList.contains('highlight')")
+    # A "7": the bar, then the slanted stroke, drawn on the cleared canvas.
+    _stroke(page, [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)])
+    page.wait_for_function(
+        "(src) => { const i = document.querySelector('#digits-seen img'); return i && i.src !== src; }", arg=first)
+    assert _headline_digit(page) == "7"
 
 
 def test_compare_tab_shows_its_plots(page):
