@@ -27,6 +27,12 @@ def _branch_colours() -> list:
     return list(color_sequences["petroff10"])
 
 
+def branch_colours_hex() -> list[str]:
+    from matplotlib.colors import to_hex
+
+    return [to_hex(c) for c in _branch_colours()]
+
+
 def _cmap(name: str):
     from matplotlib import colormaps
 

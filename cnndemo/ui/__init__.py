@@ -7,7 +7,7 @@ import os
 import gradio as gr
 
 from . import attributions, compare, digits, explore
-from .common import CSS, EXAMPLES_DIR, tune_allocator, weights_status
+from .common import CSS, EXAMPLES_DIR, PRESENTER_JS, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
 from ..runtime import configure_threads
 from ..weights import is_offline
@@ -32,9 +32,14 @@ def build_demo() -> gr.Blocks:
             "Pick a classic CNN, give it an image, and see what it predicts, what every "
             "parallel branch saw, which pixels mattered, and what it costs."
         )
-        status = gr.Markdown(elem_classes=["cz-note"])
+        with gr.Row(elem_classes=["cz-stack"]):
+            status = gr.Markdown(elem_classes=["cz-note"])
+            presenter = gr.Checkbox(label="Presenter mode (large text, high contrast)", value=False, scale=0,
+                                    min_width=220, elem_id="presenter-toggle")
+        presenter.input(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private")
+        start = start_here()
         checkpoint = gr.State(None)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore") as explore_tab:
                 ex = explore.build(checkpoint)
                 attributions.compact_panel(ex, checkpoint)
@@ -44,6 +49,14 @@ def build_demo() -> gr.Blocks:
                 cmp = compare.build()
             with gr.Tab("Digits", id="digits") as digits_tab:
                 digits.build()
+        start_used = gr.BrowserState(False, storage_key="cnndemo-start-used")
+        demo.load(lambda used: gr.Column(visible=not used), [start_used], [start["panel"]], api_visibility="private",
+                  queue=False)
+        start["cat"].click(lambda: (str(EXAMPLES_DIR / "cat.jpg"), gr.Tabs(selected="explore")), None,
+                           [ex["image"], tabs], api_visibility="private", queue=False)
+        # Used to the end (a branch knocked out) or dismissed: the panel goes, for good in this browser.
+        gr.on([ex["ablate"].click, start["close"].click], lambda: (gr.Column(visible=False), True), None,
+              [start["panel"], start_used], api_visibility="private", queue=False)
         # One image across Explore and Attributions: the tab opened shows the image last given.
         attr_tab.select(carry_image, [ex["image"], att["image"]], [att["image"]], api_visibility="private", queue=False)
         explore_tab.select(carry_image, [att["image"], ex["image"]], [ex["image"]], api_visibility="private", queue=False)
@@ -56,6 +69,26 @@ def build_demo() -> gr.Blocks:
         demo.load(compare.on_load, None, compare.load_outputs(cmp), api_visibility="private")
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
     return demo
+
+
+def start_here() -> dict:
+    """Three steps for a first visit, with the example to click. Gone once used."""
+    c: dict = {}
+    with gr.Column(elem_classes=["cz-start"], elem_id="start-here") as c["panel"]:
+        gr.Markdown(
+            "### Start here: three steps, five minutes\n"
+            "1. **Predict.** Click *Show me the cat*: GoogLeNet reads the photo and lists its top-5 guesses, "
+            "with the 224 × 224 image it really saw.\n"
+            "2. **Look inside a block.** Under *Branches*, each column of the block diagram is one parallel "
+            "path of an Inception block (1×1, 3×3, 5×5, pool). Click a column to see what that path saw; "
+            "the table says how much of the block's output each one carries.\n"
+            "3. **Ask why.** Press *Knock it out* to remove that path and watch the top-5 change, then open "
+            "the *Attributions* tab and press *Explain* to see which pixels drove the answer."
+        )
+        with gr.Row():
+            c["cat"] = gr.Button("1 · Show me the cat", variant="primary", elem_id="start-cat")
+            c["close"] = gr.Button("I know my way around: hide this", variant="secondary")
+    return c
 
 
 def carry_image(source: str | None, current: str | None):

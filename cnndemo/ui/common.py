@@ -212,5 +212,43 @@ CSS = """
 .cz-ok {background: #dcfce7; color: #14532d; border: 1px solid #86efac;}
 .cz-custom {background: #dbeafe; color: #1e3a8a; border: 1px solid #93c5fd;}
 .cz-pending {background: #f4f4f5; color: #27272a; border: 1px dashed #a1a1aa;}
-.cz-note {color: #52525b; font-size: 0.95em;}
+/* Secondary text follows the theme's own colours, so it keeps its contrast in dark mode. */
+.cz-note, .cz-note p {color: var(--body-text-color-subdued); font-size: 0.95em;}
+.dark .cz-ok {background: #14532d; color: #dcfce7; border-color: #22c55e;}
+.dark .cz-custom {background: #1e3a8a; color: #dbeafe; border-color: #60a5fa;}
+.dark .cz-pending {background: #27272a; color: #f4f4f5; border-color: #71717a;}
+/* The block diagram: one column per branch, drawn from the spec. */
+.cz-diagram {display: flex; flex-direction: column; gap: 6px; padding: 8px; overflow-x: auto;}
+.cz-cols {display: flex; flex-wrap: wrap; gap: 8px; align-items: stretch;}
+.cz-branch {flex: 1 1 100px; min-width: 100px; border: 1px solid var(--border-color-primary); border-top: 6px solid;
+  border-radius: 6px; padding: 6px; background: var(--block-background-fill); color: var(--body-text-color);
+  cursor: pointer; text-align: center; font: inherit; display: flex; flex-direction: column; gap: 3px;}
+.cz-branch:hover, .cz-branch:focus-visible {outline: 2px solid var(--color-accent); outline-offset: 1px;}
+.cz-branch.cz-selected {box-shadow: 0 0 0 3px var(--color-accent);}
+.cz-bname {font-weight: 700;}
+.cz-layer {border: 1px solid var(--border-color-primary); border-radius: 4px; padding: 2px 4px; font-size: 0.9em;
+  font-family: var(--font-mono);}
+.cz-shape {font-size: 0.85em; color: var(--body-text-color-subdued); margin-top: auto;}
+.cz-io, .cz-shared {text-align: center; padding: 4px; border-radius: 4px; background: var(--background-fill-secondary);
+  font-size: 0.9em;}
+.cz-start {border: 2px solid var(--color-accent); border-radius: 10px; padding: 6px 12px;}
+/* Presenter mode: larger type and full contrast, for a projector at the back of the room. */
+body.cz-presenter .gradio-container {--text-xxs: 13px; --text-xs: 15px; --text-sm: 17px; --text-md: 20px;
+  --text-lg: 23px; --text-xl: 28px; --text-xxl: 34px; --block-label-text-size: 17px; --block-info-text-size: 16px;
+  --body-text-color-subdued: var(--body-text-color); --border-color-primary: var(--body-text-color);}
+body.cz-presenter .gradio-container:not(.dark .gradio-container) {--body-text-color: #000; --background-fill-primary: #fff;}
+.dark body.cz-presenter .gradio-container, body.cz-presenter.dark .gradio-container {--body-text-color: #fff;
+  --background-fill-primary: #000; --block-background-fill: #000;}
+body.cz-presenter .cz-layer {font-size: 1em;}
+/* Phones (a Space opened on one): rows stack, wide pictures scroll instead of shrinking. */
+@media (max-width: 640px) {
+  .cz-stack {flex-direction: column !important;}
+  .cz-stack > * {min-width: 0 !important; width: 100% !important;}
+  #explore-panel .image-container, #explore-panel .image-frame {overflow-x: auto !important;}
+  #explore-panel img {min-width: 760px; max-width: none !important;}
+  .cz-branch {min-width: 96px;}
+}
 """
+
+# Presenter mode is a class on <body>, toggled in the browser only (no server round trip).
+PRESENTER_JS = "(on) => { document.body.classList.toggle('cz-presenter', !!on); return on; }"

@@ -9,7 +9,9 @@ import gradio as gr
 import pandas as pd
 
 from .. import anatomy, render
-from ..branches import LRU, ablate, explore
+from dataclasses import replace
+
+from ..branches import LRU, ablate, block_infos, explore
 from ..zoo import ZOO
 from .common import (
     MODEL_GROUP,
@@ -143,6 +145,45 @@ def on_block(key: str, block: str):
     return gr.Dropdown(choices=branches, value=branches[0])
 
 
+# Clicking a branch column of the diagram sends its name to the server (Gradio's HTML events).
+DIAGRAM_JS = """
+element.addEventListener('click', (e) => {
+  const col = e.target.closest('[data-branch]');
+  if (col) trigger('click', {branch: col.dataset.branch});
+});
+"""
+
+
+def block_diagram(key: str, block: str, selected: str | None = None) -> str:
+    """The block drawn from its spec: one column per branch (each layer with its kernel and
+    channels, the branch's output shape), the shared layers above, the merge below."""
+    spec = ZOO[key]
+    if block not in block_choices(key):
+        block = spec.default_block
+    info = next(i for i in block_infos(spec) if i.name == block)
+    colours = render.branch_colours_hex()
+    cols = []
+    for i, b in enumerate(info.branches):
+        layers = "".join(f"<div class='cz-layer'>{html.escape(part)}</div>" for part in b.path.split(" -> "))
+        ch = f"channels {b.channels[0]}–{b.channels[1]}" if b.channels else "full width"
+        sel = " cz-selected" if b.name == selected else ""
+        cols.append(
+            f"<button type='button' class='cz-branch{sel}' data-branch='{html.escape(b.name)}' "
+            f"style='border-top-color:{colours[i % len(colours)]}' title='show what {html.escape(b.name)} saw'>"
+            f"<div class='cz-bname'>{html.escape(b.name)}</div>{layers}"
+            f"<div class='cz-shape'>→ {' × '.join(map(str, b.shape))}<br>{ch}</div></button>"
+        )
+    merge = {"concat": "concatenate along channels", "add_relu": "add, then ReLU",
+             "single": "one path: no merge"}.get(info.merge, info.merge)
+    shared = (f"<div class='cz-shared'>shared: {html.escape(info.shared)}</div>" if info.shared else "")
+    return (
+        f"<div class='cz-diagram' role='group' aria-label='block diagram of {html.escape(info.name)}'>"
+        f"<div class='cz-io'>input of {html.escape(info.name)}</div>{shared}"
+        f"<div class='cz-cols'>{''.join(cols)}</div>"
+        f"<div class='cz-io'>{merge} → output {' × '.join(map(str, info.shape))}</div></div>"
+    )
+
+
 _PANELS = LRU(8, max_bytes=16 * 2**20, weigh=lambda im: im.size[0] * im.size[1] * 3)
 
 
@@ -219,6 +260,31 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
     )
 
 
+def branch_view(image: str | None, model: str, block: str, branch: str | None, checkpoint: dict | None = None):
+    """The block diagram with ``branch`` selected, that branch's maps large, and the ablation's
+    branch set to it: what a click on its column shows."""
+    spec = ZOO[model]
+    if block not in block_choices(model):
+        block = spec.default_block
+    diagram = block_diagram(model, block, branch)
+    if not image:
+        return diagram, None, gr.skip()
+    ex = explore(image, get_model(model, checkpoint))
+    bm = ex.blocks[block]
+    # The clicked branch alone, with its 4 most active channels: large enough to read on a phone.
+    one = [replace(b, top_channels=b.top_channels[:4], top_maps=b.top_maps[:4])
+           for b in bm.branches if b.info.name == branch]
+    if not one:
+        return diagram, None, gr.skip()
+    panel = render.block_panel(replace(bm, branches=tuple(one)), ex.seen, tile=110)
+    return diagram, panel, gr.Dropdown(value=branch)
+
+
+@user_errors
+def on_diagram_click(image, model, block, checkpoint, evt: gr.EventData):
+    return branch_view(image, model, block, getattr(evt, "branch", None), checkpoint)
+
+
 @user_errors
 def run_ablation(image: str | None, model: str, block: str, branch: str, mode: str = "zero", checkpoint: dict | None = None):
     """Knock one branch of a block out (zeros, or its per-channel mean) and compare the top-5.
@@ -271,7 +337,7 @@ def build(checkpoint_state: gr.State) -> dict:
         with gr.Column(scale=6):
             c["banner"] = gr.HTML(weights_banner(None, "googlenet"), label="weights in use")
             c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="explore-top5")
-            with gr.Row():
+            with gr.Row(elem_classes=["cz-stack"]):
                 c["seen"] = gr.Image(label="What the network saw (after preprocessing)", height=240, interactive=False)
                 c["info"] = gr.Markdown(label="timing and input notes")
             with gr.Accordion("Raw result (same JSON as the CLI)", open=False):
@@ -289,20 +355,27 @@ def build(checkpoint_state: gr.State) -> dict:
             wrap=True,
         )
     gr.Markdown("## Branches: what each parallel path of a block saw")
-    with gr.Row():
+    with gr.Row(elem_classes=["cz-stack"]):
         c["block"] = gr.Dropdown(
             block_choices("googlenet"), value=ZOO["googlenet"].default_block, label="Block", scale=2, elem_id="explore-block", allow_custom_value=True
         )
         c["block_note"] = gr.Markdown(scale=5, elem_id="explore-block-note", label="block notes")
+    with gr.Row(elem_classes=["cz-stack"]):
+        c["diagram"] = gr.HTML(block_diagram("googlenet", ZOO["googlenet"].default_block), js_on_load=DIAGRAM_JS,
+                               elem_id="explore-diagram", label="block diagram (click a branch)", scale=1,
+                               padding=False, min_width=300)
+        c["branch_view"] = gr.Image(label="The branch you clicked: its mean map and its 4 most active channels",
+                                    interactive=False, elem_id="explore-branch-view", scale=1, height=260,
+                                    min_width=300, buttons=["download", "fullscreen"])
     c["panel"] = gr.Image(label="Branch maps", show_label=False, interactive=False, buttons=["download", "fullscreen"], elem_id="explore-panel")
-    with gr.Row():
+    with gr.Row(elem_classes=["cz-stack"]):
         c["share_plot"] = gr.BarPlot(
-            x="branch", y="share", title="Share of this block's output energy (sum of squares)", label="block shares",
-            y_lim=[0, 1], height=260,
+            x="branch", y="share", title="Share of the block's output energy", label="block shares",
+            y_lim=[0, 1], height=320,
         )
         # A matplotlib Figure, not a native plot: Gradio fixes a native plot's colour domain at
         # its first render, so another model's branch names would not be drawn.
-        c["depth_plot"] = gr.Plot(label="shares by depth")
+        c["depth_plot"] = gr.Plot(label="shares by depth", show_label=False)
     c["branch_table"] = gr.Dataframe(
         headers=["branch", "kernel path", "channels", "output shape", "parameters", "energy share"],
         label="branch table",
@@ -339,6 +412,15 @@ def build(checkpoint_state: gr.State) -> dict:
         api_visibility="private",
         concurrency_id=MODEL_GROUP,
     )
+    diagram_io = dict(inputs=[c["image"], c["model"], c["block"], checkpoint_state],
+                      outputs=[c["diagram"], c["branch_view"], c["branch"]])
+    c["diagram"].click(on_diagram_click, **diagram_io, api_visibility="private", concurrency_id=MODEL_GROUP)
+    # A new block, model or image: the diagram is redrawn with nothing selected.
+    gr.on([c["block"].input, c["image"].change],
+          lambda image, model, block, ckpt: (block_diagram(model, block), None, gr.skip()),
+          **diagram_io, api_visibility="private", queue=False)
+    c["model"].change(lambda image, model, block, ckpt: (block_diagram(model, ZOO[model].default_block), None, gr.skip()),
+                      **diagram_io, api_visibility="private", queue=False)
     c["block"].input(
         show_branches,
         branch_inputs,
