@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
+from scipy.stats import spearmanr
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +46,8 @@ ProgressFn = Callable[[float | None, str], None]
 # progress bar a step every 8 IG steps.
 INTERNAL_BATCH = 8
 SANITY_THRESHOLD = 0.5
+SANITY_THRESHOLD_SOURCE = ("this app's choice: Adebayo et al. (2018) compare the maps visually and by rank "
+                           "correlation, and define no pass mark")
 
 
 @dataclass(frozen=True)
@@ -96,12 +99,32 @@ METHODS: dict[str, Method] = {
 
 @dataclass(frozen=True)
 class Sanity:
-    rank_correlation: float
-    passed: bool
+    """Spearman rank correlation (tie-aware) of |map| with the re-initialised model's |map|.
+
+    ``rank_correlation`` and ``passed`` are None when undefined: a constant map (all zeros,
+    say) has no ranking to compare. ``untrained``: the network itself has random weights, so
+    both maps describe noise and the verdict says nothing about the method.
+    """
+
+    rank_correlation: float | None
+    passed: bool | None
     randomized: tuple[str, ...]
+    untrained: bool = False
+
+    @property
+    def verdict(self) -> str:
+        if self.rank_correlation is None:
+            return "undefined: one of the two maps is constant, so it ranks no pixel above another"
+        v = "passes" if self.passed else "fails: the map barely changes when the top layers are re-initialised"
+        if self.untrained:
+            v += " (but the network is untrained: both maps describe noise)"
+        return v
 
     def to_json(self) -> dict:
-        return {"rank_correlation": round(self.rank_correlation, 4), "passed": self.passed, "randomized_layers": list(self.randomized)}
+        rho = None if self.rank_correlation is None else round(self.rank_correlation, 4)
+        return {"rank_correlation": rho, "passed": self.passed, "verdict": self.verdict,
+                "threshold": SANITY_THRESHOLD, "threshold_source": SANITY_THRESHOLD_SOURCE,
+                "untrained_network": self.untrained, "randomized_layers": list(self.randomized)}
 
 
 @dataclass(frozen=True)
@@ -111,15 +134,34 @@ class Deletion:
     random_probs: tuple[float, ...]
     auc: float
     random_auc: float
+    flat: bool = False  # the map is constant: it orders no pixel before another
+    untrained: bool = False
 
     @property
-    def score(self) -> float:
-        """(random AUC - attribution AUC) / initial probability: > 0 means the map found pixels that matter."""
+    def score(self) -> float | None:
+        """(random AUC - attribution AUC) / initial probability: > 0 means the map found pixels
+        that matter more than random ones. None (undefined) for a constant map, or when the
+        class had no probability to lose."""
         p0 = self.probs[0]
-        return (self.random_auc - self.auc) / p0 if p0 > 0 else 0.0
+        if self.flat or p0 <= 0:
+            return None
+        return (self.random_auc - self.auc) / p0
+
+    @property
+    def verdict(self) -> str:
+        if self.flat:
+            return "undefined: the map is constant, so it ranks no pixel above another"
+        if self.score is None:
+            return "undefined: the class starts at probability 0"
+        v = "the map's pixels matter more than random ones" if self.score > 0 else "no better than random pixels"
+        if self.untrained:
+            v += " (but the network is untrained: the curve describes noise)"
+        return v
 
     def to_json(self) -> dict:
-        return {"auc": round(self.auc, 6), "random_auc": round(self.random_auc, 6), "score": round(self.score, 4)}
+        score = None if self.score is None else round(self.score, 4)
+        return {"auc": round(self.auc, 6), "random_auc": round(self.random_auc, 6), "score": score,
+                "verdict": self.verdict, "untrained_network": self.untrained}
 
 
 @dataclass(frozen=True, eq=False)
@@ -486,19 +528,20 @@ def add_scores(
         if progress:
             progress(None, "deletion curve: removing the most attributed pixels first")
         deletion = deletion_curve(m, x, a.target, a.heat, _baseline(lm.spec, x), batch=a.settings.internal_batch)
-    return replace(a, sanity=sanity, deletion=deletion)
+    return replace(a, sanity=sanity, deletion=replace(deletion, untrained=not lm.weights.trained))
 
 
 # ----------------------------------------------------------------------------- scores
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a.ravel())).astype(np.float64)
-    rb = np.argsort(np.argsort(b.ravel())).astype(np.float64)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
-    return float((ra * rb).sum() / denom) if denom > 0 else 0.0
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation with tied values given their average rank (scipy), so two
+    mostly-zero maps are compared by where their non-zero pixels are, not by pixel position.
+    None when either map is constant: a correlation is undefined there."""
+    a, b = np.ravel(a), np.ravel(b)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
 
 
 def sanity_check(
@@ -510,7 +553,8 @@ def sanity_check(
         other = run_method(rnd, lm.spec, method, x, target, layer_paths=paths, settings=s)
     other_heat = other if other.ndim == 2 else other.sum(0)
     rho = spearman(np.abs(heat), np.abs(other_heat))
-    return Sanity(rho, abs(rho) < SANITY_THRESHOLD, lm.spec.top_layers)
+    return Sanity(rho, None if rho is None else abs(rho) < SANITY_THRESHOLD, lm.spec.top_layers,
+                  untrained=not lm.weights.trained)
 
 
 @torch.no_grad()
@@ -521,8 +565,13 @@ def deletion_curve(
     """Target probability as pixels are replaced by the baseline, most attributed first vs random."""
     h, w = x.shape[-2:]
     n = h * w
-    order = torch.from_numpy(np.argsort(-np.abs(heat).ravel(), kind="stable").copy())
     rnd = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    # Most attributed first; pixels with equal attribution go in the random order's sequence,
+    # not top-left first. So a constant map deletes exactly as the random order does.
+    place_in_random = np.empty(n, dtype=np.int64)
+    place_in_random[rnd.numpy()] = np.arange(n)
+    magnitude = np.abs(heat).ravel()
+    order = torch.from_numpy(np.lexsort((place_in_random, -magnitude)).copy())
     fractions = [i / steps for i in range(steps + 1)]
 
     def masked(perm: torch.Tensor) -> torch.Tensor:
@@ -544,4 +593,4 @@ def deletion_curve(
     p_attr, p_rand = probs(masked(order)), probs(masked(rnd))
     auc = float(np.trapezoid(p_attr, fractions))
     rauc = float(np.trapezoid(p_rand, fractions))
-    return Deletion(tuple(fractions), tuple(p_attr), tuple(p_rand), auc, rauc)
+    return Deletion(tuple(fractions), tuple(p_attr), tuple(p_rand), auc, rauc, flat=bool(np.ptp(magnitude) == 0))

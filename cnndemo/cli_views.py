@@ -328,10 +328,13 @@ def run_attribute(args) -> int:
     else:
         print(f"{a.method} on {a.model} for {a.label} ({a.target}): {a.ms:.0f} ms")
         if a.sanity:
-            verdict = "passes" if a.sanity.passed else "FAILS: the map barely depends on the learned top layers"
-            print(f"  sanity: rank correlation with re-initialised top layers {a.sanity.rank_correlation:+.3f} ({verdict})")
+            rho = a.sanity.rank_correlation
+            shown = "undefined" if rho is None else f"{rho:+.3f}"
+            print(f"  sanity: rank correlation with re-initialised top layers {shown} ({a.sanity.verdict})")
         if a.deletion:
-            print(f"  deletion: AUC {a.deletion.auc:.4f} vs random {a.deletion.random_auc:.4f} (score {a.deletion.score:+.3f})")
+            d = a.deletion
+            score = "undefined" if d.score is None else f"{d.score:+.3f}"
+            print(f"  deletion: AUC {d.auc:.4f} vs random {d.random_auc:.4f} (score {score}: {d.verdict})")
     return 0
 
 

@@ -143,6 +143,50 @@ def test_spearman():
     assert spearman(a, -a) == pytest.approx(-1.0)
 
 
+def test_spearman_is_tie_aware_and_undefined_for_constant_maps():
+    """Two mostly-zero maps with their one bright pixel in different places share no ranking:
+    ranking ties by position (argsort of argsort) called them 0.99 alike."""
+    x, y = np.zeros((32, 32)), np.zeros((32, 32))
+    x[3, 5], y[20, 30] = 1.0, 1.0
+    assert abs(spearman(x, y)) < 0.01
+    y2 = np.zeros((32, 32))
+    y2[3, 5] = 0.5
+    assert spearman(x, y2) == pytest.approx(1.0)  # the same pixel: the same ranking
+    assert spearman(np.zeros((8, 8)), np.arange(64.0)) is None
+    assert spearman(np.full(10, 3.0), np.full(10, 3.0)) is None
+
+
+def _deletion(heat, model=None):
+    from cnndemo.attribution import deletion_curve
+
+    torch.manual_seed(0)
+    model = model or torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    x = torch.rand(1, 3, 16, 16)
+    return deletion_curve(model, x, 1, heat, torch.zeros_like(x), steps=8, batch=4)
+
+
+def test_deletion_ties_follow_the_random_order_and_flat_maps_score_nothing():
+    flat = _deletion(np.zeros((16, 16)))
+    assert flat.probs == flat.random_probs and flat.score is None and "constant" in flat.verdict
+    assert flat.to_json()["score"] is None
+    # One hot pixel, the rest tied: the hot pixel goes first, then the ties in the random order.
+    heat = np.zeros((16, 16))
+    heat[0, 0] = 1.0
+    one = _deletion(heat)
+    assert one.score is not None and one.probs[-1] == pytest.approx(one.random_probs[-1])
+    assert not one.flat
+
+
+def test_sanity_verdicts_say_when_they_mean_nothing():
+    from cnndemo.attribution import Sanity
+
+    assert "undefined" in Sanity(None, None, ("fc",)).verdict
+    assert Sanity(None, None, ("fc",)).to_json()["rank_correlation"] is None
+    s = Sanity(0.2, True, ("fc",), untrained=True)
+    assert s.verdict.startswith("passes") and "untrained" in s.verdict
+    assert "choice" in s.to_json()["threshold_source"]
+
+
 def test_sanity_uses_a_copy_with_reinitialised_top_layers():
     lm = STORE.get("squeezenet1_0")
     rnd = randomized_model(lm)

@@ -45,11 +45,15 @@ def scores_markdown(a) -> str:
              f"**{METHODS[a.method].name}** for **{html.escape(a.label)}** (class {a.target}, p = {a.prob:.2%}) "
              f"in {a.ms:.0f} ms" + (f", layer `{a.layer}`" if a.layer else "") + "."]
     if a.sanity:
-        ok = "passes" if a.sanity.passed else "⚠ **fails**: the map barely changes when the top layers are re-initialised"
-        lines.append(f"Sanity: rank correlation {a.sanity.rank_correlation:+.3f} → {ok}.")
+        rho = a.sanity.rank_correlation
+        shown = "undefined" if rho is None else f"{rho:+.3f}"
+        mark = "⚠ " if a.sanity.passed is False else ""
+        lines.append(f"Sanity: rank correlation {shown} → {mark}{a.sanity.verdict} "
+                     f"(pass below {SANITY_THRESHOLD}: this app's threshold; the paper defines none).")
     if a.deletion:
         d = a.deletion
-        lines.append(f"Deletion: AUC {d.auc:.4f} (random order {d.random_auc:.4f}), score **{d.score:+.3f}**.")
+        score = "undefined" if d.score is None else f"**{d.score:+.3f}**"
+        lines.append(f"Deletion: AUC {d.auc:.4f} (random order {d.random_auc:.4f}), score {score}: {d.verdict}.")
     if not a.weights.trained:
         lines.append("⚠ Random weights: the map explains an untrained network.")
     return "  \n".join(lines)

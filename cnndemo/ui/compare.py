@@ -235,9 +235,9 @@ def build() -> dict:
                               interactive=False, wrap=True)
     with gr.Row():
         c["params_plot"] = gr.BarPlot(x="model", y="millions of parameters", title="Parameters (millions)", elem_id="compare-params",
-                                      height=280, x_label_angle=-30)
+                                      height=340, x_label_angle=-30, y_title="millions")
         c["flops_plot"] = gr.BarPlot(x="model", y="GFLOPs", title="GFLOPs at each model's own input size",
-                                     height=280, x_label_angle=-30)
+                                     height=340, x_label_angle=-30)
     gr.Markdown("### Measured time")
     c["reference"] = gr.Markdown()
     with gr.Row():
@@ -255,7 +255,7 @@ def build() -> dict:
         c["go"] = gr.Button("Run benchmark", variant="primary")
     c["note"] = gr.Markdown(label="measured on")
     c["results"] = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, wrap=True, label="results")
-    c["bubble"] = gr.Plot(label="Accuracy vs latency", elem_id="compare-bubble")
+    c["bubble"] = gr.Plot(label="Accuracy vs latency", elem_id="compare-bubble", show_label=False)
     with gr.Accordion("Results file (JSON)", open=False):
         c["json"] = gr.JSON(label="benchmark")
     gr.Markdown("### How cost grows")
@@ -264,8 +264,8 @@ def build() -> dict:
         c["scale_go"] = gr.Button("Measure latency vs batch and resolution", scale=1)
     c["scale_note"] = gr.Markdown(label="how it was measured")
     with gr.Row():
-        c["by_batch"] = gr.Plot(label="latency vs batch")
-        c["by_res"] = gr.Plot(label="latency vs resolution")
+        c["by_batch"] = gr.Plot(label="latency vs batch", show_label=False)
+        c["by_res"] = gr.Plot(label="latency vs resolution", show_label=False)
     with gr.Accordion("Scaling results (JSON)", open=False):
         c["scale_json"] = gr.JSON(label="scaling")
     gr.Markdown("### Architecture anatomy")
