@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .specs import ModelSpec
@@ -78,6 +79,38 @@ class ModelStats:
             "acc5": self.acc5,
             "accuracy_on": self.accuracy_on,
         }
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the tensor operations a forward dispatches: in eager mode on a GPU, each is at
+    least one kernel the CPU must launch, one after another."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in _FREE_OPS:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+# Metadata-only operations: they change a tensor's view, and launch no kernel.
+_FREE_OPS = {torch.ops.aten.view.default, torch.ops.aten.t.default, torch.ops.aten.detach.default,
+             torch.ops.aten._unsafe_view.default, torch.ops.aten.expand.default, torch.ops.aten.slice.Tensor,
+             torch.ops.aten.unsqueeze.default, torch.ops.aten.select.int, torch.ops.aten.alias.default,
+             torch.ops.aten.permute.default, torch.ops.aten.transpose.int, torch.ops.aten.reshape.default}
+
+
+@lru_cache(maxsize=None)
+def ops_per_forward(key: str) -> int:
+    """Tensor operations one batch-1 forward dispatches (counted on the meta device)."""
+    spec = get_spec(key)
+    model = spec.build_meta()
+    counter = _OpCounter()
+    with counter, torch.no_grad():
+        model(spec.meta_input())
+    return counter.ops
 
 
 @lru_cache(maxsize=None)

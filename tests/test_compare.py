@@ -189,3 +189,23 @@ def test_receptive_fields_match_the_published_values():
     # Inception-v3's 1x7 / 7x1 paths grow each axis by 6 x the stride per conv.
     v3 = receptive_fields(ZOO["inception_v3"])
     assert v3["Mixed_6b"].size[0] - v3["Mixed_6a"].size[0] == 2 * 6 * 16
+
+
+def test_gpu_reference_is_shipped_labelled_and_explained_from_its_numbers(monkeypatch):
+    from cnndemo.profile import ops_per_forward
+    from cnndemo.ui import compare
+
+    assert ops_per_forward("googlenet") > 4 * ops_per_forward("vgg16")  # many small ops vs few large ones
+    rows, note = compare.gpu_reference()
+    assert len(rows) == 6 and "H100" in note and "shipped as a reference" in note
+    google = rows[0]
+    assert float(google[4]) < float(google[3])  # the CUDA graph beats the eager loop at batch 1
+    assert "launch overhead" in note
+    # The paragraph follows the figures: swap VGG-16's batch-1 time and it says so.
+    gpu = next(f for f in bench.reference_files() if f["environment"]["device"] == "cuda")
+    for r in gpu["results"]:
+        if r["model"] == "vgg16" and r["batch"] == 1 and r.get("mode") == "eager" and r["precision"] == "fp32":
+            r["p50_ms"] = 99.0
+    monkeypatch.setattr(compare, "reference_files", lambda: [gpu])
+    assert "VGG-16 (30.9 GFLOPs) trails GoogLeNet" in compare.gpu_reference()[1]
+    assert "99.00 ms" in compare.gpu_reference()[1]
