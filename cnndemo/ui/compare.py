@@ -76,7 +76,7 @@ def gpu_reference() -> tuple[list[list], str]:
                      get(c256, "pct_peak", ".0f")])
     peak = env.get("peak", {}).get("bf16_matmul_tflops")
     head = (f"**GPU reference: {env['device_name']}** (torch {env['torch']}, cuDNN {env.get('cudnn', '?')}). "
-            f"{env.get('provenance', '').capitalize()}. Batch 256 in bf16 with the weights and input cast and channels_last; "
+            f"{env.get('provenance', '')[:1].upper()}{env.get('provenance', '')[1:]}. Batch 256 in bf16 with the weights and input cast and channels_last; "
             + (f"peak: {peak:.0f} TFLOP/s, a large bf16 matmul measured on the same card. " if peak else "")
             + "Ops per forward: tensor operations dispatched by one batch-1 forward (each at least one kernel launch).")
     return rows, head + "  \n" + _gpu_story(cells)
@@ -117,8 +117,9 @@ def reference_markdown() -> str:
                      f"torch {env['torch']}, measured {env['date']} (`assets/benchmarks/{f['file']}`)")
     if not any(f["environment"]["device"] == "cuda" and "provenance" not in f["environment"] for f in files):
         lines.append("- The GPU figures below are a shipped reference, not measured by this build on this machine. "
-                     "On a GPU, `python -m cnndemo bench --device cuda --mode eager cudagraph compile "
-                     "--precision fp32 bf16 --batch 1 32 256 --json assets/benchmarks/<gpu>.json` adds your own.")
+                     "On a GPU, `python -m cnndemo bench --device cuda --precision fp32 bf16 --batch 1 32 256 "
+                     "--json assets/benchmarks/<gpu>.json` adds your own eager-mode figures (the CUDA-graph and "
+                     "compiled columns come from the reference run).")
     return "Reference results (measured elsewhere, shipped with the app):\n" + "\n".join(lines)
 
 
