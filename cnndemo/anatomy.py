@@ -209,7 +209,18 @@ class Field:
         return f"{h}" if h == w else f"{h}x{w}"
 
 
+_FIELDS: dict[str, dict[str, Field]] = {}
+
+
 def receptive_fields(spec: ModelSpec) -> dict[str, Field]:
+    """The receptive field and stride of every stage output, traced once per architecture
+    (see ``_trace_fields``)."""
+    if spec.key not in _FIELDS:
+        _FIELDS[spec.key] = _trace_fields(spec)
+    return _FIELDS[spec.key]
+
+
+def _trace_fields(spec: ModelSpec) -> dict[str, Field]:
     """The receptive field and stride of every stage output, computed from the modules.
 
     The model is traced with torch.fx; each conv and pool grows the field by (k - 1) x dilation

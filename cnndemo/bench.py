@@ -358,7 +358,8 @@ def scaling(key: str, *, device: str = "auto", batches=(1, 2, 4, 8, 16), resolut
     for r in results[len(by_batch):]:
         out["resolution"].append({"resolution": r.input_size[-1], "p10_ms": r.p10_ms, "p50_ms": r.p50_ms,
                                   "p90_ms": r.p90_ms})
-    out["noise"] = noise_note([{**r.to_json()} for r in results])
+    out["results"] = [r.to_json() for r in results]
+    out["noise"] = noise_note(out["results"])
     return out
 
 

@@ -67,6 +67,7 @@ def build_demo() -> gr.Blocks:
         demo.load(weights_status, None, [status, ticker], api_visibility="private")
         ticker.tick(weights_status, None, [status, ticker], api_visibility="private")
         demo.load(compare.on_load, None, compare.load_outputs(cmp), api_visibility="private")
+        demo.load(lambda: explore.on_load(ex), None, [ex["arch"], ex["diagram"]], api_visibility="private")
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
     return demo
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import inspect
@@ -77,6 +78,20 @@ def release_memory() -> None:
         _TRIM(0)
 
 
+@contextlib.contextmanager
+def _handling(name: str):
+    """One request's handler: counted while it runs, library errors turned into gr.Error,
+    freed heap pages returned afterwards."""
+    _running(+1)
+    try:
+        yield
+    except Exception as e:
+        raise _as_gr_error(e, name) from None
+    finally:
+        _running(-1)
+        release_memory()
+
+
 def user_errors(fn):
     """Turn the library's human-readable errors into gr.Error; log anything unexpected.
 
@@ -87,27 +102,15 @@ def user_errors(fn):
 
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
-            _running(+1)
-            try:
+            with _handling(fn.__name__):
                 yield from fn(*args, **kwargs)
-            except Exception as e:
-                raise _as_gr_error(e, fn.__name__) from None
-            finally:
-                _running(-1)
-                release_memory()
 
         return cancellable(gen_wrapper)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        _running(+1)
-        try:
+        with _handling(fn.__name__):
             return fn(*args, **kwargs)
-        except Exception as e:
-            raise _as_gr_error(e, fn.__name__) from None
-        finally:
-            _running(-1)
-            release_memory()
 
     return cancellable(wrapper)
 

@@ -187,6 +187,19 @@ def initial_bubble():
     return None
 
 
+def _measured(measure) -> dict:
+    """Run a measurement (its result has "results"), and say in its "noise" whether the
+    figures are noisy, counting the other requests that ran beside it (at its start or end)."""
+    others = requests_running() - 1
+    data = measure()
+    data["noise"] = noise_note(data["results"], max(others, requests_running() - 1))
+    return data
+
+
+def _noise_first(data: dict, note: str) -> str:
+    return f"**⚠ {data['noise']}**  \n{note}" if data.get("noise") else note
+
+
 @user_errors
 def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: list | None = None,
                 precision: str = "fp32", channels_last: bool = False, compile: bool = False, runs: float = 10,
@@ -213,11 +226,9 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
         data = _LIVE.get(key)
     cached = data is not None
     if data is None:
-        others = requests_running() - 1
-        data = run_benchmark(models, device=device, batches=batches, precisions=(precision,),
-                             channels_last=bool(channels_last), compile=bool(compile), runs=int(runs),
-                             warmup=max(2, int(runs) // 5), progress=gr_progress(progress))
-        data["noise"] = noise_note(data["results"], max(others, requests_running() - 1))
+        data = _measured(lambda: run_benchmark(
+            models, device=device, batches=batches, precisions=(precision,), channels_last=bool(channels_last),
+            compile=bool(compile), runs=int(runs), warmup=max(2, int(runs) // 5), progress=gr_progress(progress)))
         with _LIVE_LOCK:
             while len(_LIVE) >= 32:  # bounded: the oldest settings go first
                 _LIVE.pop(next(iter(_LIVE)))
@@ -227,8 +238,7 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
             f"torch {env['torch']}, {env['date']}" + (" (cached result for these settings)" if cached else "") +
             f". Batch sizes timed interleaved, {int(runs)} passes each; p10 and p90 show the spread. Timing uses "
             "each architecture with random weights (weights do not change the time).")
-    if data.get("noise"):
-        note = f"**⚠ {data['noise']}**  \n" + note
+    note = _noise_first(data, note)
     refused = [r for r in data["results"] if "error" in r]
     if refused:
         note += "  \n" + "  \n".join(f"**Not measured**: {ZOO[r['model']].name}, batch {r['batch']}, "
@@ -245,11 +255,7 @@ def run_scaling(model: str, progress=gr.Progress()):
     Args:
         model: a zoo key.
     """
-    others = requests_running() - 1
-    data = scaling(model, progress=gr_progress(progress))
-    noise = noise_note([{"model": model, **p} for p in data["batch"] + [{"batch": 1, **r} for r in data["resolution"]]],
-                       max(others, requests_running() - 1))
-    data["noise"] = noise
+    data = _measured(lambda: scaling(model, progress=gr_progress(progress)))
     name = ZOO[model].name
     by_batch = render.timing_curve(data["batch"], "batch", "ms_per_image", "p10", "p90", log_x=True,
                                    xlabel="batch size", ylabel="ms per image",
@@ -259,9 +265,7 @@ def run_scaling(model: str, progress=gr.Progress()):
                                  title=f"{name}: latency vs input resolution")
     note = (f"{name} on {data['device'].upper()}: every point is the median of {data['runs']} passes, all settings "
             "timed interleaved (round after round), with its p10-p90 spread as a bar.")
-    if noise:
-        note = f"**⚠ {noise}**  \n" + note
-    return by_batch, by_res, note, data
+    return by_batch, by_res, _noise_first(data, note), data
 
 
 def anatomy_tables(model: str, block: str | None):

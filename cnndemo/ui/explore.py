@@ -12,6 +12,7 @@ from .. import anatomy, render
 from dataclasses import replace
 
 from ..branches import LRU, ablate, block_infos, explore
+from ..digits import PHOTO_WARNING
 from ..zoo import ZOO
 from .common import (
     MODEL_GROUP,
@@ -71,7 +72,7 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
     progress(0.9, desc=f"running {lm.spec.name}")
     ex = explore(image, lm)
     pred = ex.prediction
-    warnings = [n for n in ex.input_notes if n.startswith("⚠")]
+    warnings = [n for n in ex.input_notes if n.startswith(PHOTO_WARNING)]
     notes = "; ".join(n for n in ex.input_notes if n not in warnings) or "no conversion needed"
     info = (
         "".join(f"**{html.escape(w)}.**  \n" for w in warnings)
@@ -108,11 +109,13 @@ def block_choices(key: str) -> list[str]:
     return [b.name for b in ZOO[key].blocks]
 
 
+def valid_block(key: str, block: str | None) -> str:
+    """``block`` if the model has it, else the model's default block."""
+    return block if block in block_choices(key) else ZOO[key].default_block
+
+
 def branch_choices(key: str, block: str) -> list[str]:
-    spec = ZOO[key]
-    if block not in block_choices(key):
-        block = spec.default_block
-    return [b.name for b in spec.block(block).branches]
+    return [b.name for b in ZOO[key].block(valid_block(key, block)).branches]
 
 
 def ablation_cleared(key: str):
@@ -158,8 +161,7 @@ def block_diagram(key: str, block: str, selected: str | None = None) -> str:
     """The block drawn from its spec: one column per branch (each layer with its kernel and
     channels, the branch's output shape), the shared layers above, the merge below."""
     spec = ZOO[key]
-    if block not in block_choices(key):
-        block = spec.default_block
+    block = valid_block(key, block)
     info = next(i for i in block_infos(spec) if i.name == block)
     colours = render.branch_colours_hex()
     cols = []
@@ -222,8 +224,7 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
         block: a block name, e.g. "inception4c" (`python -m cnndemo blocks --model KEY` lists them).
     """
     spec = ZOO[model]
-    if block not in block_choices(model):
-        block = spec.default_block
+    block = valid_block(model, block)
     if not image:
         return None, "Give the model an image to see its branches.", None, None, None, None
     lm = get_model(model, checkpoint)
@@ -263,9 +264,7 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
 def branch_view(image: str | None, model: str, block: str, branch: str | None, checkpoint: dict | None = None):
     """The block diagram with ``branch`` selected, that branch's maps large, and the ablation's
     branch set to it: what a click on its column shows."""
-    spec = ZOO[model]
-    if block not in block_choices(model):
-        block = spec.default_block
+    block = valid_block(model, block)
     diagram = block_diagram(model, block, branch)
     if not image:
         return diagram, None, gr.skip()
@@ -311,6 +310,13 @@ def run_ablation(image: str | None, model: str, block: str, branch: str, mode: s
     return res.before.as_label(), res.after.as_label(), msg, res.to_json()
 
 
+def on_load(c: dict) -> dict:
+    """The default model's architecture table and block diagram, filled when a page opens
+    (traced once, then cached) rather than while the app starts."""
+    key = c["model"].value
+    return {c["arch"]: architecture_rows(key), c["diagram"]: block_diagram(key, ZOO[key].default_block)}
+
+
 def build(checkpoint_state: gr.State) -> dict:
     """Lay out the Explore tab; return its components for the other views to wire into."""
     c: dict = {}
@@ -349,7 +355,6 @@ def build(checkpoint_state: gr.State) -> dict:
                     "widest counts). This is the theoretical field: the weights concentrate on its centre.",
                     elem_classes=["cz-note"])
         c["arch"] = gr.Dataframe(
-            architecture_rows("googlenet"),
             headers=["stage", "layer", "output shape (C × H × W)", "parameters", "receptive field (px)", "stride (px)"],
             interactive=False,
             wrap=True,
@@ -361,7 +366,7 @@ def build(checkpoint_state: gr.State) -> dict:
         )
         c["block_note"] = gr.Markdown(scale=5, elem_id="explore-block-note", label="block notes")
     with gr.Row(elem_classes=["cz-stack"]):
-        c["diagram"] = gr.HTML(block_diagram("googlenet", ZOO["googlenet"].default_block), js_on_load=DIAGRAM_JS,
+        c["diagram"] = gr.HTML(js_on_load=DIAGRAM_JS,
                                elem_id="explore-diagram", label="block diagram (click a branch)", scale=1,
                                padding=False, min_width=300)
         c["branch_view"] = gr.Image(label="The branch you clicked: its mean map and its 4 most active channels",
