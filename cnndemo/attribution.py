@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
-from scipy.stats import spearmanr
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -538,6 +537,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman's rank correlation with tied values given their average rank (scipy), so two
     mostly-zero maps are compared by where their non-zero pixels are, not by pixel position.
     None when either map is constant: a correlation is undefined there."""
+    from scipy.stats import spearmanr  # scipy.stats takes 1.4 s to import: not at start-up
+
     a, b = np.ravel(a), np.ravel(b)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
