@@ -411,7 +411,8 @@ def run_method(
     _quiet_captum()
     s = settings
     base = _baseline(spec, x)
-    sigma = s.noise * float(x.max() - x.min())
+    # The noise level, for the two noisy methods only: reading it waits for the device.
+    sigma = s.noise * float(x.max() - x.min()) if method in ("smoothgrad", "gradient_shap") else 0.0
     x = x.detach().clone().requires_grad_()
     if method == "ig":
         out = ca.IntegratedGradients(model).attribute(
@@ -486,9 +487,9 @@ def attribute(
         m = attribution_model(lm)
         layer_name, paths = resolve_layer(spec, m, layer) if meta.uses_layer else (None, ())
         with torch.no_grad():
-            logits = m(x)
-        idx = resolve_target(spec, target, logits)
-        prob = float(torch.softmax(logits.float(), 1)[0, idx])
+            probs = torch.softmax(m(x).float(), 1).cpu()  # one copy to the host: target and probability
+        idx = resolve_target(spec, target, probs)
+        prob = float(probs[0, idx])
         t0 = time.perf_counter()
         with _ForwardCounter(m, _expected_passes(method, s, x), meta.name, progress):
             attr = run_method(m, spec, method, x, idx, layer_paths=paths, settings=s)

@@ -66,6 +66,15 @@ def photo_warning(img: Image.Image, trained_on: str) -> str | None:
     return f"{PHOTO_WARNING} ({why}); this network was trained on {trained_on}, so its answer says little about this image"
 
 
+def disagreement(readings: dict[str, tuple[str, float]]) -> str | None:
+    """``{network name: (top-1 digit, probability)}`` -> a plain sentence when the networks do
+    not all read the same digit; None when they agree."""
+    if len({digit for digit, _ in readings.values()}) <= 1:
+        return None
+    return "The networks disagree: " + ", ".join(
+        f"{name} reads {digit} ({prob:.0%})" for name, (digit, prob) in readings.items()) + "."
+
+
 def normalize_digit(img: Image.Image) -> Image.Image:
     """A 28 x 28 'L' image, white digit on black, made the way MNIST was made."""
     ink = ink_map(img)

@@ -51,6 +51,13 @@ def module_flops(key: str) -> tuple[int, dict[str, int]]:
     return count_flops(spec.build_meta(), spec.meta_input())
 
 
+@lru_cache(maxsize=64)
+def forward_flops(key: str, height: int, width: int) -> int:
+    """FLOPs of one batch-1 forward at ``height`` x ``width`` (counted on the meta device)."""
+    spec = get_spec(key)
+    return count_flops(spec.build_meta(), torch.zeros(1, spec.input_size[0], height, width, device="meta"))[0]
+
+
 @dataclass(frozen=True)
 class ModelStats:
     key: str

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cnndemo import bench
+from cnndemo import bench, profile
 from cnndemo.cli import main
 from cnndemo.profile import (
     branch_costs,
@@ -128,6 +128,50 @@ def test_bench_cli_writes_a_results_file(tmp_path, capsys):
     ok = [r for r in data["results"] if "error" not in r]
     assert {r["batch"] for r in ok} == {1, 2} and all(r["precision"] == "fp32" for r in ok)
     assert any("error" in r and r["precision"] == "fp16" for r in data["results"])
+
+
+def test_cudagraph_is_refused_on_the_cpu_with_the_reason(capsys):
+    cpu = torch.device("cpu")
+    assert bench.default_modes(cpu) == ("eager",)
+    with pytest.raises(ValueError, match="CUDA graph records the GPU kernels"):
+        bench.check_setting(bench.Setting(1, mode="cudagraph"), cpu)
+    with pytest.raises(ValueError, match="mode must be one of eager, cudagraph, compile"):
+        bench.check_setting(bench.Setting(1, mode="fast"), cpu)
+    with pytest.raises(SystemExit, match="bench: cudagraph needs a CUDA device"):
+        main(["bench", "--models", "squeezenet1_0", "--device", "cpu", "--mode", "eager", "cudagraph", "--runs", "3"])
+
+
+def test_half_precision_casts_a_copy_of_the_weights_and_the_input():
+    cpu = torch.device("cpu")
+    model = bench.prepare("mnist_resnet", cpu)
+    cast = bench.measure(model, "mnist_resnet", cpu, batch=2, precision="bf16", runs=3, warmup=1)
+    assert cast.half == bench.HALF_CAST and cast.channels_last and cast.mode == "eager"
+    auto = bench.measure(model, "mnist_resnet", cpu, batch=2, precision="bf16", autocast=True, runs=3, warmup=1)
+    assert auto.half == "autocast" and not auto.channels_last
+    plain = bench.measure(model, "mnist_resnet", cpu, batch=2, channels_last=True, runs=3, warmup=1)
+    assert plain.half is None and plain.channels_last
+    variants = bench._Variants(model)
+    half = variants.get(torch.bfloat16, True, False)
+    assert next(half.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    conv = next(m for m in half.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert variants.get(torch.bfloat16, True, False) is half  # made once, shared by the settings
+
+
+def test_every_result_is_placed_against_the_measured_peak():
+    data = bench.run_benchmark(["mnist_resnet"], device="cpu", batches=(4,), precisions=("fp32", "bf16"), runs=3,
+                               warmup=1)
+    peak = data["environment"]["peak"]
+    assert peak["fp32_matmul_tflops"] > 0 and peak["bf16_matmul_tflops"] > 0 and peak["copy_gb_s"] > 0
+    assert "tf32_matmul_tflops" not in peak  # a GPU-only ceiling
+    assert data["settings"]["modes"] == ["eager"]
+    for r in data["results"]:
+        flops = profile.forward_flops("mnist_resnet", 28, 28)
+        assert r["gflops"] == pytest.approx(flops / 1e9, rel=1e-3)
+        assert r["tflops"] == pytest.approx(flops * 4 / (r["p50_ms"] / 1000) / 1e12, rel=1e-2)
+        ceiling = peak[f"{r['precision']}_matmul_tflops"]
+        assert r["pct_peak_of"] == f"{r['precision']} matmul"
+        assert r["pct_peak"] == pytest.approx(100 * r["tflops"] / ceiling, rel=2e-2, abs=0.01)
 
 
 def test_stats_cli(capsys):

@@ -9,8 +9,9 @@ import pandas as pd
 import torch
 
 from .. import render
-from ..bench import noise_note, reference_files, run_benchmark, scaling
+from ..bench import default_modes, noise_note, reference_files, run_benchmark, scaling
 from ..profile import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
+from ..runtime import pick_device
 from ..zoo import ZOO
 from .common import gr_progress, model_choices, requests_running, user_errors
 
@@ -117,9 +118,9 @@ def reference_markdown() -> str:
                      f"torch {env['torch']}, measured {env['date']} (`assets/benchmarks/{f['file']}`)")
     if not any(f["environment"]["device"] == "cuda" and "provenance" not in f["environment"] for f in files):
         lines.append("- The GPU figures below are a shipped reference, not measured by this build on this machine. "
-                     "On a GPU, `python -m cnndemo bench --device cuda --precision fp32 bf16 --batch 1 32 256 "
-                     "--json assets/benchmarks/<gpu>.json` adds your own eager-mode figures (the CUDA-graph and "
-                     "compiled columns come from the reference run).")
+                     "On a GPU, `python -m cnndemo bench --device cuda --mode eager cudagraph compile --precision fp32 "
+                     "bf16 --batch 1 256 --json assets/benchmarks/<gpu>.json` measures your own card, and this tab "
+                     "then shows it in place of the reference.")
     return "Reference results (measured elsewhere, shipped with the app):\n" + "\n".join(lines)
 
 
@@ -127,18 +128,23 @@ def result_rows(data: dict, label: str) -> list[list]:
     env = data["environment"]
     rows = []
     for r in data["results"]:
+        mode = r.get("mode", "eager")
         if "error" in r:
-            rows.append([label, ZOO[r["model"]].name, env["device_name"], r["precision"], r["batch"], "-", "-", "-", "-", "-",
-                         "not measured (reason below the table)"])
+            rows.append([label, ZOO[r["model"]].name, env["device_name"], mode, r["precision"], r["batch"],
+                         "-", "-", "-", "-", "-", "-", "-", "not measured (reason below the table)"])
             continue
-        rows.append([label, ZOO[r["model"]].name, env["device_name"], r["precision"] + (" CL" if r["channels_last"] else ""),
-                     r["batch"], _fmt(r.get("p10_ms"), ".2f"), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['throughput']:.1f}",
-                     f"{r['peak_mem_mb']:.0f}", f"{env['threads']} threads, {r['date']}"])
+        half = {"autocast": " autocast"}.get(r.get("half"), "")
+        compile_s = f"; compiled in {r['compile_s']:.0f} s" if r.get("compile_s") is not None else ""
+        rows.append([label, ZOO[r["model"]].name, env["device_name"], mode,
+                     r["precision"] + half + (" CL" if r["channels_last"] else ""), r["batch"],
+                     _fmt(r.get("p10_ms"), ".2f"), f"{r['p50_ms']:.2f}", _fmt(r.get("p90_ms"), ".2f"),
+                     f"{r['throughput']:.1f}", _fmt(r.get("tflops"), ".3f"), _fmt(r.get("pct_peak"), ".1f"),
+                     _fmt(r.get("peak_mem_mb"), ".0f"), f"{env['threads']} threads, {r['date']}{compile_s}"])
     return rows
 
 
-RESULT_HEADERS = ["source", "model", "device", "precision", "batch", "p10 ms", "p50 ms", "p90 ms", "images/s", "peak MiB",
-                  "notes"]
+RESULT_HEADERS = ["source", "model", "device", "mode", "precision", "batch", "p10 ms", "p50 ms", "p90 ms", "images/s",
+                  "TFLOP/s", "% of peak", "peak MiB", "notes"]
 
 
 def reference_rows() -> list[list]:
@@ -200,6 +206,11 @@ def _noise_first(data: dict, note: str) -> str:
     return f"**⚠ {data['noise']}**  \n{note}" if data.get("noise") else note
 
 
+def _live_modes(device: str, compile: bool) -> tuple[str, ...]:
+    """The device's default modes (eager, plus cudagraph on CUDA), plus compile when asked."""
+    return default_modes(pick_device(device)) + (("compile",) if compile else ())
+
+
 @user_errors
 def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: list | None = None,
                 precision: str = "fp32", channels_last: bool = False, compile: bool = False, runs: float = 10,
@@ -211,8 +222,8 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
         device: "auto", "cpu" or "cuda".
         batch_sizes: batch sizes, e.g. [1, 8].
         precision: "fp32", "bf16" or "fp16" (fp16 needs CUDA).
-        channels_last: use the channels_last memory format.
-        compile: torch.compile the model first (slow first run).
+        channels_last: use the channels_last memory format (half precision uses it in any case).
+        compile: also measure the torch.compile'd model (its compile time is reported apart).
         runs: timed runs per setting (5-50).
     """
     models = list(models or [])
@@ -227,8 +238,9 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
     cached = data is not None
     if data is None:
         data = _measured(lambda: run_benchmark(
-            models, device=device, batches=batches, precisions=(precision,), channels_last=bool(channels_last),
-            compile=bool(compile), runs=int(runs), warmup=max(2, int(runs) // 5), progress=gr_progress(progress)))
+            models, device=device, batches=batches, precisions=(precision,), channels_last=True if channels_last else None,
+            modes=_live_modes(device, bool(compile)), runs=int(runs), warmup=max(2, int(runs) // 5),
+            progress=gr_progress(progress)))
         with _LIVE_LOCK:
             while len(_LIVE) >= 32:  # bounded: the oldest settings go first
                 _LIVE.pop(next(iter(_LIVE)))
@@ -326,8 +338,9 @@ def build() -> dict:
         c["precision"] = gr.Dropdown(["fp32", "bf16", "fp16"], value="fp32", label="Precision",
                                      info="fp16 needs CUDA", scale=1)
     with gr.Row():
-        c["channels_last"] = gr.Checkbox(label="channels_last", value=False)
-        c["compile"] = gr.Checkbox(label="torch.compile (slow first run)", value=False)
+        c["channels_last"] = gr.Checkbox(label="channels_last", value=False, info="on anyway for bf16 and fp16")
+        c["compile"] = gr.Checkbox(label="also torch.compile", value=False,
+                                   info="one more mode; compiling takes a minute or more per model")
         c["runs"] = gr.Slider(5, 50, value=10, step=1, label="Timed runs per setting")
         c["go"] = gr.Button("Run benchmark", variant="primary")
     c["note"] = gr.Markdown(label="measured on")

@@ -15,7 +15,7 @@ from PIL import Image
 from .. import render
 from ..attribution import attribute
 from ..branches import explore
-from ..digits import EmptyDrawing, normalize_digit
+from ..digits import EmptyDrawing, disagreement, normalize_digit
 from ..images import open_image
 from ..runtime import STORE, LoadedModel
 from ..training import load_digits, train
@@ -111,6 +111,10 @@ def _classify(value, session) -> tuple[tuple, dict]:
         f"**{ZOO[k].name}**: {models[k].weights.source}" + (" (trained in this session)" if k in (session or {}) else "")
         for k in DIGIT_KEYS
     )
+    split = disagreement({ZOO[k].name: (explored[k].prediction.top[0].label, explored[k].prediction.top[0].prob)
+                          for k in DIGIT_KEYS})
+    if split:
+        note = f"**⚠ {split}**  \n{note}"
     seen = digit.resize((168, 168), Image.Resampling.NEAREST)
     return (seen, note, *labels, *panels, overlay), result
 
