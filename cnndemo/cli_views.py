@@ -24,6 +24,10 @@ def _setup_train(p):
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="train on the first N training digits only")
+    p.add_argument("--init", type=Path, default=None, metavar="FILE",
+                   help="start from these weights (fine-tune) instead of random ones, e.g. the shipped file")
+    p.add_argument("--extra", action="store_true",
+                   help="also train on printed digits (matplotlib's typefaces) and scikit-learn's 1,797 digits")
     p.add_argument("--out", type=Path, default=None, help="weights file (default runs/KEY.safetensors; a record .json is written next to it)")
     p.add_argument("--sweep", action="store_true", help="run a grid of --batch-sizes x --lrs and plot each run")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64, 512])
@@ -58,24 +62,31 @@ def _progress_bar(total: int, desc: str):
 def run_train(args) -> int:
     import math
 
-    from .training import TRAIN_PER_CLASS, load_digits, save_trained, train
+    from .cli import _load
+    from .training import TRAIN_PER_CLASS, extra_digits, load_digits, save_trained, train
+    from .weights import sha256_file
 
     data = load_digits()
-    n = args.limit or TRAIN_PER_CLASS * 10
+    ex_x, ex_y, ex_about = extra_digits() if args.extra else (None, None, None)
+    n = (args.limit or TRAIN_PER_CLASS * 10) + (len(ex_x) if args.extra else 0)
     cmd = "python -m cnndemo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "train"
     if args.sweep:
-        return _sweep(args, data, n)
+        return _sweep(args, data, n, (ex_x, ex_y) if args.extra else None)
     out = args.out or Path("runs") / f"{args.model}.safetensors"
     bar, on_step = _progress_bar(args.epochs * math.ceil(n / args.batch_size), args.model)
     try:
         result = train(
             args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             optimizer=args.optimizer, seed=args.seed, data=data, limit=args.limit, clip=args.clip or None,
-            on_step=on_step,
+            extra=(ex_x, ex_y) if args.extra else None, on_step=on_step,
+            init=_load(args.model, str(args.init)).module.state_dict() if args.init else None,
         )
     finally:
         bar.close()
     settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "seed", "limit", "clip")}
+    settings["extra"] = ex_about
+    if args.init:
+        settings["init"] = {"file": args.init.name, "sha256": sha256_file(args.init)}
     record = save_trained(result, args.model, out, command=cmd, settings=settings, data=data)
     summary = {k: record[k] for k in ("model", "weights_file", "epochs", "wall_time_s", "test_acc", "sha256")}
     summary["out"] = str(out)
@@ -83,7 +94,7 @@ def run_train(args) -> int:
     return 0
 
 
-def _sweep(args, data, n: int) -> int:
+def _sweep(args, data, n: int, extra) -> int:
     import math
     from dataclasses import asdict
 
@@ -98,7 +109,8 @@ def _sweep(args, data, n: int) -> int:
             bar, on_step = _progress_bar(args.epochs * math.ceil(n / bs), f"{args.model} bs={bs} lr={lr}")
             try:
                 r = train(args.model, epochs=args.epochs, batch_size=bs, lr=lr, optimizer=args.optimizer,
-                          seed=args.seed, data=data, limit=args.limit, clip=args.clip or None, on_step=on_step)
+                          seed=args.seed, data=data, limit=args.limit, clip=args.clip or None, extra=extra,
+                          on_step=on_step)
             finally:
                 bar.close()
             hist = [asdict(h) for h in r.history]
@@ -116,6 +128,48 @@ def _sweep(args, data, n: int) -> int:
     (out / "sweep.json").write_text(json.dumps({"model": args.model, "epochs": args.epochs, "runs": rows}, indent=2) + "\n")
     if args.json:
         emit({"model": args.model, "epochs": args.epochs, "runs": rows, "out": str(out)})
+    return 0
+
+
+DRAWN_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "drawn_digits"
+
+
+def _setup_digits_benchmark(p):
+    p.add_argument("--dir", type=Path, default=DRAWN_DIR,
+                   help="a folder with manifest.json and its PNGs (default: the checkout's drawn-digit benchmark)")
+    p.add_argument("--weights", nargs="+", default=[], metavar="KEY=FILE",
+                   help="score these weights instead of the shipped ones, e.g. mnist_resnet=runs/mnist_resnet.safetensors")
+    p.add_argument("--misread", action="store_true", help="list every misread file")
+    p.add_argument("--json", action="store_true")
+
+
+@command("digits-benchmark", "accuracy of the digit networks on drawn and printed digits, per network and digit",
+         _setup_digits_benchmark)
+def run_digits_benchmark(args) -> int:
+    from .cli import _load
+    from .training import drawn_accuracy
+
+    if not (args.dir / "manifest.json").is_file():
+        raise SystemExit(f"digits-benchmark: no manifest.json in {args.dir} (the benchmark ships in a checkout's "
+                         "tests/fixtures/drawn_digits)")
+    own = dict(w.split("=", 1) for w in args.weights)
+    unknown = set(own) - set(DIGIT_KEYS)
+    if unknown:
+        raise SystemExit(f"digits-benchmark: {', '.join(sorted(unknown))} is not a digit network ({', '.join(DIGIT_KEYS)})")
+    models = {k: _load(k, own.get(k)).module for k in DIGIT_KEYS}
+    res = drawn_accuracy(args.dir, models)
+    if args.json:
+        emit(res)
+        return 0
+    print(f"{res['n']} digits: " + ", ".join(f"{n} {s}" for s, n in res["by_source"].items())
+          + f"; the networks disagree on {res['disagree']}")
+    print(f"{'network':16} {'all':>6} " + " ".join(f"{d:>5}" for d in range(10)) + "  "
+          + "  ".join(f"{s:>10}" for s in res["by_source"]))
+    for key, r in res["networks"].items():
+        print(f"{key:16} {r['accuracy']:6.1f} " + " ".join(f"{r['per_digit'][d]:5.0f}" for d in range(10)) + "  "
+              + "  ".join(f"{r['per_source'][s]:10.1f}" for s in res["by_source"]))
+        if args.misread:
+            print("    misread: " + ", ".join(f"{m['file']} as {m['read']}" for m in r["misread"]))
     return 0
 
 

@@ -75,6 +75,64 @@ def load_digits(seed: int = SPLIT_SEED) -> DigitData:
     return DigitData(x[train_idx], y[train_idx], x[test_idx], y[test_idx], split)
 
 
+# Printed digits for training, in the typefaces matplotlib ships (the drawn-digit benchmark's
+# printed digits use other typefaces, so its score is not a memory of these).
+TRAIN_FACES = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique", "DejaVuSansMono",
+               "DejaVuSansMono-Bold", "DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic",
+               "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta", "cmr10", "cmss10", "cmtt10",
+               "cmb10", "cmti10")
+RENDERS_PER_FACE = 4
+
+
+def _normalised(img) -> torch.Tensor:
+    """A PIL digit image -> 1 x 28 x 28 in [0, 1], normalised exactly as the app normalises input."""
+    from .digits import normalize_digit
+
+    return torch.from_numpy(np.asarray(normalize_digit(img), dtype=np.float32) / 255.0)[None]
+
+
+def typeface_digits(seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Printed digits: every digit in every training face, at random sizes, outline widths and
+    rotations up to 12 degrees, normalised the way the app normalises an upload."""
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for face in TRAIN_FACES:
+        for d in range(10):
+            for _ in range(RENDERS_PER_FACE):
+                font = ImageFont.truetype(str(ttf / f"{face}.ttf"), int(rng.integers(48, 96)))
+                img = Image.new("L", (128, 128), 0)
+                ImageDraw.Draw(img).text((64, 64), str(d), font=font, fill=255, anchor="mm",
+                                         stroke_width=int(rng.integers(0, 4)), stroke_fill=255)
+                xs.append(_normalised(img.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BICUBIC)))
+                ys.append(d)
+    about = {"typefaces": f"{len(TRAIN_FACES)} faces shipped with matplotlib x 10 digits x {RENDERS_PER_FACE}",
+             "faces": list(TRAIN_FACES)}
+    return torch.stack(xs), torch.tensor(ys), about
+
+
+def sklearn_digits() -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """scikit-learn's 1,797 8 x 8 digits (UCI), upsampled and normalised as the app would."""
+    from PIL import Image
+    from sklearn.datasets import load_digits as sk_digits
+
+    data = sk_digits()
+    xs = [_normalised(Image.fromarray((im * 255 / 16).astype(np.uint8), "L").resize((32, 32), Image.Resampling.BICUBIC))
+          for im in data.images]
+    return torch.stack(xs), torch.from_numpy(data.target.astype(np.int64)), {
+        "sklearn": "sklearn.datasets.load_digits(): 1,797 8 x 8 digits (UCI), upsampled to 32 x 32"}
+
+
+def extra_digits() -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The training data beyond MNIST: printed digits and scikit-learn's digits."""
+    tx, ty, t_about = typeface_digits()
+    sx, sy, s_about = sklearn_digits()
+    return torch.cat([tx, sx]), torch.cat([ty, sy]), {**t_about, **s_about, "count": len(tx) + len(sx)}
+
+
 class Augment:
     """Per-sample digit augmentation: small affine jitter plus thicker or thinner strokes."""
 
@@ -83,9 +141,13 @@ class Augment:
         self.affine = v2.RandomAffine(
             degrees=12 * s, translate=(0.12 * s, 0.12 * s), scale=(1 - 0.2 * s, 1 + 0.12 * s), shear=8 * s
         )
+        # Elastic distortion (Simard et al. 2003): the wobble of a hand, not of a camera.
+        self.elastic = v2.RandomApply([v2.ElasticTransform(alpha=34.0 * s, sigma=4.0)], p=0.5)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         out = torch.stack([self.affine(img) for img in batch])
+        # One displacement field per group of 8 digits (a field per digit costs a 33-tap blur each).
+        out = torch.cat([self.elastic(group) for group in out.split(8)])
         # Stroke thickness: dilate a third of the digits, erode a sixth (3 x 3 grey morphology).
         r = torch.rand(out.shape[0], 1, 1, 1)
         dil = F.max_pool2d(out, 3, stride=1, padding=1)
@@ -152,6 +214,8 @@ def train(
     data: DigitData | None = None,
     limit: int | None = None,
     augment: float = 1.0,
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+    init: dict[str, torch.Tensor] | None = None,
     clip: float | None = 2.0,
     on_step: StepFn | None = None,
     threads: int | None = None,
@@ -159,6 +223,9 @@ def train(
     """Train a digit network from scratch; ``on_step`` gets progress dicts as it runs.
 
     ``limit`` trains on the first ``limit`` training digits only (quick runs and tests).
+    ``extra``: more (digits, labels) to train on beside MNIST (``extra_digits()``); the held-out
+    MNIST digits stay the test set. ``init``: a state_dict to start from (fine-tuning) instead
+    of random weights.
     """
     spec = get_spec(key)
     if spec.inputs.kind != "digit":
@@ -170,10 +237,15 @@ def train(
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_random(spec).train()
+    model = build_random(spec)
+    if init is not None:
+        model.load_state_dict(init)
+    model.train()
     x_train, y_train = data.x_train, data.y_train
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
+    if extra is not None:
+        x_train, y_train = torch.cat([x_train, extra[0]]), torch.cat([y_train, extra[1]])
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
@@ -278,3 +350,45 @@ def save_trained(result: TrainResult, key: str, out: Path, *, command: str, sett
     assert sha256_file(out) == digest
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+# ----------------------------------------------------------------------------- drawn digits
+
+
+@torch.no_grad()
+def drawn_accuracy(directory: Path, models: dict[str, nn.Module]) -> dict:
+    """How well each network reads the drawn-digit benchmark in ``directory`` (its
+    ``manifest.json`` lists every PNG with its digit and how it was made), through the app's own
+    path: each file is opened and normalised exactly as an upload or a drawing is.
+
+    Returns overall, per-digit and per-source accuracy (%) per network, the files each one
+    misreads, and how often the networks disagree."""
+    from .predict import load_for, to_batch
+
+    directory = Path(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())["digits"]
+    labels = torch.tensor([d["digit"] for d in manifest])
+    sources = [d["source"] for d in manifest]
+    top1 = {}
+    for key, model in models.items():
+        spec = get_spec(key)
+        model.eval()
+        x = torch.cat([to_batch(spec, load_for(spec, directory / d["file"]), torch.device("cpu")) for d in manifest])
+        top1[key] = torch.cat([model(x[i : i + 100]).argmax(1) for i in range(0, len(x), 100)])
+
+    def pct(hits: torch.Tensor) -> float:
+        return round(100.0 * float(hits.float().mean()), 1) if hits.numel() else float("nan")
+
+    out = {"n": len(manifest), "by_source": {s: sources.count(s) for s in sorted(set(sources))}, "networks": {}}
+    for key, pred in top1.items():
+        ok = pred == labels
+        out["networks"][key] = {
+            "accuracy": pct(ok),
+            "per_digit": {d: pct(ok[labels == d]) for d in range(10)},
+            "per_source": {s: pct(ok[torch.tensor([x == s for x in sources])]) for s in out["by_source"]},
+            "misread": [{"file": manifest[i]["file"], "read": int(pred[i])} for i in torch.nonzero(~ok).flatten().tolist()],
+        }
+    if top1:
+        stacked = torch.stack(list(top1.values()))
+        out["disagree"] = int((stacked != stacked[0]).any(0).sum())
+    return out

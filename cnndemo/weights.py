@@ -387,6 +387,8 @@ def read_state_dict(
                 from safetensors.torch import load_file
 
                 obj = load_file(str(path), device="cpu")
+                if any(k.endswith(_SCALE) for k in obj):  # this app's own packed file (train --out)
+                    obj = unpack_state(obj)
             else:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:

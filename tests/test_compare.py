@@ -253,3 +253,16 @@ def test_gpu_reference_is_shipped_labelled_and_explained_from_its_numbers(monkey
     monkeypatch.setattr(compare, "reference_files", lambda: [gpu])
     assert "VGG-16 (30.9 GFLOPs) trails GoogLeNet" in compare.gpu_reference()[1]
     assert "99.00 ms" in compare.gpu_reference()[1]
+
+
+def test_live_compare_rows_show_mode_and_share_of_peak():
+    from cnndemo.ui.compare import RESULT_HEADERS, run_compare
+
+    import asyncio
+
+    rows, note, _bubble, data = asyncio.run(run_compare(["squeezenet1_0"], "cpu", [1, 2], "bf16", False, False, 3))
+    live = [dict(zip(RESULT_HEADERS, r)) for r in rows if r[0] == "live"]
+    assert [r["batch"] for r in live] == [1, 2] and all(r["mode"] == "eager" for r in live)
+    assert all(r["precision"] == "bf16 CL" for r in live)  # cast half precision runs channels_last
+    assert all(float(r["% of peak"]) > 0 for r in live)
+    assert data["environment"]["peak"]["bf16_matmul_tflops"] > 0 and "Measured live" in note

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,47 @@ def test_training_never_touches_the_shipped_file(data):
     train("mnist_resnet", epochs=1, batch_size=64, data=data, limit=128)
     assert path.read_bytes() == before
     assert torch.is_tensor(next(STORE.get("mnist_resnet").module.parameters()))
+
+
+DRAWN = Path(__file__).parent / "fixtures" / "drawn_digits"
+
+
+def test_the_drawn_digit_benchmark_is_what_it_says():
+    manifest = json.loads((DRAWN / "manifest.json").read_text())["digits"]
+    drawn = [d for d in manifest if d["source"] == "sketchpad"]
+    printed = [d for d in manifest if d["source"] == "typeface"]
+    assert len(drawn) >= 300 and len(printed) >= 100
+    assert {d["digit"] for d in drawn} == set(range(10)) and min(
+        sum(d["digit"] == k for d in drawn) for k in range(10)) >= 30
+    assert {"with bar", "plain"} <= {d["way"] for d in drawn if d["digit"] == 7}
+    assert {"open", "closed"} <= {d["way"] for d in drawn if d["digit"] == 4}
+    assert {"stroke", "flag and base"} <= {d["way"] for d in drawn if d["digit"] == 1}
+    assert {d["canvas"] for d in printed} == {"dark on white", "dark on transparent", "light on black"}
+    from cnndemo.training import TRAIN_FACES
+
+    assert not {d["face"] for d in printed} & set(TRAIN_FACES)  # printed test digits: typefaces not trained on
+    for d in manifest:
+        assert (DRAWN / d["file"]).is_file()
+        assert d["file"].startswith(str(d["digit"]))
+
+
+def test_the_networks_read_drawn_and_printed_digits(capsys):
+    """The shipped networks on the drawn-digit benchmark: the best >= 98%, two of them >= 95%
+    (the MNIST Inception and residual nets, retrained with printed and scikit-learn digits), and
+    none below 90% (the d2l GoogLeNet, still trained on MNIST alone)."""
+    assert main(["digits-benchmark", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    acc = {k: r["accuracy"] for k, r in res["networks"].items()}
+    assert set(acc) == set(DIGIT_KEYS)
+    assert max(acc.values()) >= 98.0, acc
+    assert sorted(acc.values())[-2] >= 95.0, acc
+    assert min(acc.values()) >= 90.0, acc
+    assert all(set(r["per_digit"]) == {str(d) for d in range(10)} for r in res["networks"].values())
+
+
+def test_disagreement_is_said_plainly():
+    from cnndemo.digits import disagreement
+
+    assert disagreement({"A": ("7", 0.9), "B": ("7", 0.6)}) is None
+    said = disagreement({"A": ("7", 0.62), "B": ("1", 0.8), "C": ("7", 0.55)})
+    assert said == "The networks disagree: A reads 7 (62%), B reads 1 (80%), C reads 7 (55%)."
