@@ -126,8 +126,9 @@ class BundledWeights:
 
     def describe(self) -> str:
         acc = self.record().get("test_acc")
-        tail = f", held-out accuracy {acc:.1f}%" if acc is not None else ""
-        return f"trained here on MNIST ({self.filename}{tail})"
+        tail = f", held-out MNIST accuracy {acc:.1f}%" if acc is not None else ""
+        extra = " + printed and scikit-learn digits" if self.record().get("settings", {}).get("extra") else ""
+        return f"trained here on MNIST{extra} ({self.filename}{tail})"
 
 
 WeightsKind = Literal["pretrained", "custom", "random"]
