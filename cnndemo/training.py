@@ -24,7 +24,8 @@ from torch import nn
 from torchvision.transforms import v2
 
 from . import cancel
-from .digits import MNIST_MEAN, MNIST_STD
+from .digits import MNIST_MEAN, MNIST_STD, normalize_digit
+from .predict import load_for, to_batch
 from .runtime import build_random
 from .specs import ModelSpec
 from .weights import pack_state, save_bundled, sha256_file, unpack_state
@@ -86,8 +87,6 @@ RENDERS_PER_FACE = 4
 
 def _normalised(img) -> torch.Tensor:
     """A PIL digit image -> 1 x 28 x 28 in [0, 1], normalised exactly as the app normalises input."""
-    from .digits import normalize_digit
-
     return torch.from_numpy(np.asarray(normalize_digit(img), dtype=np.float32) / 255.0)[None]
 
 
@@ -363,8 +362,6 @@ def drawn_accuracy(directory: Path, models: dict[str, nn.Module]) -> dict:
 
     Returns overall, per-digit and per-source accuracy (%) per network, the files each one
     misreads, and how often the networks disagree."""
-    from .predict import load_for, to_batch
-
     directory = Path(directory)
     manifest = json.loads((directory / "manifest.json").read_text())["digits"]
     labels = torch.tensor([d["digit"] for d in manifest])
