@@ -19,8 +19,8 @@ import time
 import weakref
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from functools import partial
 from datetime import datetime, timezone
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import cancel
 from .paths import BENCH_DIR
+from .predict import sync
 from .profile import forward_flops
 from .runtime import build_random, pick_device
 from .zoo import get_spec
@@ -38,6 +39,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+@lru_cache(maxsize=1)
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -224,11 +226,6 @@ def _quantile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(round(q * (len(sorted_ms) - 1))))]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _Variants:
     """The model as each setting runs it: weights cast to half precision (or not), channels_last
     (or not), compiled (or not). Each variant is made once and shared by the settings that need it."""
@@ -306,10 +303,10 @@ def _make_case(variants: _Variants, st: Setting, spec, device: torch.device, cha
 
     case = _Case(st, x, ctx, half, cl, model, run, PassTimer(device))
     if st.mode == "compile":  # the first call traces and compiles: timed apart from the steady state
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         run()
-        _sync(device)
+        sync(device)
         case.compile_s = round(time.perf_counter() - t0, 2)
     elif st.mode == "cudagraph":
         case.run = _graphed(model, x, ctx)
@@ -364,7 +361,7 @@ def measure_interleaved(
                 for case in cases:
                     cancel.check()
                     case.run()
-            _sync(device)
+            sync(device)
             for r in range(runs):
                 for i in range(len(cases)):
                     case = cases[(i + r) % len(cases)]
@@ -416,7 +413,7 @@ def measure(model: nn.Module, key: str, device: torch.device, *, batch: int, pre
 
 def _best_ms(device: torch.device, fn: Callable[[], object], reps: int) -> float:
     fn()
-    _sync(device)
+    sync(device)
     timer = PassTimer(device)
     for _ in range(reps):
         timer.time(fn)

@@ -25,7 +25,8 @@ from torchvision.transforms import v2
 
 from . import cancel
 from .digits import MNIST_MEAN, MNIST_STD, normalize_digit
-from .predict import load_for, to_batch
+from .images import open_image
+from .predict import to_batch
 from .runtime import build_random
 from .specs import ModelSpec
 from .weights import pack_state, save_bundled, sha256_file, unpack_state
@@ -366,11 +367,12 @@ def drawn_accuracy(directory: Path, models: dict[str, nn.Module]) -> dict:
     manifest = json.loads((directory / "manifest.json").read_text())["digits"]
     labels = torch.tensor([d["digit"] for d in manifest])
     sources = [d["source"] for d in manifest]
+    opened = [open_image(directory / d["file"], keep_alpha=True) for d in manifest]  # as the Digits tab opens them
     top1 = {}
     for key, model in models.items():
         spec = get_spec(key)
         model.eval()
-        x = torch.cat([to_batch(spec, load_for(spec, directory / d["file"]), torch.device("cpu")) for d in manifest])
+        x = torch.cat([to_batch(spec, im, torch.device("cpu")) for im in opened])
         top1[key] = torch.cat([model(x[i : i + 100]).argmax(1) for i in range(0, len(x), 100)])
 
     def pct(hits: torch.Tensor) -> float:

@@ -125,9 +125,10 @@ class BundledWeights:
         return self.record().get("test_acc"), None
 
     def describe(self) -> str:
-        acc = self.record().get("test_acc")
+        record = self.record()
+        acc = record.get("test_acc")
         tail = f", held-out MNIST accuracy {acc:.1f}%" if acc is not None else ""
-        extra = " + printed and scikit-learn digits" if self.record().get("settings", {}).get("extra") else ""
+        extra = " + printed and scikit-learn digits" if record.get("settings", {}).get("extra") else ""
         return f"trained here on MNIST{extra} ({self.filename}{tail})"
 
 
