@@ -19,7 +19,6 @@ Each map comes with two scores:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -31,7 +30,7 @@ from torch import nn
 from . import cancel
 from .archs.module_relu import with_module_relus
 from .profile import module_flops
-from .predict import ImageLike, load_for, resolve, seen_image, to_batch
+from .pipeline import ImageLike, prepare, resolve, timed
 from .runtime import LoadedModel
 from .specs import ModelSpec
 from .weights import WeightsInfo
@@ -69,31 +68,6 @@ class Settings:
             stride=int(min(max(self.stride, 1), 128)),
             internal_batch=int(min(max(self.internal_batch, 1), 64)),
         )
-
-
-@dataclass(frozen=True)
-class Method:
-    key: str
-    name: str
-    kind: str  # "pixel": C x H x W; "cam": H x W from a layer
-    uses_layer: bool
-    explain: str
-
-
-METHODS: dict[str, Method] = {
-    m.key: m
-    for m in (
-        Method("ig", "Integrated Gradients", "pixel", False, "gradients averaged along a straight path from a baseline image to the input"),
-        Method("saliency", "Saliency", "pixel", False, "absolute gradient of the class score with respect to each pixel"),
-        Method("smoothgrad", "SmoothGrad", "pixel", False, "saliency averaged over noisy copies of the input (NoiseTunnel)"),
-        Method("gradcam", "Grad-CAM", "cam", True, "a layer's activations weighted by their mean gradient, upsampled to the image"),
-        Method("guided_gradcam", "Guided Grad-CAM", "pixel", True, "Grad-CAM times Guided Backprop: where, and which edges"),
-        Method("occlusion", "Occlusion", "pixel", False, "how much the class score drops when a window of the image is hidden"),
-        Method("guided_backprop", "Guided Backprop", "pixel", False, "gradients with negative signals stopped at every ReLU on the way back"),
-        Method("deeplift", "DeepLift", "pixel", False, "differences from a baseline propagated with DeepLift's rescale rules"),
-        Method("gradient_shap", "GradientSHAP", "pixel", False, "expected gradients x (input - baseline) over noisy baselines (SHAP approximation)"),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -337,17 +311,7 @@ def occlusion_window(s: Settings, x: torch.Tensor) -> tuple[int, int]:
 
 def images_per_call(method: str, s: Settings, x: torch.Tensor) -> tuple[int, int]:
     """(images through forward only, images through forward and backward) of one method call."""
-    if method == "ig":
-        return 0, s.steps
-    if method in ("smoothgrad", "gradient_shap"):
-        return 0, s.samples
-    if method == "occlusion":
-        h, w = x.shape[-2:]
-        win, stride = occlusion_window(s, x)
-        return 1 + ((h - win) // stride + 1) * ((w - win) // stride + 1), 0
-    if method in ("guided_gradcam", "deeplift"):
-        return 0, 2
-    return 0, 1
+    return get_method(method).passes(s, x)
 
 
 def _expected_passes(method: str, s: Settings, x: torch.Tensor) -> int:
@@ -374,11 +338,10 @@ def estimated_tflop(spec: ModelSpec, method: str, s: Settings, x: torch.Tensor, 
 
 def check_budget(spec: ModelSpec, method: str, settings: Settings | None = None, *, scores: bool = True) -> None:
     """Refuse up front (``cancel.OverBudget``) settings whose estimated cost is over the budget."""
-    if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    meta = get_method(method)
     s = (settings or Settings()).clamp()
     tflop = estimated_tflop(spec, method, s, spec.meta_input(), scores=scores)
-    what = f"{METHODS[method].name} on {spec.name}" + (" with its sanity and deletion scores" if scores else "")
+    what = f"{meta.name} on {spec.name}" + (" with its sanity and deletion scores" if scores else "")
     cancel.check_budget(tflop, what)
 
 
@@ -395,10 +358,152 @@ def _quiet_captum() -> None:
         _QUIET.append(True)
 
 
+# ----------------------------------------------------------------------------- methods
+
+
+def ca():
+    """Captum's ``captum.attr``, imported on first use (it is slow to import)."""
+    from captum import attr
+
+    return attr
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one Captum call gets: the model (the attribution copy), the input (requiring
+    gradients), the target class, the baseline, the noise level and the Grad-CAM layer."""
+
+    model: nn.Module
+    x: torch.Tensor
+    target: int
+    base: torch.Tensor
+    sigma: float
+    layer_paths: tuple[str, ...]
+    settings: Settings
+
+
+def _one_backward(s: Settings, x: torch.Tensor) -> tuple[int, int]:
+    return 0, 1
+
+
+@dataclass(frozen=True)
+class Method:
+    """One attribution method: its labels, its Captum call, and how many images that call
+    pushes through the network (progress and the work budget read it)."""
+
+    key: str
+    name: str
+    kind: str  # "pixel": C x H x W; "cam": H x W from a layer
+    uses_layer: bool
+    explain: str
+    run: Callable[[Call], torch.Tensor]
+    passes: Callable[[Settings, torch.Tensor], tuple[int, int]] = _one_backward  # (forward only, forward + backward)
+    noisy: bool = False  # reads Settings.noise (as a fraction of the input's range)
+
+
+def _ig(c: Call) -> torch.Tensor:
+    return ca().IntegratedGradients(c.model).attribute(
+        c.x, baselines=c.base, target=c.target, n_steps=c.settings.steps, internal_batch_size=c.settings.internal_batch
+    )
+
+
+def _saliency(c: Call) -> torch.Tensor:
+    return ca().Saliency(c.model).attribute(c.x, target=c.target, abs=True)
+
+
+def _smoothgrad(c: Call) -> torch.Tensor:
+    s = c.settings
+    return ca().NoiseTunnel(ca().Saliency(c.model)).attribute(
+        c.x, nt_type="smoothgrad", nt_samples=s.samples, nt_samples_batch_size=s.internal_batch,
+        stdevs=c.sigma, target=c.target,
+    )
+
+
+def _gradcam(c: Call) -> torch.Tensor:
+    cams = [
+        ca().LayerGradCam(c.model, c.model.get_submodule(p)).attribute(c.x, target=c.target, relu_attributions=False)
+        for p in c.layer_paths
+    ]
+    # A split branch (Inception-v3's E blocks) is two modules concatenated: sum their
+    # weighted activations before the ReLU, as Grad-CAM on the concatenation would.
+    cam = F.relu(torch.stack([m.sum(1, keepdim=True) for m in cams]).sum(0))
+    return ca().LayerAttribution.interpolate(cam, tuple(c.x.shape[-2:]), "bilinear")[:, 0]
+
+
+def _guided_gradcam(c: Call) -> torch.Tensor:
+    if len(c.layer_paths) != 1:
+        raise ValueError("Guided Grad-CAM needs a single layer; choose the block, or a branch with one output")
+    return ca().GuidedGradCam(c.model, c.model.get_submodule(c.layer_paths[0])).attribute(
+        c.x, target=c.target, interpolate_mode="bilinear"
+    )
+
+
+def _occlusion(c: Call) -> torch.Tensor:
+    ch = c.x.shape[1]
+    win, stride = occlusion_window(c.settings, c.x)
+    return ca().Occlusion(c.model).attribute(
+        c.x, sliding_window_shapes=(ch, win, win), strides=(ch, stride, stride),
+        baselines=c.base, target=c.target, perturbations_per_eval=c.settings.internal_batch,
+    )
+
+
+def _occlusion_passes(s: Settings, x: torch.Tensor) -> tuple[int, int]:
+    h, w = x.shape[-2:]
+    win, stride = occlusion_window(s, x)
+    return 1 + ((h - win) // stride + 1) * ((w - win) // stride + 1), 0
+
+
+def _gradient_shap(c: Call) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    noisy = c.base + 0.3 * torch.randn(4, *c.x.shape[1:], generator=gen).to(c.x.device)
+    return ca().GradientShap(c.model).attribute(
+        c.x, baselines=torch.cat([c.base, noisy]), n_samples=c.settings.samples, stdevs=c.sigma, target=c.target,
+    )
+
+
+METHODS: dict[str, Method] = {
+    m.key: m
+    for m in (
+        Method("ig", "Integrated Gradients", "pixel", False,
+               "gradients averaged along a straight path from a baseline image to the input",
+               _ig, lambda s, x: (0, s.steps)),
+        Method("saliency", "Saliency", "pixel", False,
+               "absolute gradient of the class score with respect to each pixel", _saliency),
+        Method("smoothgrad", "SmoothGrad", "pixel", False,
+               "saliency averaged over noisy copies of the input (NoiseTunnel)",
+               _smoothgrad, lambda s, x: (0, s.samples), noisy=True),
+        Method("gradcam", "Grad-CAM", "cam", True,
+               "a layer's activations weighted by their mean gradient, upsampled to the image", _gradcam),
+        Method("guided_gradcam", "Guided Grad-CAM", "pixel", True,
+               "Grad-CAM times Guided Backprop: where, and which edges", _guided_gradcam, lambda s, x: (0, 2)),
+        Method("occlusion", "Occlusion", "pixel", False,
+               "how much the class score drops when a window of the image is hidden", _occlusion, _occlusion_passes),
+        Method("guided_backprop", "Guided Backprop", "pixel", False,
+               "gradients with negative signals stopped at every ReLU on the way back",
+               lambda c: ca().GuidedBackprop(c.model).attribute(c.x, target=c.target)),
+        Method("deeplift", "DeepLift", "pixel", False,
+               "differences from a baseline propagated with DeepLift's rescale rules",
+               lambda c: ca().DeepLift(c.model).attribute(c.x, baselines=c.base, target=c.target),
+               lambda s, x: (0, 2)),
+        Method("gradient_shap", "GradientSHAP", "pixel", False,
+               "expected gradients x (input - baseline) over noisy baselines (SHAP approximation)",
+               _gradient_shap, lambda s, x: (0, s.samples), noisy=True),
+    )
+}
+
+
+def get_method(key: str) -> Method:
+    """The method called ``key``, or a KeyError that lists them all."""
+    try:
+        return METHODS[key]
+    except KeyError:
+        raise KeyError(f"unknown method {key!r}; choose one of: {', '.join(METHODS)}") from None
+
+
 def run_method(
     model: nn.Module,
     spec: ModelSpec,
-    method: str,
+    method_key: str,
     x: torch.Tensor,
     target: int,
     *,
@@ -406,60 +511,13 @@ def run_method(
     settings: Settings = Settings(),
 ) -> np.ndarray:
     """One Captum call on ``model`` (hold its lock). Returns C x H x W, or H x W for Grad-CAM."""
-    from captum import attr as ca
-
+    m = get_method(method_key)
     _quiet_captum()
     s = settings
-    base = _baseline(spec, x)
-    # The noise level, for the two noisy methods only: reading it waits for the device.
-    sigma = s.noise * float(x.max() - x.min()) if method in ("smoothgrad", "gradient_shap") else 0.0
-    x = x.detach().clone().requires_grad_()
-    if method == "ig":
-        out = ca.IntegratedGradients(model).attribute(
-            x, baselines=base, target=target, n_steps=s.steps, internal_batch_size=s.internal_batch
-        )
-    elif method == "saliency":
-        out = ca.Saliency(model).attribute(x, target=target, abs=True)
-    elif method == "smoothgrad":
-        out = ca.NoiseTunnel(ca.Saliency(model)).attribute(
-            x, nt_type="smoothgrad", nt_samples=s.samples, nt_samples_batch_size=s.internal_batch,
-            stdevs=sigma, target=target,
-        )
-    elif method == "gradcam":
-        cams = [
-            ca.LayerGradCam(model, model.get_submodule(p)).attribute(x, target=target, relu_attributions=False)
-            for p in layer_paths
-        ]
-        # A split branch (Inception-v3's E blocks) is two modules concatenated: sum their
-        # weighted activations before the ReLU, as Grad-CAM on the concatenation would.
-        cam = F.relu(torch.stack([c.sum(1, keepdim=True) for c in cams]).sum(0))
-        out = ca.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[:, 0]
-    elif method == "guided_gradcam":
-        if len(layer_paths) != 1:
-            raise ValueError("Guided Grad-CAM needs a single layer; choose the block, or a branch with one output")
-        out = ca.GuidedGradCam(model, model.get_submodule(layer_paths[0])).attribute(
-            x, target=target, interpolate_mode="bilinear"
-        )
-    elif method == "occlusion":
-        c = x.shape[1]
-        win, stride = occlusion_window(s, x)
-        out = ca.Occlusion(model).attribute(
-            x, sliding_window_shapes=(c, win, win), strides=(c, stride, stride),
-            baselines=base, target=target, perturbations_per_eval=s.internal_batch,
-        )
-    elif method == "guided_backprop":
-        out = ca.GuidedBackprop(model).attribute(x, target=target)
-    elif method == "deeplift":
-        out = ca.DeepLift(model).attribute(x, baselines=base, target=target)
-    elif method == "gradient_shap":
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        noisy = base + 0.3 * torch.randn(4, *x.shape[1:], generator=gen).to(x.device)
-        out = ca.GradientShap(model).attribute(
-            x, baselines=torch.cat([base, noisy]), n_samples=s.samples, stdevs=sigma, target=target,
-        )
-    else:
-        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    return out.detach()[0].float().cpu().numpy()
+    # The noise level, for the noisy methods only: reading it waits for the device.
+    sigma = s.noise * float(x.max() - x.min()) if m.noisy else 0.0
+    call = Call(model, x.detach().clone().requires_grad_(), target, _baseline(spec, x), sigma, layer_paths, s)
+    return m.run(call).detach()[0].float().cpu().numpy()
 
 
 def attribute(
@@ -474,15 +532,13 @@ def attribute(
     progress: ProgressFn | None = None,
 ) -> Attribution:
     """An attribution map for one image, model, method and target, with its two scores."""
-    if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    meta = get_method(method)
     lm = resolve(model)
     spec = lm.spec
     s = (settings or Settings()).clamp()
-    meta = METHODS[method]
     check_budget(spec, method, s, scores=scores)
-    opened = load_for(spec, image)
-    x = to_batch(spec, opened, lm.device)
+    inp = prepare(image, lm)
+    x = inp.x
     with cancel.holding(lm.attr_lock):
         m = attribution_model(lm)
         layer_name, paths = resolve_layer(spec, m, layer) if meta.uses_layer else (None, ())
@@ -490,15 +546,12 @@ def attribute(
             probs = torch.softmax(m(x).float(), 1).cpu()  # one copy to the host: target and probability
         idx = resolve_target(spec, target, probs)
         prob = float(probs[0, idx])
-        t0 = time.perf_counter()
-        with _ForwardCounter(m, _expected_passes(method, s, x), meta.name, progress):
+        with timed(lm.device) as t, _ForwardCounter(m, _expected_passes(method, s, x), meta.name, progress):
             attr = run_method(m, spec, method, x, idx, layer_paths=paths, settings=s)
-        ms = (time.perf_counter() - t0) * 1000
         result = Attribution(
-            lm.key, method, idx, spec.labels()[idx], prob, layer_name, attr, ms, lm.weights,
-            seen_image(spec, x), s,
+            lm.key, method, idx, spec.labels()[idx], prob, layer_name, attr, t.ms, lm.weights, inp.seen(), s,
         )
-    return add_scores(result, image, lm, progress=progress, x=x) if scores else result
+    return add_scores(result, inp, lm, progress=progress) if scores else result
 
 
 def add_scores(
@@ -507,20 +560,18 @@ def add_scores(
     model: LoadedModel | str,
     *,
     progress: ProgressFn | None = None,
-    x: torch.Tensor | None = None,
 ) -> Attribution:
     """``a`` with its sanity and deletion scores (another run of the method, and two curves).
 
-    ``x``: the preprocessed batch ``a`` was computed on, when the caller still has it.
+    ``image``: the image ``a`` was computed on; pass the ``pipeline.Input`` to skip decoding it again.
     """
     lm = resolve(model)
     check_budget(lm.spec, a.method, a.settings, scores=True)
-    if x is None:
-        x = to_batch(lm.spec, load_for(lm.spec, image), lm.device)
+    x = prepare(image, lm).x
     m_paths = ()
     with cancel.holding(lm.attr_lock):
         m = attribution_model(lm)
-        if METHODS[a.method].uses_layer:
+        if get_method(a.method).uses_layer:
             _, m_paths = resolve_layer(lm.spec, m, a.layer)
         if progress:
             progress(None, "sanity check: the same method on a copy with re-initialised top layers")

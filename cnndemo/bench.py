@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import cancel
 from .paths import BENCH_DIR
-from .predict import sync
+from .pipeline import sync
 from .profile import forward_flops
 from .runtime import build_random, pick_device
 from .zoo import get_spec
@@ -542,7 +542,7 @@ def scaling(key: str, *, device: str = "auto", batches=(1, 2, 4, 8, 16), resolut
     dev = pick_device(device)
     model = prepare(key, dev)
     spec = get_spec(key)
-    min_side = 75 if spec.key == "inception_v3" else 32 if spec.inputs.kind == "photo" else spec.input_size[-1]
+    min_side = spec.inputs.min_side
     by_batch = [Setting(b) for b in batches]
     by_res = [Setting(1, resolution=r) for r in resolutions if r >= min_side]
     if progress:

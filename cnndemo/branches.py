@@ -9,25 +9,15 @@ by a hook that lives only for that call; the shared model is never modified.
 from __future__ import annotations
 
 import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from . import anatomy, cancel
-from .images import OpenedImage
-from .predict import (
-    ImageLike,
-    Prediction,
-    load_for,
-    resolve,
-    seen_image,
-    sync,
-    to_batch,
-    top_classes,
-)
+from .cache import LRU
+from .pipeline import ImageLike, Input, load_for, prepare, resolve, timed, timed_forward
+from .predict import Prediction, top_classes
 from .runtime import LoadedModel
 from .specs import BlockSpec, ModelSpec
 from .taps import Ablation, RawBlock, run_with_taps
@@ -220,43 +210,6 @@ def _summarise_all(raw: dict[str, RawBlock], infos: dict[str, BlockInfo]) -> dic
     return out
 
 
-class LRU:
-    """A small thread-safe LRU map, bounded by entries and, given ``weigh``, by bytes."""
-
-    def __init__(self, size: int, max_bytes: int | None = None, weigh=None):
-        self.size = size
-        self.max_bytes = max_bytes
-        self.weigh = weigh or (lambda v: 0)
-        self.bytes = 0
-        self.data: OrderedDict = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key):
-        with self.lock:
-            if key in self.data:
-                self.data.move_to_end(key)
-                return self.data[key][0]
-        return None
-
-    def put(self, key, value):
-        n = self.weigh(value)
-        with self.lock:
-            if key in self.data:
-                self.bytes -= self.data.pop(key)[1]
-            self.data[key] = (value, n)
-            self.bytes += n
-            while len(self.data) > self.size or (
-                self.max_bytes is not None and self.bytes > self.max_bytes and len(self.data) > 1
-            ):
-                _, (_, dropped) = self.data.popitem(last=False)
-                self.bytes -= dropped
-
-    def clear(self):
-        with self.lock:
-            self.data.clear()
-            self.bytes = 0
-
-
 def exploration_bytes(ex: Exploration) -> int:
     arrays = sum(b.mean_map.nbytes + b.top_maps.nbytes for bm in ex.blocks.values() for b in bm.branches)
     w, h = ex.seen.size
@@ -265,7 +218,7 @@ def exploration_bytes(ex: Exploration) -> int:
 
 # Results of recent (image, model) pairs: what makes switching blocks free. Bounded in bytes
 # too, because a ResNet-50 exploration (56 x 56 maps in 16 blocks) is ~20x a digit net's.
-CACHE = LRU(64, max_bytes=48 * 2**20, weigh=exploration_bytes)
+CACHE = LRU(64, max_bytes=48 * 2**20, weigh=exploration_bytes, name="explorations")
 
 
 def explore(
@@ -279,27 +232,19 @@ def explore(
         # The cache is keyed by pixels, shared by every user: the notes about how *this* file
         # was opened (first page of a TIFF, EXIF...) are this request's own.
         return replace(hit, input_notes=opened.notes)
-    result = _explore(opened, lm, top)
+    inp = prepare(image if isinstance(image, Input) else opened, lm)
+    pred, blocks, _ms = explore_tensor(lm, inp.x, top)
+    result = Exploration(lm.key, lm.weights.ident, opened.digest, pred, inp.seen(), blocks, opened.notes)
     if use_cache:
         CACHE.put(key, result)
     return result
 
 
-def _explore(opened: OpenedImage, lm: LoadedModel, top: int) -> Exploration:
-    x = to_batch(lm.spec, opened, lm.device)
-    pred, blocks, _ms = explore_tensor(lm, x, top)
-    return Exploration(lm.key, lm.weights.ident, opened.digest, pred, seen_image(lm.spec, x), blocks, opened.notes)
-
-
 def explore_tensor(lm: LoadedModel, x: torch.Tensor, top: int = 5) -> tuple[Prediction, dict[str, BlockMaps], float]:
     """The one forward pass on a preprocessed batch: top-k, and every block's branch summaries."""
     infos = {i.name: i for i in block_infos(lm.spec)}
-    with cancel.holding(lm.lock), torch.inference_mode():
-        sync(lm.device)
-        t0 = time.perf_counter()
-        logits, raw = run_with_taps(lm.module, x, lm.spec.blocks, keep_outputs=False)
-        sync(lm.device)
-        ms = (time.perf_counter() - t0) * 1000.0
+    (logits, raw), ms = timed_forward(lm, x, lambda m, x: run_with_taps(m, x, lm.spec.blocks, keep_outputs=False))
+    with torch.inference_mode():
         pred = Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms)
         blocks = _summarise_all(raw, infos)
     return pred, blocks, ms
@@ -343,18 +288,16 @@ def ablate(
         raise KeyError(f"{block} has no branch {branch!r}; branches: {names}")
     if mode not in ("zero", "mean"):
         raise ValueError(f"unknown ablation mode {mode!r}: use zero or mean")
-    opened = load_for(spec, image)
-    x = to_batch(spec, opened, lm.device)
+    x = prepare(image, lm).x
     abl = Ablation(block, branch, mode)
     labels = spec.labels()
     with cancel.holding(lm.lock), torch.inference_mode():
-        t0 = time.perf_counter()
-        base = lm.module(x)
-        t1 = time.perf_counter()
-        knocked, _ = run_with_taps(lm.module, x, [bspec], ablation=abl)
-        t2 = time.perf_counter()
-    before = Prediction(lm.key, lm.weights, top_classes(base, labels, top), (t1 - t0) * 1000)
-    after = Prediction(lm.key, lm.weights, top_classes(knocked, labels, top), (t2 - t1) * 1000)
+        with timed(lm.device) as t_base:
+            base = lm.module(x)
+        with timed(lm.device) as t_knocked:
+            knocked, _ = run_with_taps(lm.module, x, [bspec], ablation=abl)
+    before = Prediction(lm.key, lm.weights, top_classes(base, labels, top), t_base.ms)
+    after = Prediction(lm.key, lm.weights, top_classes(knocked, labels, top), t_knocked.ms)
     top1 = before.top[0].index
     p_after = float(torch.softmax(knocked.float()[0], 0)[top1])
     return AblationResult(abl, before, after, p_after - before.top[0].prob)

@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 
+# The folder that holds cnndemo/, app.py, README.md and tests/ in a checkout.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 def _assets() -> Path:
-    here = Path(__file__).resolve().parent.parent / "assets"
+    here = CHECKOUT / "assets"
     if here.is_dir():
         return here
     installed = Path(sys.prefix) / "share" / "cnndemo" / "assets"
@@ -19,3 +23,5 @@ ASSETS = _assets()
 EXAMPLES_DIR = ASSETS / "examples"
 WEIGHTS_DIR = ASSETS / "weights"
 BENCH_DIR = ASSETS / "benchmarks"
+# The drawn-digit benchmark (a test fixture: present in a checkout only).
+DRAWN_DIGITS_DIR = CHECKOUT / "tests" / "fixtures" / "drawn_digits"

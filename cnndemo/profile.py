@@ -17,8 +17,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .anatomy import architecture, branch_params, describe_branch
 from .specs import ModelSpec
-from .weights import BundledWeights, TorchvisionWeights
+from .weights import Accuracy
 from .zoo import get_spec
 
 FLOPS_CONVENTION = "FLOPs: 2 per multiply-add, as torch.utils.flop_counter counts (torchvision's GMACs x 2)"
@@ -127,15 +128,8 @@ def model_stats(key: str) -> ModelStats:
     params = sum(p.numel() for p in model.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     flops, _ = module_flops(key)
-    acc1 = acc5 = None
-    on = "-"
-    if isinstance(spec.weights, TorchvisionWeights):
-        acc1, acc5 = spec.weights.metrics()
-        on = "ImageNet-1K val (torchvision metadata)"
-    elif isinstance(spec.weights, BundledWeights):
-        acc1, _ = spec.weights.metrics()
-        on = "MNIST held-out 1,000 (trained here)" if acc1 is not None else "-"
-    return ModelStats(spec.key, spec.name, params, nbytes / 2**20, flops, acc1, acc5, on)
+    acc = spec.weights.metrics() if spec.weights is not None else Accuracy(None, None, "-")
+    return ModelStats(spec.key, spec.name, params, nbytes / 2**20, flops, acc.acc1, acc.acc5, acc.on)
 
 
 # ----------------------------------------------------------------------------- anatomy
@@ -152,8 +146,6 @@ class StageCost:
 
 def stage_costs(spec: ModelSpec) -> list[StageCost]:
     """The shape trace with parameters and FLOPs for each stage."""
-    from .anatomy import architecture
-
     _, per = module_flops(spec.key)
     return [StageCost(r.name, r.layer, r.shape, r.params, per.get(r.name, 0)) for r in architecture(spec)]
 
@@ -169,8 +161,6 @@ class BranchCost:
 
 def branch_costs(spec: ModelSpec, block: str) -> list[BranchCost]:
     """Parameters and FLOPs of each branch of one block (shared layers excluded)."""
-    from .anatomy import branch_params, describe_branch
-
     model = spec.build_meta()
     _, per = module_flops(spec.key)
     b = spec.block(block)

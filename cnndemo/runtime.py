@@ -91,6 +91,11 @@ class LoadedModel:
                 self._variants[name] = make(copy.deepcopy(self.module)).eval()
             return self._variants[name]
 
+    def modules(self) -> list[nn.Module]:
+        """The serving module and every derived copy built so far (to check them for hooks)."""
+        with self.lock:
+            return [self.module, *self._variants.values()]
+
 
 def build_random(spec: ModelSpec) -> nn.Module:
     """The architecture with a fixed-seed random init, so results are reproducible."""
@@ -105,14 +110,8 @@ def _random_info(spec: ModelSpec, reason: str) -> W.WeightsInfo:
             "Load a state_dict trained for this architecture: the checkpoint box in the app, "
             "or --weights FILE on the command line."
         )
-    elif isinstance(spec.weights, W.TorchvisionWeights):
-        fix = (
-            f"On a machine with internet run `python -m cnndemo fetch-weights --models {spec.key}`, "
-            f"then copy {W.hub_checkpoint_dir()} to the same place here (or point TORCH_HOME at "
-            "the copy). You can also load your own checkpoint."
-        )
     else:
-        fix = f"Restore {spec.weights.path} from the repository, or retrain it with `python -m cnndemo train`."
+        fix = spec.weights.fix(spec.key)
     return W.WeightsInfo("random", f"random init (seed {RANDOM_SEED})", f"random{RANDOM_SEED}", reason, fix)
 
 
@@ -124,13 +123,7 @@ def load_published(
     if src is None:
         return _random_info(spec, f"no published weights exist for {spec.name}")
     try:
-        if isinstance(src, W.TorchvisionWeights):
-            path = W.fetch(src, progress=progress)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            ident = f"tv-{src.hash_prefix}"
-        else:
-            state, digest = W.read_bundled(src)
-            ident = f"bundled-{digest[:10]}"
+        state, ident = src.load(progress)
         W.load_into(module, W.drop_prefixes(state, spec.drop_keys), spec.name)
     except W.WeightsError as e:
         return _random_info(spec, str(e))

@@ -7,11 +7,14 @@ builds, loads, hooks and explains models reads these records and never branches 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 from PIL import Image
 from torch import nn
+
+if TYPE_CHECKING:
+    from .weights import WeightSource
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class InputSpec:
     transform: Callable[[Image.Image], torch.Tensor]
     kind: Literal["photo", "digit"] = "photo"
     trained_on: str = "ImageNet-1k photos (1.28 million images, 1,000 classes)"
+    min_side: int = 32  # the smallest input side the architecture runs on (resolution sweeps)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class ModelSpec:
     description: str
     family: str
     builder: Callable[[], nn.Module]
-    weights: object | None  # a cnndemo.weights source (TorchvisionWeights, BundledWeights) or None
+    weights: WeightSource | None  # published (torchvision) or bundled weights, or None
     inputs: InputSpec
     labels: Callable[[], tuple[str, ...]]
     paper: Paper

@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from . import cancel
 from .digits import MNIST_MEAN, MNIST_STD, normalize_digit
 from .images import open_image
-from .predict import to_batch
+from .pipeline import to_batch
 from .runtime import build_random
 from .specs import ModelSpec
 from .weights import pack_state, save_bundled, sha256_file, unpack_state

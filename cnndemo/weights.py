@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -60,10 +61,51 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class TorchvisionWeights:
+class Accuracy:
+    """A weights file's published accuracy, and on what it was measured."""
+
+    acc1: float | None
+    acc5: float | None
+    on: str
+
+
+class WeightSource(ABC):
+    """Where a model's own weights come from: one interface for published and bundled files."""
+
+    downloadable: bool = False  # published on the internet (fetch-weights and prefetch get it)
+
+    @property
+    @abstractmethod
+    def path(self) -> Path: ...
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for people: which weights, which file."""
+
+    @abstractmethod
+    def load(self, progress: ProgressFn | None = None) -> tuple[dict[str, torch.Tensor], str]:
+        """The verified state_dict and a short identity of the file (``WeightsError`` if none)."""
+
+    @abstractmethod
+    def metrics(self) -> Accuracy: ...
+
+    @abstractmethod
+    def fix(self, model_key: str) -> str:
+        """What a person can do when these weights cannot be loaded."""
+
+    def availability(self) -> str:
+        """'cached' when the file is on disk now, 'pretrained' when it can be downloaded, 'none'."""
+        if self.path.exists():
+            return "cached"
+        return "pretrained" if self.downloadable else "none"
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights(WeightSource):
     """Published ImageNet weights, described by torchvision's weights enum."""
 
     enum: object  # a torchvision WeightsEnum member
+    downloadable = True
 
     @property
     def name(self) -> str:
@@ -93,16 +135,27 @@ class TorchvisionWeights:
     def meta(self) -> dict:
         return self.enum.meta
 
-    def metrics(self) -> tuple[float | None, float | None]:
+    def metrics(self) -> Accuracy:
         m = self.enum.meta.get("_metrics", {}).get("ImageNet-1K", {})
-        return m.get("acc@1"), m.get("acc@5")
+        return Accuracy(m.get("acc@1"), m.get("acc@5"), "ImageNet-1K val (torchvision metadata)")
 
     def describe(self) -> str:
         return f"torchvision {self.enum.name} ({self.filename})"
 
+    def load(self, progress: ProgressFn | None = None) -> tuple[dict[str, torch.Tensor], str]:
+        path = fetch(self, progress=progress)
+        return torch.load(path, map_location="cpu", weights_only=True), f"tv-{self.hash_prefix}"
+
+    def fix(self, model_key: str) -> str:
+        return (
+            f"On a machine with internet run `python -m cnndemo fetch-weights --models {model_key}`, "
+            f"then copy {hub_checkpoint_dir()} to the same place here (or point TORCH_HOME at "
+            "the copy). You can also load your own checkpoint."
+        )
+
 
 @dataclass(frozen=True)
-class BundledWeights:
+class BundledWeights(WeightSource):
     """Weights trained by this project and shipped in ``assets/weights`` with a training record."""
 
     filename: str
@@ -121,8 +174,9 @@ class BundledWeights:
         except (OSError, ValueError):
             return {}
 
-    def metrics(self) -> tuple[float | None, float | None]:
-        return self.record().get("test_acc"), None
+    def metrics(self) -> Accuracy:
+        acc = self.record().get("test_acc")
+        return Accuracy(acc, None, "MNIST held-out 1,000 (trained here)" if acc is not None else "-")
 
     def describe(self) -> str:
         record = self.record()
@@ -130,6 +184,13 @@ class BundledWeights:
         tail = f", held-out MNIST accuracy {acc:.1f}%" if acc is not None else ""
         extra = " + printed and scikit-learn digits" if record.get("settings", {}).get("extra") else ""
         return f"trained here on MNIST{extra} ({self.filename}{tail})"
+
+    def load(self, progress: ProgressFn | None = None) -> tuple[dict[str, torch.Tensor], str]:
+        state, digest = read_bundled(self)
+        return state, f"bundled-{digest[:10]}"
+
+    def fix(self, model_key: str) -> str:
+        return f"Restore {self.path} from the repository, or retrain it with `python -m cnndemo train`."
 
 
 WeightsKind = Literal["pretrained", "custom", "random"]
@@ -256,13 +317,14 @@ def fetch(src: TorchvisionWeights, *, progress: ProgressFn | None = None, force:
         return path
 
 
-def availability(source: object | None) -> str:
+def availability(source: WeightSource | None) -> str:
     """'cached' when weights are on disk now, 'pretrained' when published but not here, 'none'."""
-    if source is None:
-        return "none"
-    if source.path.exists():
-        return "cached"
-    return "pretrained" if isinstance(source, TorchvisionWeights) else "none"
+    return "none" if source is None else source.availability()
+
+
+def forget_failures() -> None:
+    """Forget failed downloads, so the next request tries again at once (tests; a fixed network)."""
+    _failures.clear()
 
 
 # --------------------------------------------------------------------------- state dicts

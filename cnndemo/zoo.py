@@ -22,14 +22,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _photo_inputs(weights_enum, size: int) -> InputSpec:
+def _photo_inputs(weights_enum, size: int, min_side: int = 32) -> InputSpec:
     # torchvision's own preset for these weights (resize, centre crop, normalise).
-    return InputSpec((3, size, size), IMAGENET_MEAN, IMAGENET_STD, weights_enum.transforms())
+    return InputSpec((3, size, size), IMAGENET_MEAN, IMAGENET_STD, weights_enum.transforms(), min_side=min_side)
 
 
 def _digit_inputs(size: int) -> InputSpec:
     return InputSpec((1, size, size), MNIST_MEAN, MNIST_STD, DigitTransform(size), kind="digit",
-                     trained_on="MNIST handwritten digits (white strokes on black, 28 × 28)")
+                     trained_on="MNIST handwritten digits (white strokes on black, 28 × 28)", min_side=size)
 
 
 def _categories(weights_enum):
@@ -374,18 +374,30 @@ _R50 = tvm.ResNet50_Weights.IMAGENET1K_V2
 _VGG = tvm.VGG16_Weights.IMAGENET1K_V1
 _SQ = tvm.SqueezeNet1_0_Weights.IMAGENET1K_V1
 
+def _imagenet(enum, size: int, *, published: bool = True, min_side: int = 32, **fields) -> ModelSpec:
+    """A photo model read as the torchvision weights ``enum`` were trained: their preset and
+    categories (and the weights themselves, when ``published``)."""
+    return ModelSpec(weights=TorchvisionWeights(enum) if published else None,
+                     inputs=_photo_inputs(enum, size, min_side), labels=_categories(enum), **fields)
+
+
+def _digit_net(key: str, size: int, **fields) -> ModelSpec:
+    """A digit network trained here: weights in assets/weights/KEY.safetensors, the classifier and
+    the Grad-CAM layer re-initialised by the sanity check."""
+    return ModelSpec(key=key, family="Digits", weights=BundledWeights(f"{key}.safetensors"),
+                     inputs=_digit_inputs(size), labels=_digits, top_layers=("fc", fields["gradcam_layer"]), **fields)
+
+
 ZOO: dict[str, ModelSpec] = {
     s.key: s
     for s in (
-        ModelSpec(
+        _imagenet(
+            _G, 224,
             key="googlenet",
             name="GoogLeNet (Inception v1)",
             description="The 2014 ImageNet winner: nine Inception blocks of parallel 1x1, 3x3 and pooling paths.",
             family="Inception",
             builder=_googlenet,
-            weights=TorchvisionWeights(_G),
-            inputs=_photo_inputs(_G, 224),
-            labels=_categories(_G),
             paper=_PAPERS["googlenet"],
             reference="seeds 002, 003 (d2l GoogLeNet); torchvision models.googlenet",
             blocks=_googlenet_blocks(),
@@ -398,15 +410,13 @@ ZOO: dict[str, ModelSpec] = {
                 _NOTE_3X3B,
             ),
         ),
-        ModelSpec(
+        _imagenet(
+            _G, 224, published=False,
             key="bn_inception",
             name="BN-Inception (Inception v2)",
             description="GoogLeNet with BatchNorm after every conv and 5x5 paths replaced by two 3x3 convs.",
             family="Inception",
             builder=bn_inception,
-            weights=None,
-            inputs=_photo_inputs(_G, 224),
-            labels=_categories(_G),
             paper=_PAPERS["bn"],
             reference="seed 000 (GoogLeNet InceptionV2), built here from its channel table",
             blocks=_bn_inception_blocks(),
@@ -420,15 +430,13 @@ ZOO: dict[str, ModelSpec] = {
                 "Uses the ImageNet preprocessing of torchvision's GoogLeNet weights.",
             ),
         ),
-        ModelSpec(
+        _imagenet(
+            _V3, 299, min_side=75,  # its stem's strides and pools need 75 px
             key="inception_v3",
             name="Inception-v3",
             description="Factorised convolutions (1x7 + 7x1, split 3x3) and grid reductions, read at 299x299.",
             family="Inception",
             builder=_inception_v3,
-            weights=TorchvisionWeights(_V3),
-            inputs=_photo_inputs(_V3, 299),
-            labels=_categories(_V3),
             paper=_PAPERS["v3"],
             reference="seed 004 (common ImageNet models); torchvision models.inception_v3",
             blocks=_inception_v3_blocks(),
@@ -441,15 +449,13 @@ ZOO: dict[str, ModelSpec] = {
                 "num_params counts it, the parameter figures here do not.",
             ),
         ),
-        ModelSpec(
+        _imagenet(
+            _R50, 224,
             key="resnet50",
             name="ResNet-50",
             description="16 bottleneck blocks, each adding a learned residual to an identity or projection shortcut.",
             family="Residual",
             builder=_resnet50,
-            weights=TorchvisionWeights(_R50),
-            inputs=_photo_inputs(_R50, 224),
-            labels=_categories(_R50),
             paper=_PAPERS["resnet"],
             reference="seed 004 (common ImageNet models); torchvision models.resnet50",
             blocks=_bottleneck_blocks((3, 4, 6, 3)),
@@ -457,15 +463,13 @@ ZOO: dict[str, ModelSpec] = {
             default_block="layer3.0",
             top_layers=("fc", "layer4.2"),
         ),
-        ModelSpec(
+        _imagenet(
+            _VGG, 224,
             key="vgg16",
             name="VGG-16",
             description="Thirteen 3x3 convs in five plain stages: deep, simple, and very large.",
             family="Plain",
             builder=_vgg16,
-            weights=TorchvisionWeights(_VGG),
-            inputs=_photo_inputs(_VGG, 224),
-            labels=_categories(_VGG),
             paper=_PAPERS["vgg"],
             reference="seed 004 (common ImageNet models); torchvision models.vgg16",
             blocks=_vgg_stages(),
@@ -474,15 +478,13 @@ ZOO: dict[str, ModelSpec] = {
             top_layers=("classifier",),
             notes=("VGG-16 has no parallel branches: the branch views show its five conv stages.",),
         ),
-        ModelSpec(
+        _imagenet(
+            _SQ, 224,
             key="squeezenet1_0",
             name="SqueezeNet 1.0",
             description="AlexNet-level accuracy from 1.2M parameters: Fire modules squeeze, then expand 1x1 and 3x3.",
             family="Compact",
             builder=_squeezenet1_0,
-            weights=TorchvisionWeights(_SQ),
-            inputs=_photo_inputs(_SQ, 224),
-            labels=_categories(_SQ),
             paper=_PAPERS["squeezenet"],
             reference="seed 004 (common ImageNet models); torchvision models.squeezenet1_0",
             blocks=_fire_blocks(),
@@ -490,54 +492,39 @@ ZOO: dict[str, ModelSpec] = {
             default_block="fire5",
             top_layers=("classifier", "features.12"),
         ),
-        ModelSpec(
-            key="mnist_inception",
+        _digit_net(
+            "mnist_inception", 28,
             name="MNIST Inception net",
             description="Two convs, each followed by a four-branch Inception module; trained here on MNIST.",
-            family="Digits",
             builder=mnist_inception,
-            weights=BundledWeights("mnist_inception.safetensors"),
-            inputs=_digit_inputs(28),
-            labels=_digits,
             paper=_PAPERS["mnist"],
             reference="seed 001 (CNN advanced: GoogLeNet Inception module)",
             blocks=_mnist_inception_blocks(),
             gradcam_layer="incept2",
             default_block="incept1",
-            top_layers=("fc", "incept2"),
             notes=("Pool branch at stride 1 (the text's stride 3 cannot be concatenated).",),
         ),
-        ModelSpec(
-            key="mnist_resnet",
+        _digit_net(
+            "mnist_resnet", 28,
             name="MNIST residual net",
             description="Two convs, each followed by a residual block relu(x + F(x)); trained here on MNIST.",
-            family="Digits",
             builder=mnist_resnet,
-            weights=BundledWeights("mnist_resnet.safetensors"),
-            inputs=_digit_inputs(28),
-            labels=_digits,
             paper=_PAPERS["mnist"],
             reference="seed 001 (CNN advanced: residual network)",
             blocks=_mnist_resnet_blocks(),
             gradcam_layer="rblock2",
             default_block="rblock1",
-            top_layers=("fc", "rblock2"),
         ),
-        ModelSpec(
-            key="d2l_googlenet",
+        _digit_net(
+            "d2l_googlenet", 96,
             name="d2l GoogLeNet (digits)",
             description="The d2l GoogLeNet: five stages, nine Inception blocks, 1 channel at 96x96; trained here.",
-            family="Digits",
             builder=d2l_googlenet,
-            weights=BundledWeights("d2l_googlenet.safetensors"),
-            inputs=_digit_inputs(96),
-            labels=_digits,
             paper=_PAPERS["d2l"],
             reference="seeds 002, 003 (d2l GoogLeNet)",
             blocks=_d2l_blocks(),
             gradcam_layer="b5.1",
             default_block="inception4c",
-            top_layers=("fc", "b5.1"),
         ),
     )
 }
@@ -545,6 +532,10 @@ ZOO: dict[str, ModelSpec] = {
 FAMILIES = ("Inception", "Residual", "Plain", "Compact", "Digits")
 IMAGENET_KEYS = tuple(k for k, s in ZOO.items() if s.inputs.kind == "photo")
 DIGIT_KEYS = tuple(k for k, s in ZOO.items() if s.inputs.kind == "digit")
+# The model every view opens with, and the digit network whose branch maps and attribution the
+# Digits tab shows (the first digit network, in zoo order, with parallel branches).
+DEFAULT_MODEL = "googlenet"
+DIGIT_SHOWCASE = next(k for k in DIGIT_KEYS if ZOO[k].has_branches)
 
 
 def get_spec(key: str) -> ModelSpec:

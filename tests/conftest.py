@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "assets" / "examples"
 
 
 def pytest_configure(config):
@@ -24,7 +25,7 @@ def pytest_configure(config):
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["HF_HUB_OFFLINE"] = "1"
     config.addinivalue_line("markers", "browser: real-browser tests (Playwright + Debian chromium)")
-    config.addinivalue_line("markers", "slow: tests that take more than a few seconds")
+    config.addinivalue_line("markers", "slow: the longest tests (training, a class of 30, chromium); -m 'not slow' skips them")
 
 
 def free_port() -> int:
@@ -100,3 +101,15 @@ def client(app_server):
     from gradio_client import Client
 
     return Client(app_server.url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def examples() -> Path:
+    """The example photos shipped with the app."""
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def cat(examples) -> Path:
+    """The example image most tests use."""
+    return examples / "cat.jpg"

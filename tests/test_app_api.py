@@ -5,36 +5,32 @@ from __future__ import annotations
 import pytest
 from gradio_client import handle_file
 
-from conftest import ROOT
-
-EXAMPLE = str(ROOT / "assets" / "examples" / "cat.jpg")
-
 
 def test_app_starts_quickly(app_server):
     # Cold start to first HTTP 200 (the figure itself is measured by `python -m cnndemo bench-startup`).
     assert app_server.startup_s < 60
 
 
-def test_predict_endpoint(client):
-    label, seen, info, banner, raw = client.predict(image=handle_file(EXAMPLE), model="googlenet", api_name="/predict")
+def test_predict_endpoint(client, cat):
+    label, seen, info, banner, raw = client.predict(image=handle_file(str(cat)), model="googlenet", api_name="/predict")
     assert len(label["confidences"]) == 5
     assert raw["model"] == "googlenet" and raw["weights"] == "random" and len(raw["top"]) == 5
     assert "Untrained weights" in banner
     assert seen and "ms" in info
 
 
-def test_predict_endpoint_rejects_non_images_clearly(client, tmp_path):
+def test_predict_endpoint_rejects_non_images_clearly(client, tmp_path, cat):
     bad = tmp_path / "notes.jpg"
     bad.write_text("hello, not an image")
     with pytest.raises(Exception, match="text file"):
         client.predict(image=handle_file(str(bad)), model="googlenet", api_name="/predict")
     # ...and the server keeps serving.
-    raw = client.predict(image=handle_file(EXAMPLE), model="squeezenet1_0", api_name="/predict")[4]
+    raw = client.predict(image=handle_file(str(cat)), model="squeezenet1_0", api_name="/predict")[4]
     assert raw["model"] == "squeezenet1_0"
 
 
-def test_branches_and_ablate_endpoints(client):
-    img = handle_file(EXAMPLE)
+def test_branches_and_ablate_endpoints(client, cat):
+    img = handle_file(str(cat))
     panel, note, share, depth, table, data = client.predict(
         image=img, model="googlenet", block="inception4c", api_name="/branches"
     )

@@ -24,9 +24,8 @@ from cnndemo.attribution import (
 from cnndemo.runtime import STORE, build_random
 from cnndemo.taps import hook_count
 from cnndemo.zoo import ZOO
-from conftest import ROOT
 
-CAT = str(ROOT / "assets" / "examples" / "cat.jpg")
+
 FAST = Settings(steps=4, samples=2, window=56, stride=56)
 
 
@@ -51,20 +50,20 @@ def test_guided_backprop_differs_from_plain_gradients(key):
 
 
 @pytest.mark.parametrize("key", ["googlenet", "inception_v3"])
-def test_guided_gradcam_differs_from_gradcam_times_plain_gradient(key):
+def test_guided_gradcam_differs_from_gradcam_times_plain_gradient(key, cat):
     lm = STORE.get(key)
-    a = attribute(CAT, lm, "guided_gradcam", scores=False)
-    g = attribute(CAT, lm, "gradcam", target=a.target, layer=a.layer, scores=False)
-    plain = _grad(lm.module, _input(lm), a.target)[0].numpy()
+    a = attribute(cat, lm, "guided_gradcam", scores=False)
+    g = attribute(cat, lm, "gradcam", target=a.target, layer=a.layer, scores=False)
+    plain = _grad(lm.module, _input(lm, cat), a.target)[0].numpy()
     naive = plain * g.attr[None]  # what Guided Grad-CAM silently becomes with functional ReLUs
     assert a.attr.shape == naive.shape
     assert np.abs(a.attr - naive).mean() > 0.05 * np.abs(naive).mean()
 
 
-def _input(lm):
-    from cnndemo.predict import load_for, to_batch
+def _input(lm, cat):
+    from cnndemo.pipeline import load_for, to_batch
 
-    return to_batch(lm.spec, load_for(lm.spec, CAT), lm.device)
+    return to_batch(lm.spec, load_for(lm.spec, cat), lm.device)
 
 
 def test_deeplift_is_right_on_resnet_only_with_unique_relus():
@@ -83,18 +82,18 @@ def test_deeplift_is_right_on_resnet_only_with_unique_relus():
         DeepLift(model).attribute(x, baselines=base, target=1, return_convergence_delta=True)
 
 
-def test_attribution_copy_computes_the_same_logits():
+def test_attribution_copy_computes_the_same_logits(cat):
     for key in ("googlenet", "inception_v3", "resnet50"):
         lm = STORE.get(key)
-        x = _input(lm)
+        x = _input(lm, cat)
         with torch.no_grad():
             assert torch.equal(attribution_model(lm)(x), lm.module(x))
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_on_squeezenet_and_a_digit_net(method):
+def test_every_method_on_squeezenet_and_a_digit_net(method, cat):
     for key in ("squeezenet1_0", "mnist_inception"):
-        a = attribute(CAT, key, method, settings=FAST)
+        a = attribute(cat, key, method, settings=FAST)
         c, h, w = ZOO[key].input_size
         expected = (h, w) if METHODS[method].kind == "cam" else (c, h, w)
         assert a.attr.shape == expected and np.isfinite(a.attr).all()
@@ -103,24 +102,24 @@ def test_every_method_on_squeezenet_and_a_digit_net(method):
         assert a.deletion.probs[0] == pytest.approx(a.prob, rel=1e-4)
 
 
-def test_gradcam_on_blocks_and_single_branches():
+def test_gradcam_on_blocks_and_single_branches(cat):
     spec = ZOO["googlenet"]
     assert "inception4d" in layer_choices(spec) and "inception4d/3x3" in layer_choices(spec)
     lm = STORE.get("googlenet")
-    whole = attribute(CAT, lm, "gradcam", layer="inception4d", scores=False)
-    branch = attribute(CAT, lm, "gradcam", layer="inception4d/3x3", scores=False)
+    whole = attribute(cat, lm, "gradcam", layer="inception4d", scores=False)
+    branch = attribute(cat, lm, "gradcam", layer="inception4d/3x3", scores=False)
     assert branch.layer == "inception4d/3x3" and whole.attr.shape == branch.attr.shape == (224, 224)
     norm = lambda a: a / (np.abs(a).max() or 1.0)  # noqa: E731  (random-init maps are tiny)
     assert np.abs(norm(whole.attr) - norm(branch.attr)).mean() > 0.01
-    split = attribute(CAT, "inception_v3", "gradcam", layer="Mixed_7b/3x3", scores=False)
+    split = attribute(cat, "inception_v3", "gradcam", layer="Mixed_7b/3x3", scores=False)
     assert split.attr.shape == (299, 299)
     with pytest.raises(ValueError, match="no module of its own"):
-        attribute(CAT, "inception_v3", "gradcam", layer="Mixed_6a/pool", scores=False)
+        attribute(cat, "inception_v3", "gradcam", layer="Mixed_6a/pool", scores=False)
     with pytest.raises(KeyError, match="no layer"):
-        attribute(CAT, lm, "gradcam", layer="inception9z", scores=False)
+        attribute(cat, lm, "gradcam", layer="inception9z", scores=False)
 
 
-def test_targets_by_index_and_name():
+def test_targets_by_index_and_name(cat):
     spec = ZOO["googlenet"]
     logits = torch.zeros(1, 1000)
     logits[0, 7] = 5
@@ -133,7 +132,7 @@ def test_targets_by_index_and_name():
         resolve_target(spec, "terrier", logits)
     with pytest.raises(ValueError, match="out of range"):
         resolve_target(spec, 1000, logits)
-    a = attribute(CAT, "squeezenet1_0", "saliency", target="coffee mug", scores=False)
+    a = attribute(cat, "squeezenet1_0", "saliency", target="coffee mug", scores=False)
     assert a.target == 504 and a.label == "coffee mug"
 
 
@@ -195,14 +194,14 @@ def test_sanity_uses_a_copy_with_reinitialised_top_layers():
     assert changed and all(n.startswith(("classifier", "features.12")) for n in changed)
 
 
-def test_concurrent_attributions_equal_their_serial_results():
+def test_concurrent_attributions_equal_their_serial_results(cat):
     jobs = [("googlenet", "gradcam", None), ("googlenet", "guided_backprop", None), ("googlenet", "gradcam", 504)]
-    serial = [attribute(CAT, k, m, target=t, scores=False).attr for k, m, t in jobs]
+    serial = [attribute(cat, k, m, target=t, scores=False).attr for k, m, t in jobs]
     results: dict = {}
 
     def work(i, job):
         k, m, t = job
-        results[i] = attribute(CAT, k, m, target=t, scores=False).attr
+        results[i] = attribute(cat, k, m, target=t, scores=False).attr
 
     threads = [threading.Thread(target=work, args=(i, j)) for i, j in enumerate(jobs * 2)]
     for t in threads:
@@ -215,13 +214,13 @@ def test_concurrent_attributions_equal_their_serial_results():
     assert hook_count(lm.module) == 0 and hook_count(attribution_model(lm)) == 0
 
 
-def test_an_all_zero_map_still_renders():
+def test_an_all_zero_map_still_renders(cat):
     """Occlusion on an untrained net can give exactly zero everywhere; Captum cannot scale that."""
     import dataclasses
 
     from cnndemo import render
 
-    a = attribute(CAT, "squeezenet1_0", "saliency", scores=False)
+    a = attribute(cat, "squeezenet1_0", "saliency", scores=False)
     zero = dataclasses.replace(a, attr=np.zeros_like(a.attr))
     overlay, signed = render.attribution_views(zero)
     assert overlay.size[0] > 100 and signed.size[0] > 100

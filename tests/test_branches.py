@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from cnndemo.branches import CACHE, ablate, block_infos, explore
+from cnndemo import cache
+from cnndemo.branches import ablate, block_infos, explore
 from cnndemo.runtime import STORE, build_random
 from cnndemo.taps import hook_count, merge, run_with_taps
 from cnndemo.zoo import ZOO
-from conftest import ROOT
 from images_factory import gradient, save
-
-CAT = str(ROOT / "assets" / "examples" / "cat.jpg")
 
 
 @pytest.mark.parametrize("key", list(ZOO))
@@ -102,14 +100,14 @@ def test_resnet_residual_plus_shortcut_is_the_pre_relu_sum():
     assert torch.equal(residual + shortcut, pre_relu["last"])
 
 
-def test_explore_is_cached_and_runs_one_forward(tmp_path):
-    CACHE.clear()
+def test_explore_is_cached_and_runs_one_forward(tmp_path, cat):
+    cache.reset_all()
     lm = STORE.get("googlenet")
     calls = []
     h = lm.module.register_forward_pre_hook(lambda m, i: calls.append(1))
     try:
-        a = explore(CAT, lm)
-        b = explore(CAT, lm)
+        a = explore(cat, lm)
+        b = explore(cat, lm)
     finally:
         h.remove()
     # The second call is served from the cache: the same maps and prediction, no forward pass.
@@ -121,33 +119,33 @@ def test_explore_is_cached_and_runs_one_forward(tmp_path):
             assert br.mean_map.shape == br.info.shape[1:] and br.top_maps.shape[0] == len(br.top_channels)
 
 
-def test_ablation_changes_logits_and_never_the_shared_model():
+def test_ablation_changes_logits_and_never_the_shared_model(cat):
     lm = STORE.get("bn_inception")
-    x_pred = explore(CAT, lm, use_cache=False).prediction
+    x_pred = explore(cat, lm, use_cache=False).prediction
     before_state = {k: v.clone() for k, v in lm.module.state_dict().items()}
-    res = ablate(CAT, lm, "inception4c", "double_3x3")
+    res = ablate(cat, lm, "inception4c", "double_3x3")
     assert res.before.top == x_pred.top
     assert [t.prob for t in res.after.top] != [t.prob for t in res.before.top]
-    mean = ablate(CAT, lm, "inception4c", "double_3x3", mode="mean")
+    mean = ablate(cat, lm, "inception4c", "double_3x3", mode="mean")
     assert mean.after.top != res.after.top
     after_state = lm.module.state_dict()
     assert all(torch.equal(before_state[k], after_state[k]) for k in before_state)
     assert hook_count(lm.module) == 0
-    assert explore(CAT, lm, use_cache=False).prediction.top == x_pred.top
+    assert explore(cat, lm, use_cache=False).prediction.top == x_pred.top
 
 
-def test_ablation_refusals():
+def test_ablation_refusals(cat):
     with pytest.raises(ValueError, match="no parallel branches"):
-        ablate(CAT, "vgg16", "stage2", "output")
+        ablate(cat, "vgg16", "stage2", "output")
     with pytest.raises(KeyError, match="no branch"):
-        ablate(CAT, "googlenet", "inception4a", "5x5")
+        ablate(cat, "googlenet", "inception4a", "5x5")
     with pytest.raises(ValueError, match="mode"):
-        ablate(CAT, "googlenet", "inception4a", "1x1", mode="half")
+        ablate(cat, "googlenet", "inception4a", "1x1", mode="half")
 
 
-def test_concurrent_captures_never_mix(tmp_path):
+def test_concurrent_captures_never_mix(tmp_path, cat):
     other = save(gradient(300, 200), tmp_path / "g.png")
-    jobs = [("googlenet", CAT), ("googlenet", str(other)), ("squeezenet1_0", CAT), ("squeezenet1_0", str(other))]
+    jobs = [("googlenet", cat), ("googlenet", str(other)), ("squeezenet1_0", cat), ("squeezenet1_0", str(other))]
     serial = {j: explore(j[1], j[0], use_cache=False) for j in jobs}
     results: dict = {}
     errors = []

@@ -7,21 +7,21 @@ import threading
 import time
 
 import httpx
+import pytest
 from PIL import Image
-
-from conftest import ROOT, AppServer
+from conftest import AppServer
 from test_public_api import raw_call, upload
 
-CAT = ROOT / "assets" / "examples" / "cat.jpg"
 STUDENTS = 30
 ROUNDS = 5
 
 
-def test_thirty_identical_predictions_all_download_whole(app_server):
+@pytest.mark.slow
+def test_thirty_identical_predictions_all_download_whole(app_server, cat):
     """Identical requests produce identical output images, which Gradio names by their hash:
     written in place, one request truncated another's download. Each answer's image must
     arrive whole (its Content-Length, and an image that decodes)."""
-    fd = upload(app_server, CAT)
+    fd = upload(app_server, cat)
     raw_call(app_server, "predict", [fd, "googlenet"])  # load the model once
     failures: list[str] = []
     for rnd in range(ROUNDS):
@@ -49,12 +49,13 @@ def test_thirty_identical_predictions_all_download_whole(app_server):
     assert not failures, failures[:5]
 
 
-def test_a_student_over_the_queue_limit_is_told_the_queue_is_full():
+@pytest.mark.slow
+def test_a_student_over_the_queue_limit_is_told_the_queue_is_full(cat):
     """One worker, a waiting room of 3: of 10 students clicking at once, the ones that find
     the queue full are told so at once (HTTP 503, Gradio's message), and the rest are served."""
     server = AppServer(extra_env={"CNNDEMO_WORKERS": "1", "CNNDEMO_QUEUE_MAX": "3"})
     try:
-        fd = upload(server, CAT)
+        fd = upload(server, cat)
         raw_call(server, "predict", [fd, "googlenet"])
         barrier = threading.Barrier(10)
         served, refused, other = [], [], []

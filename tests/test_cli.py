@@ -14,8 +14,6 @@ from cnndemo.zoo import ZOO
 from conftest import ROOT
 from images_factory import gradient, save
 
-EXAMPLE = str(ROOT / "assets" / "examples" / "cat.jpg")
-
 
 def run_json(capsys, *argv) -> tuple[int, list]:
     rc = main(list(argv))
@@ -37,35 +35,35 @@ def test_models_json(capsys):
     assert by_key["inception_v3"]["input_size"] == [3, 299, 299]
 
 
-def test_predict_json_one_line_per_image(capsys, tmp_path):
+def test_predict_json_one_line_per_image(capsys, tmp_path, cat):
     other = save(gradient(), tmp_path / "g.png")
-    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--top", "3", "--json", EXAMPLE, str(other))
+    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--top", "3", "--json", str(cat), str(other))
     assert rc == 0 and len(rows) == 2
-    for row, img in zip(rows, (EXAMPLE, str(other))):
+    for row, img in zip(rows, (str(cat), str(other))):
         assert row["image"] == img and row["model"] == "squeezenet1_0"
         assert row["weights"] == "random"
         assert len(row["top"]) == 3 and {"label", "index", "prob"} == set(row["top"][0])
         assert row["top"][0]["prob"] >= row["top"][1]["prob"] and row["ms"] > 0
 
 
-def test_predict_errors_are_json_and_exit_nonzero(capsys, tmp_path):
+def test_predict_errors_are_json_and_exit_nonzero(capsys, tmp_path, cat):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
-    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--json", EXAMPLE, str(bad))
+    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--json", str(cat), str(bad))
     assert rc == 1
     assert "top" in rows[0]
     assert rows[1]["image"] == str(bad) and "text file" in rows[1]["error"]
 
 
-def test_predict_with_own_weights(capsys, tmp_path):
+def test_predict_with_own_weights(capsys, tmp_path, cat):
     model = build_random(ZOO["squeezenet1_0"])
     ckpt = tmp_path / "sq.pth"
     torch.save(model.state_dict(), ckpt)
-    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--weights", str(ckpt), "--json", EXAMPLE)
+    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--weights", str(ckpt), "--json", str(cat))
     assert rc == 0 and rows[0]["weights"] == "custom"
     wrong = tmp_path / "wrong.pth"
     torch.save(build_random(ZOO["mnist_resnet"]).state_dict(), wrong)
-    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--weights", str(wrong), "--json", EXAMPLE)
+    rc, rows = run_json(capsys, "predict", "--model", "squeezenet1_0", "--weights", str(wrong), "--json", str(cat))
     assert rc == 2 and "does not fit" in rows[0]["error"]
 
 
@@ -76,9 +74,9 @@ def test_fetch_weights_offline_fails_honestly(capsys):
     assert rows[1]["status"] == "skipped"
 
 
-def test_module_entry_point():
+def test_module_entry_point(cat):
     out = subprocess.run(
-        [sys.executable, "-m", "cnndemo", "--offline", "predict", "--model", "squeezenet1_0", "--json", EXAMPLE],
+        [sys.executable, "-m", "cnndemo", "--offline", "predict", "--model", "squeezenet1_0", "--json", str(cat)],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )
     assert out.returncode == 0, out.stderr

@@ -16,10 +16,9 @@ from cnndemo.profile import (
     reduction_savings,
     stage_costs,
 )
-from cnndemo.weights import TorchvisionWeights
 from cnndemo.zoo import ZOO
 
-TV = [k for k, s in ZOO.items() if isinstance(s.weights, TorchvisionWeights)]
+TV = [k for k, s in ZOO.items() if s.weights is not None and s.weights.downloadable]
 
 
 @pytest.mark.parametrize("key", TV)

@@ -21,13 +21,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from conftest import ROOT, AppServer
+from conftest import AppServer
 from images_factory import bomb_png, gradient, save
 
 from cnndemo.ui.serving import NOT_UPLOADED
-
-CAT = ROOT / "assets" / "examples" / "cat.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +74,7 @@ def cpu_seconds(pid: int) -> float:
 # ----------------------------------------------------------------------------- 1. file reads
 
 
-def test_no_endpoint_opens_a_server_path(server, tmp_path):
+def test_no_endpoint_opens_a_server_path(server, tmp_path, cat):
     secret = save(gradient(300, 300), tmp_path / "private.png")
     symlink = Path(server.uploads) / f"link-{uuid.uuid4().hex}.png"
     symlink.symlink_to(secret)
@@ -103,7 +100,7 @@ def test_no_endpoint_opens_a_server_path(server, tmp_path):
             if api != "load_checkpoint" and not variant:
                 assert answers == {NOT_UPLOADED}
     # An upload still works, through the same route.
-    kind, payload = raw_call(server, "predict", [upload(server, CAT), "googlenet"])
+    kind, payload = raw_call(server, "predict", [upload(server, cat), "googlenet"])
     assert kind == "complete" and payload[4]["model"] == "googlenet"
 
 
@@ -154,8 +151,8 @@ def test_checkpoint_zip_bomb_is_refused_before_inflating(server, tmp_path):
 # ----------------------------------------------------------------------------- 3. cancellation, budget
 
 
-def test_work_over_budget_is_refused_up_front(server):
-    fd = upload(server, CAT)
+def test_work_over_budget_is_refused_up_front(server, cat):
+    fd = upload(server, cat)
     t0 = time.monotonic()
     kind, payload = raw_call(server, "attribute", [fd, "googlenet", "occlusion", None, None, 16, 8, 4, 2])
     assert kind == "error" and "TFLOP" in error_text(payload) and "limit of 6 TFLOP" in error_text(payload)
@@ -168,6 +165,7 @@ def test_work_over_budget_is_refused_up_front(server):
     assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.slow
 def test_cancelled_training_stops_within_a_second(server):
     """Four submit-then-cancel trainings: every thread stops, and the CPU goes quiet."""
     session = uuid.uuid4().hex
@@ -228,11 +226,11 @@ def test_input_notes_belong_to_the_request(server, tmp_path):
     assert "pages" not in second[2] and "no conversion needed" in second[2]
 
 
-def test_attribution_downloads_live_in_gradios_cache(server):
+def test_attribution_downloads_live_in_gradios_cache(server, cat):
     import tempfile
 
     outside_before = set(Path(tempfile.gettempdir()).glob("cnndemo-*"))
-    kind, payload = raw_call(server, "attribute", [upload(server, CAT), "squeezenet1_0", "saliency", None, None, 4, 1, 32, 24])
+    kind, payload = raw_call(server, "attribute", [upload(server, cat), "squeezenet1_0", "saliency", None, None, 4, 1, 32, 24])
     assert kind == "complete"
     files = payload[5]
     assert len(files) == 3

@@ -12,16 +12,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from cnndemo import prefetch
 from cnndemo import weights as W
 from cnndemo.predict import predict
 from cnndemo.runtime import STORE
 from cnndemo.zoo import ZOO
-from conftest import ROOT
-
-CAT = ROOT / "assets" / "examples" / "cat.jpg"
 
 
 def test_space_conventions_for_host_and_port(monkeypatch):
@@ -41,17 +37,18 @@ def test_space_conventions_for_host_and_port(monkeypatch):
     assert app.demo is not None  # built at import, for Spaces and `gradio app.py`
 
 
-def test_app_started_as_a_space_listens_everywhere_and_predicts():
+@pytest.mark.slow
+def test_app_started_as_a_space_listens_everywhere_and_predicts(cat):
     from gradio_client import Client, handle_file
 
     from cnndemo.classroom import start_server
-    from cnndemo.cli_views import _listening_on_all_interfaces
+    from cnndemo.cli.space import _listening_on_all_interfaces
 
     server = start_server(app_args=("--offline",), timeout=90, as_space=True)
     try:
         assert _listening_on_all_interfaces(server.port)
         raw = Client(server.url, verbose=False).predict(
-            image=handle_file(str(CAT)), model="googlenet", api_name="/predict")[-1]
+            image=handle_file(str(cat)), model="googlenet", api_name="/predict")[-1]
         assert raw["model"] == "googlenet" and len(raw["top"]) == 5
     finally:
         server.stop()
@@ -97,10 +94,10 @@ def mirror_files(root: Path, sizes: dict[str, int]) -> list[tuple[str, W.Torchvi
 
 @pytest.fixture
 def private_hub(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("CNNDEMO_OFFLINE", "0")
-    W._failures.clear()
-    return tmp_path / "hub" / "checkpoints"
+    W.forget_failures()
+    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 def test_prefetch_fetches_smallest_first_verified(tmp_path, private_hub, monkeypatch):
@@ -127,28 +124,28 @@ def test_published_sources_are_ordered_by_size():
     assert sizes == sorted(sizes) and keys[0] == "squeezenet1_0" and keys[-1] == "vgg16"
 
 
-def _latencies(n: int = 15) -> list[float]:
+def _latencies(cat, n: int = 15) -> list[float]:
     lm = STORE.get("mnist_resnet")
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        predict(CAT, lm)
+        predict(cat, lm)
         out.append(time.perf_counter() - t0)
     return out
 
 
-def test_prefetch_does_not_delay_a_first_request(tmp_path, private_hub, monkeypatch):
+def test_prefetch_does_not_delay_a_first_request(tmp_path, private_hub, monkeypatch, cat):
     """A request during the prefetch takes about as long as without it (medians compared)."""
     sources = mirror_files(tmp_path / "mirror", {"a": 3_000_000, "b": 3_000_000})
     mirror = SlowMirror(tmp_path / "mirror", rate=1_500_000)
     monkeypatch.setenv("CNNDEMO_WEIGHTS_URL", mirror.url)
     try:
-        _latencies(3)  # warm
-        alone = statistics.median(_latencies())
+        _latencies(cat, 3)  # warm
+        alone = statistics.median(_latencies(cat))
         thread = prefetch.start(sources)
         time.sleep(0.3)
         assert prefetch.status().running
-        during = statistics.median(_latencies())
+        during = statistics.median(_latencies(cat))
         assert prefetch.status().running, "the prefetch finished before the measurement did"
         thread.join(timeout=30)
     finally:

@@ -30,15 +30,15 @@ SQ = ZOO["squeezenet1_0"]
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    """A private torch hub dir for one test."""
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    return tmp_path / "hub" / "checkpoints"
+    """A private torch hub dir for one test (torch reads TORCH_HOME on every lookup)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 @pytest.fixture
 def online(monkeypatch):
     monkeypatch.setenv("CNNDEMO_OFFLINE", "0")
-    W._failures.clear()
+    W.forget_failures()
 
 
 def published_checkpoint(tmp_path: Path) -> tuple[Path, str, dict]:
@@ -130,6 +130,7 @@ def test_tampered_cache_is_refused_offline_and_fetched_again_online(tmp_path, hu
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.slow
 def test_black_holed_network_gives_up_quickly(tmp_path, hub, online):
     """A server that accepts connections and never answers: the fetch must give up."""
     sock = socket.socket()

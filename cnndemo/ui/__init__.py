@@ -7,7 +7,7 @@ import os
 import gradio as gr
 
 from . import attributions, compare, digits, explore
-from .common import CSS, EXAMPLES_DIR, PRESENTER_JS, tune_allocator, weights_status
+from .common import CSS, EXAMPLES_DIR, PRESENTER_JS, by_name, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
 from ..runtime import configure_threads
 from ..weights import is_offline
@@ -66,7 +66,8 @@ def build_demo() -> gr.Blocks:
         ticker = gr.Timer(2.0, active=False)
         demo.load(weights_status, None, [status, ticker], api_visibility="private")
         ticker.tick(weights_status, None, [status, ticker], api_visibility="private")
-        demo.load(compare.on_load, None, compare.load_outputs(cmp), api_visibility="private")
+        load, loaded = by_name(compare.on_load, cmp, compare.LOADED)
+        demo.load(load, None, loaded, api_visibility="private")
         demo.load(lambda: explore.on_load(ex), None, [ex["arch"], ex["diagram"]], api_visibility="private")
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
     return demo

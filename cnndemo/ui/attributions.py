@@ -10,10 +10,11 @@ import pandas as pd
 
 from .. import render
 from ..branches import explore
-from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, check_budget, layer_choices
-from ..zoo import ZOO
+from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, check_budget, get_method, layer_choices
+from ..pipeline import prepare
+from ..zoo import DEFAULT_MODEL, ZOO
 from .serving import download_path
-from .common import MODEL_GROUP, examples, get_model, gr_progress, image_input, model_choices, user_errors, weights_banner, weights_kind
+from .common import MODEL_GROUP, by_name, examples, get_model, gr_progress, image_input, model_choices, user_errors, weights_banner, weights_kind
 
 SCORE_HELP = (
     "**Sanity** (Adebayo et al. 2018): rank correlation between this map and the same method's map "
@@ -99,7 +100,7 @@ def attribute_steps(
     Args:
         image: the image (an upload).
         model: a zoo key.
-        method: ig, saliency, smoothgrad, gradcam, guided_gradcam, occlusion, guided_backprop, deeplift or gradient_shap.
+        method: {methods}.
         target: a class index or name; empty for the top prediction.
         layer: the Grad-CAM layer (a block, or block/branch); empty for the model's default.
         steps: Integrated Gradients steps (4-128).
@@ -110,21 +111,24 @@ def attribute_steps(
     if not image:
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint, progress)
-    layer = layer if (layer and METHODS[method].uses_layer) else None
+    layer = layer if (layer and get_method(method).uses_layer) else None
     settings = _settings(steps, samples, window, stride)
     # The map is shown before its scores; refuse now if map and scores together are over budget.
     check_budget(lm.spec, method, settings, scores=True)
-    a = attribute(image, lm, method, target=target or None, layer=layer,
+    inp = prepare(image, lm)  # decoded once, for the map and for its scores
+    a = attribute(inp, lm, method, target=target or None, layer=layer,
                   settings=settings, scores=False, progress=gr_progress(progress))
     overlay, signed = render.attribution_views(a)
-    yield (overlay, signed, scores_markdown(a) + "  \n*Computing the sanity and deletion scores...*", None,
-           a.to_json(), None, weights_banner(lm.weights, model))
-    a = add_scores(a, image, lm, progress=gr_progress(progress))
+    banner = weights_banner(lm.weights, model)
+    yield {"overlay": overlay, "signed": signed, "json": a.to_json(), "files": None, "banner": banner,
+           "scores": scores_markdown(a) + "  \n*Computing the sanity and deletion scores...*", "deletion": None}
+    a = add_scores(a, inp, lm, progress=gr_progress(progress))
     files = [_save(overlay, a, "overlay.png"), _save(signed, a, "signed.png"), _save(None, a, "attr.npy")]
-    yield overlay, signed, scores_markdown(a), deletion_frame(a), a.to_json(), files, weights_banner(lm.weights, model)
+    yield {"overlay": overlay, "signed": signed, "json": a.to_json(), "files": files, "banner": banner,
+           "scores": scores_markdown(a), "deletion": deletion_frame(a)}
 
 
-run_attribute = user_errors(attribute_steps)
+attribute_steps.__doc__ = attribute_steps.__doc__.format(methods=", ".join(METHODS))
 
 
 @user_errors
@@ -141,11 +145,12 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
     if not image:
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint, progress)
+    inp = prepare(image, lm)
     items, titles = [], []
     for i, (key, meth) in enumerate(METHODS.items()):
         progress(i / len(METHODS), desc=f"{meth.name} ({i + 1} of {len(METHODS)})")
         try:
-            a = attribute(image, lm, key, target=target or None, layer=layer if meth.uses_layer else None, scores=False)
+            a = attribute(inp, lm, key, target=target or None, layer=layer if meth.uses_layer else None, scores=False)
             items.append(a)
             titles.append(f"{meth.name}\n{a.label} · {a.ms:.0f} ms")
         except (ValueError, KeyError) as e:
@@ -181,9 +186,13 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
     return render.attribution_grid(items, titles, cols=cols), rows
 
 
-def _cleared(model: str):
+RESULTS = ("overlay", "signed", "scores", "deletion", "json", "files", "banner")
+
+
+def _cleared(model: str) -> dict:
     """Empty results, and the banner of the model now selected (no result, no stale names)."""
-    return None, None, "", None, None, None, weights_banner(None, model), None
+    return {"overlay": None, "signed": None, "scores": "", "deletion": None, "json": None, "files": None,
+            "banner": weights_banner(None, model), "grid": None}
 
 
 def _layer_update(key: str):
@@ -212,9 +221,9 @@ def build(checkpoint_state: gr.State) -> dict:
         with gr.Column(scale=4):
             c["image"] = image_input(sources=["upload", "webcam", "clipboard"], label="Image", height=280, elem_id="attr-image")
             gr.Examples(examples(), inputs=[c["image"]], label="Example photos")
-            c["model"] = gr.Dropdown(model_choices(), value="googlenet", label="Model", elem_id="attr-model")
+            c["model"] = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model", elem_id="attr-model")
             c["method"] = gr.Dropdown(method_choices(), value="ig", label="Method")
-            c["layer"] = gr.Dropdown(layer_choices(ZOO["googlenet"]), value=ZOO["googlenet"].gradcam_layer,
+            c["layer"] = gr.Dropdown(layer_choices(ZOO[DEFAULT_MODEL]), value=ZOO[DEFAULT_MODEL].gradcam_layer,
                                      label="Grad-CAM layer (a block, or one branch of it)", allow_custom_value=True)
             c["target"] = gr.Dropdown([], value=None, allow_custom_value=True,
                                       filterable=True, label="Target class (empty: the top prediction; or type any class name or index)")
@@ -238,7 +247,7 @@ def build(checkpoint_state: gr.State) -> dict:
     gr.Markdown("### Side by side: one method across models")
     with gr.Row():
         c["cmp_models"] = gr.Dropdown(
-            model_choices("photo"), value=["googlenet", "bn_inception", "resnet50"], multiselect=True,
+            model_choices("photo"), value=[DEFAULT_MODEL, "bn_inception", "resnet50"], multiselect=True,
             max_choices=6, label="Models (2 to 6)", scale=4,
         )
         c["cmp_method"] = gr.Dropdown(method_choices(), value="gradcam", label="Method", scale=2)
@@ -248,10 +257,11 @@ def build(checkpoint_state: gr.State) -> dict:
                                   label="top-1 per model")
 
     knob_list = list(c["knobs"])
+    run, outputs = by_name(attribute_steps, c, RESULTS)
     c["run"].click(
-        run_attribute,
+        user_errors(run),
         [c["image"], c["model"], c["method"], c["target"], c["layer"], *knob_list, checkpoint_state],
-        [c["overlay"], c["signed"], c["scores"], c["deletion"], c["json"], c["files"], c["banner"]],
+        outputs,
         api_name="attribute",
         concurrency_id=MODEL_GROUP,
     )
@@ -265,9 +275,9 @@ def build(checkpoint_state: gr.State) -> dict:
     )
     c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private")
     # A map belongs to one model, image and setting: when any of them changes, it goes.
-    results = [c["overlay"], c["signed"], c["scores"], c["deletion"], c["json"], c["files"]]
+    cleared, cleared_outputs = by_name(_cleared, c, (*RESULTS, "grid"))
     gr.on([c["model"].change, c["image"].change, c["method"].input, c["target"].input, c["layer"].input],
-          _cleared, [c["model"]], [*results, c["banner"], c["grid"]], api_visibility="private", queue=False)
+          cleared, [c["model"]], cleared_outputs, api_visibility="private", queue=False)
     gr.on([c["image"].change, c["cmp_models"].change, c["cmp_method"].input], lambda: (None, None), None,
           [c["cmp_grid"], c["cmp_table"]], api_visibility="private", queue=False)
     gr.on([c["model"].change, c["image"].change], _target_update, [c["image"], c["model"], checkpoint_state],
@@ -287,15 +297,16 @@ def compact_panel(explore: dict, checkpoint_state: gr.State) -> None:
         scores = gr.Markdown()
         gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
     d = DEFAULT
+    shown = {"overlay": overlay, "signed": signed, "scores": scores}
 
-    @user_errors
     def compact(image, model, meth, checkpoint, progress=gr.Progress()):
         for out in attribute_steps(image, model, meth, None, None, d.steps, d.samples, d.window, d.stride,
                                    checkpoint, progress=progress):
-            yield out[0], out[1], out[2]
+            yield {k: out[k] for k in shown}
 
+    handler, outputs = by_name(compact, shown, shown)
     go.click(
-        compact, [explore["image"], explore["model"], method, checkpoint_state], [overlay, signed, scores],
+        user_errors(handler), [explore["image"], explore["model"], method, checkpoint_state], outputs,
         api_visibility="private", concurrency_id=MODEL_GROUP,
     )
     gr.on([explore["model"].change, explore["image"].change, method.input], lambda: (None, None, ""), None,

@@ -115,6 +115,33 @@ def user_errors(fn):
     return cancellable(wrapper)
 
 
+def by_name(fn, c: dict, names):
+    """Gradio's ``{component: value}`` returns, for a handler that returns (or yields) a dict
+    by name: ``fn`` returns ``{"overlay": img, ...}`` and the wrapped handler gives Gradio
+    ``{c["overlay"]: img, ...}``. ``names``: the outputs it may fill. Returns
+    ``(handler, outputs)``: pass both to the event.
+    """
+    components = {name: c[name] for name in names}
+
+    def convert(values: dict) -> dict:
+        return {components[name]: value for name, value in values.items()}
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_handler(*args, **kwargs):
+            for values in fn(*args, **kwargs):
+                yield convert(values)
+
+        return gen_handler, list(components.values())
+
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        return convert(fn(*args, **kwargs))
+
+    return handler, list(components.values())
+
+
 _RUNNING = [0]
 _RUNNING_LOCK = threading.Lock()
 

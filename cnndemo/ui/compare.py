@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-
 import gradio as gr
 import pandas as pd
 import torch
 
 from .. import render
+from ..cache import LRU
 from ..bench import default_modes, noise_note, reference_files, run_benchmark, scaling
 from ..profile import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
 from ..runtime import pick_device
-from ..zoo import ZOO
+from ..zoo import DEFAULT_MODEL, ZOO
 from .common import gr_progress, model_choices, requests_running, user_errors
 
 BENCH_GROUP = "bench"
-_LIVE: dict = {}
-_LIVE_LOCK = threading.Lock()
+# Live measurements by settings: a second click on the same settings shows the same run.
+_LIVE = LRU(32, name="live benchmarks")
 
 
 def _fmt(v, spec=".1f"):
@@ -233,18 +232,14 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
     if max(batches) > 256:
         raise gr.Error("Batch sizes above 256 are not offered here; use the CLI.")
     key = (device, tuple(models), batches, precision, bool(channels_last), bool(compile), int(runs))
-    with _LIVE_LOCK:
-        data = _LIVE.get(key)
+    data = _LIVE.get(key)
     cached = data is not None
     if data is None:
         data = _measured(lambda: run_benchmark(
             models, device=device, batches=batches, precisions=(precision,), channels_last=True if channels_last else None,
             modes=_live_modes(device, bool(compile)), runs=int(runs), warmup=max(2, int(runs) // 5),
             progress=gr_progress(progress)))
-        with _LIVE_LOCK:
-            while len(_LIVE) >= 32:  # bounded: the oldest settings go first
-                _LIVE.pop(next(iter(_LIVE)))
-            _LIVE[key] = data
+        _LIVE.put(key, data)
     env = data["environment"]
     note = (f"Measured live on **{env['device_name']}** ({env['device'].upper()}, {env['threads']} threads), "
             f"torch {env['torch']}, {env['date']}" + (" (cached result for these settings)" if cached else "") +
@@ -330,7 +325,7 @@ def build() -> dict:
     c["gpu_table"] = gr.Dataframe(headers=GPU_HEADERS, interactive=False, wrap=True, label="GPU reference",
                                   elem_id="compare-gpu")
     with gr.Row():
-        c["models"] = gr.Dropdown(model_choices("photo"), value=["googlenet", "resnet50", "squeezenet1_0"],
+        c["models"] = gr.Dropdown(model_choices("photo"), value=[DEFAULT_MODEL, "resnet50", "squeezenet1_0"],
                                   multiselect=True, label="Models", scale=4)
         devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         c["device"] = gr.Dropdown(devices, value="auto", label="Device", scale=1)
@@ -350,7 +345,7 @@ def build() -> dict:
         c["json"] = gr.JSON(label="benchmark")
     gr.Markdown("### How cost grows")
     with gr.Row():
-        c["scale_model"] = gr.Dropdown(model_choices("photo"), value="googlenet", label="Model", scale=3)
+        c["scale_model"] = gr.Dropdown(model_choices("photo"), value=DEFAULT_MODEL, label="Model", scale=3)
         c["scale_go"] = gr.Button("Measure latency vs batch and resolution", scale=1)
     c["scale_note"] = gr.Markdown(label="how it was measured")
     with gr.Row():
@@ -360,9 +355,9 @@ def build() -> dict:
         c["scale_json"] = gr.JSON(label="scaling")
     gr.Markdown("### Architecture anatomy")
     with gr.Row():
-        c["an_model"] = gr.Dropdown(model_choices(), value="googlenet", label="Model")
-        c["an_block"] = gr.Dropdown([b.name for b in ZOO["googlenet"].blocks], value="inception3a", label="Block",
-                                     allow_custom_value=True)
+        c["an_model"] = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model")
+        c["an_block"] = gr.Dropdown([b.name for b in ZOO[DEFAULT_MODEL].blocks], value=ZOO[DEFAULT_MODEL].blocks[0].name,
+                                    label="Block", allow_custom_value=True)
     c["stages"] = gr.Dataframe(headers=["stage", "layer", "output shape", "parameters", "MFLOPs"], interactive=False,
                                label="stages")
     c["branch_costs"] = gr.Dataframe(headers=["branch", "kernel path", "parameters", "MFLOPs"], interactive=False,
@@ -393,15 +388,15 @@ def build() -> dict:
     return c
 
 
-def on_load():
+LOADED = ("stats", "params_plot", "flops_plot", "reference", "results", "bubble", "stages", "branch_costs",
+          "savings", "gpu_table", "gpu_note")
+
+
+def on_load() -> dict:
     """Fill the Compare tab's static parts (cheap: counted once on the meta device, then cached)."""
     params, flops = cost_frames()
-    stages, branches, savings = anatomy_tables("googlenet", "inception3a")
+    stages, branches, savings = anatomy_tables(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].blocks[0].name)
     gpu_rows, gpu_note = gpu_reference()
-    return (stats_rows(), params, flops, reference_markdown(), reference_rows(), initial_bubble(),
-            stages, branches, savings, gpu_rows, gpu_note)
-
-
-def load_outputs(c: dict) -> list:
-    return [c["stats"], c["params_plot"], c["flops_plot"], c["reference"], c["results"], c["bubble"],
-            c["stages"], c["branch_costs"], c["savings"], c["gpu_table"], c["gpu_note"]]
+    return {"stats": stats_rows(), "params_plot": params, "flops_plot": flops, "reference": reference_markdown(),
+            "results": reference_rows(), "bubble": initial_bubble(), "stages": stages, "branch_costs": branches,
+            "savings": savings, "gpu_table": gpu_rows, "gpu_note": gpu_note}

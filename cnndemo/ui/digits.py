@@ -20,8 +20,8 @@ from ..images import open_image
 from ..runtime import STORE, LoadedModel
 from ..training import load_digits, train
 from ..weights import WeightsInfo
-from ..zoo import DIGIT_KEYS, ZOO
-from .common import MODEL_GROUP, guard_files, image_input, user_errors
+from ..zoo import DIGIT_KEYS, DIGIT_SHOWCASE, ZOO
+from .common import MODEL_GROUP, by_name, guard_files, image_input, user_errors
 
 TRAIN_GROUP = "train"
 # The Sketchpad opens with no tool selected, and "Clear canvas" (and undo/redo) deselects the
@@ -84,29 +84,39 @@ def _as_image(value) -> Image.Image | str | None:
     return value
 
 
-def _classify(value, session) -> tuple[tuple, dict]:
-    """(the eight display outputs, the top-3 of each network as JSON)."""
+LABELS = tuple(f"label_{k}" for k in DIGIT_KEYS)
+PANELS = tuple(f"panel_{b.name}" for b in ZOO[DIGIT_SHOWCASE].blocks)
+SHOWN = ("seen", "note", *LABELS, *PANELS, "ig")
+
+
+def _message(msg: str) -> dict:
+    """Every display output emptied, and ``msg`` in the note (and in the JSON)."""
+    return {**dict.fromkeys(SHOWN), "note": msg, "json": {"error": msg}}
+
+
+def _classify(value, session) -> dict:
+    """The display outputs by name, and "json": the top-3 of each network."""
     img = _as_image(value)
     if img is None:
-        msg = "Draw a digit on the canvas, or upload a photo of one."
-        return (None, msg, None, None, None, None, None, None), {"error": msg}
+        return _message("Draw a digit on the canvas, or upload a photo of one.")
     opened = open_image(img, keep_alpha=True)  # opened once; every network below reuses it
     try:
         digit = normalize_digit(opened.image)
     except EmptyDrawing as e:
-        return (None, str(e), None, None, None, None, None, None), {"error": str(e)}
+        return _message(str(e))
     models = _models(session)
-    labels, result, explored = [], {}, {}
+    out, result, explored = {}, {}, {}
     for key in DIGIT_KEYS:
         lm = models[key]
         explored[key] = explore(opened, lm, top=3)
         pred = explored[key].prediction
-        labels.append({t.label: t.prob for t in pred.top})
+        out[f"label_{key}"] = {t.label: t.prob for t in pred.top}
         result[key] = {"weights": lm.weights.kind, "source": lm.weights.source,
                        "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)} for t in pred.top]}
-    inc = explored["mnist_inception"]
-    panels = [render.block_panel(inc.blocks[b.name], inc.seen, tile=64) for b in ZOO["mnist_inception"].blocks]
-    overlay, _signed = render.attribution_views(attribute(opened, models["mnist_inception"], "ig", scores=False))
+    shown = explored[DIGIT_SHOWCASE]
+    for b in ZOO[DIGIT_SHOWCASE].blocks:
+        out[f"panel_{b.name}"] = render.block_panel(shown.blocks[b.name], shown.seen, tile=64)
+    out["ig"], _signed = render.attribution_views(attribute(opened, models[DIGIT_SHOWCASE], "ig", scores=False))
     note = "  \n".join(
         f"**{ZOO[k].name}**: {models[k].weights.source}" + (" (trained in this session)" if k in (session or {}) else "")
         for k in DIGIT_KEYS
@@ -115,24 +125,25 @@ def _classify(value, session) -> tuple[tuple, dict]:
                           for k in DIGIT_KEYS})
     if split:
         note = f"**⚠ {split}**  \n{note}"
-    seen = digit.resize((168, 168), Image.Resampling.NEAREST)
-    return (seen, note, *labels, *panels, overlay), result
+    out["seen"] = digit.resize((168, 168), Image.Resampling.NEAREST)
+    out["note"] = note
+    out["json"] = result
+    return out
 
 
-@user_errors
-def classify_sketch(sketch: dict | None, session: dict | None = None):
-    return _classify(sketch, session)[0]
+def classify_sketch(sketch: dict | None, session: dict | None = None) -> dict:
+    out = _classify(sketch, session)
+    del out["json"]
+    return out
 
 
-@user_errors
-def classify_upload(image: str | None, session: dict | None = None):
+def classify_upload(image: str | None, session: dict | None = None) -> dict:
     """All three digit networks' top-3 for one image of a digit, with their branch maps.
 
     Args:
         image: an image of a single digit, any size, dark on light or light on dark.
     """
-    ui, result = _classify(image, session)
-    return (*ui, result)
+    return _classify(image, session)
 
 
 # ----------------------------------------------------------------------------- training lab
@@ -235,20 +246,21 @@ def build() -> dict:
                 c["seen"] = gr.Image(label="What the networks saw (28 x 28)", interactive=False, height=190, elem_id="digits-seen")
                 c["note"] = gr.Markdown(label="weights")
             with gr.Row():
-                c["l_inc"] = gr.Label(num_top_classes=3, label=ZOO["mnist_inception"].name, elem_id="digits-inception")
-                c["l_res"] = gr.Label(num_top_classes=3, label=ZOO["mnist_resnet"].name)
-                c["l_d2l"] = gr.Label(num_top_classes=3, label=ZOO["d2l_googlenet"].name)
+                for key in DIGIT_KEYS:
+                    c[f"label_{key}"] = gr.Label(num_top_classes=3, label=ZOO[key].name, elem_id=f"digits-{key}")
             c["json"] = gr.JSON(label="top-3 of each network", visible=False)
-    gr.Markdown("#### What each branch of the MNIST Inception net's two Inception modules saw")
+    showcase = ZOO[DIGIT_SHOWCASE]
+    gr.Markdown(f"#### What each branch of the {showcase.name}'s {len(showcase.blocks)} blocks saw")
     with gr.Row():
-        c["panel1"] = gr.Image(label="Inception module 1", show_label=False, interactive=False)
-        c["panel2"] = gr.Image(label="Inception module 2", show_label=False, interactive=False)
-    c["ig"] = gr.Image(label="Which pixels mattered (Integrated Gradients, MNIST Inception net)", interactive=False,
+        for b in showcase.blocks:
+            c[f"panel_{b.name}"] = gr.Image(label=b.name, show_label=False, interactive=False)
+    c["ig"] = gr.Image(label=f"Which pixels mattered (Integrated Gradients, {showcase.name})", interactive=False,
                        height=320)
-    outputs = [c["seen"], c["note"], c["l_inc"], c["l_res"], c["l_d2l"], c["panel1"], c["panel2"], c["ig"]]
-    c["sketch"].change(classify_sketch, [c["sketch"], c["session"]], outputs, trigger_mode="always_last",
+    sketch, sketch_outputs = by_name(classify_sketch, c, SHOWN)
+    c["sketch"].change(user_errors(sketch), [c["sketch"], c["session"]], sketch_outputs, trigger_mode="always_last",
                        api_visibility="private", concurrency_id=MODEL_GROUP)
-    c["upload"].change(classify_upload, [c["upload"], c["session"]], outputs + [c["json"]], api_name="digits",
+    upload, upload_outputs = by_name(classify_upload, c, (*SHOWN, "json"))
+    c["upload"].change(user_errors(upload), [c["upload"], c["session"]], upload_outputs, api_name="digits",
                        concurrency_id=MODEL_GROUP)
 
     gr.Markdown("### Training lab\nTrain a fresh network on the 4,000 training digits, watch it learn, then try it "

@@ -11,9 +11,10 @@ import pandas as pd
 from .. import anatomy, render
 from dataclasses import replace
 
-from ..branches import LRU, ablate, block_infos, explore
+from ..branches import ablate, block_infos, explore
+from ..cache import LRU
 from ..digits import PHOTO_WARNING
-from ..zoo import ZOO
+from ..zoo import DEFAULT_MODEL, ZOO
 from .common import (
     MODEL_GROUP,
     examples,
@@ -186,7 +187,7 @@ def block_diagram(key: str, block: str, selected: str | None = None) -> str:
     )
 
 
-_PANELS = LRU(8, max_bytes=16 * 2**20, weigh=lambda im: im.size[0] * im.size[1] * 3)
+_PANELS = LRU(8, max_bytes=16 * 2**20, weigh=lambda im: im.size[0] * im.size[1] * 3, name="branch panels")
 
 
 def _panel(ex, block: str):
@@ -323,9 +324,9 @@ def build(checkpoint_state: gr.State) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             c["model"] = gr.Dropdown(
-                model_choices(), value="googlenet", label="Model", info="grouped by family", elem_id="explore-model"
+                model_choices(), value=DEFAULT_MODEL, label="Model", info="grouped by family", elem_id="explore-model"
             )
-            c["card"] = gr.Markdown(model_card("googlenet"))
+            c["card"] = gr.Markdown(model_card(DEFAULT_MODEL))
             c["image"] = image_input(
                 sources=["upload", "webcam", "clipboard"],
                 label="Image (upload, webcam or paste)",
@@ -341,7 +342,7 @@ def build(checkpoint_state: gr.State) -> dict:
                 ))
                 c["ckpt_status"] = gr.Markdown(label="checkpoint status", value="No checkpoint: the model uses its published weights (or random init).")
         with gr.Column(scale=6):
-            c["banner"] = gr.HTML(weights_banner(None, "googlenet"), label="weights in use")
+            c["banner"] = gr.HTML(weights_banner(None, DEFAULT_MODEL), label="weights in use")
             c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="explore-top5")
             with gr.Row(elem_classes=["cz-stack"]):
                 c["seen"] = gr.Image(label="What the network saw (after preprocessing)", height=240, interactive=False)
@@ -362,7 +363,7 @@ def build(checkpoint_state: gr.State) -> dict:
     gr.Markdown("## Branches: what each parallel path of a block saw")
     with gr.Row(elem_classes=["cz-stack"]):
         c["block"] = gr.Dropdown(
-            block_choices("googlenet"), value=ZOO["googlenet"].default_block, label="Block", scale=2, elem_id="explore-block", allow_custom_value=True
+            block_choices(DEFAULT_MODEL), value=ZOO[DEFAULT_MODEL].default_block, label="Block", scale=2, elem_id="explore-block", allow_custom_value=True
         )
         c["block_note"] = gr.Markdown(scale=5, elem_id="explore-block-note", label="block notes")
     with gr.Row(elem_classes=["cz-stack"]):
@@ -391,7 +392,7 @@ def build(checkpoint_state: gr.State) -> dict:
         c["branch_json"] = gr.JSON(label="branches")
     with gr.Accordion("Ablation: knock one branch out and re-run from that block on", open=True):
         with gr.Row():
-            first = branch_choices("googlenet", ZOO["googlenet"].default_block)
+            first = branch_choices(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].default_block)
             c["branch"] = gr.Dropdown(first, value=first[0], label="Branch", allow_custom_value=True)
             c["mode"] = gr.Radio(["zero", "mean"], value="zero", label="Replace it by", info="zeros, or its per-channel mean")
             c["ablate"] = gr.Button("Knock it out", variant="secondary")
@@ -403,6 +404,9 @@ def build(checkpoint_state: gr.State) -> dict:
     outputs = [c["label"], c["seen"], c["info"], c["banner"], c["json"]]
     branch_outputs = [c["panel"], c["block_note"], c["share_plot"], c["depth_plot"], c["branch_table"], c["branch_json"]]
     branch_inputs = [c["image"], c["model"], c["block"], checkpoint_state]
+    # After every prediction, the branch maps of the block on screen (no API endpoint of its own).
+    then_branches = dict(fn=show_branches, inputs=branch_inputs, outputs=branch_outputs, api_visibility="private",
+                         concurrency_id=MODEL_GROUP)
     c["predict_event"] = gr.on(
         triggers=[c["run"].click, c["image"].change],
         fn=predict,
@@ -410,13 +414,7 @@ def build(checkpoint_state: gr.State) -> dict:
         outputs=outputs,
         api_name="predict",
         concurrency_id=MODEL_GROUP,
-    ).then(
-        show_branches,
-        branch_inputs,
-        branch_outputs,
-        api_visibility="private",
-        concurrency_id=MODEL_GROUP,
-    )
+    ).then(**then_branches)
     diagram_io = dict(inputs=[c["image"], c["model"], c["block"], checkpoint_state],
                       outputs=[c["diagram"], c["branch_view"], c["branch"]])
     c["diagram"].click(on_diagram_click, **diagram_io, api_visibility="private", concurrency_id=MODEL_GROUP)
@@ -460,13 +458,7 @@ def build(checkpoint_state: gr.State) -> dict:
         outputs,
         api_visibility="private",
         concurrency_id=MODEL_GROUP,
-    ).then(
-        show_branches,
-        branch_inputs,
-        branch_outputs,
-        api_visibility="private",
-        concurrency_id=MODEL_GROUP,
-    ).then(
+    ).then(**then_branches).then(
         user_errors(architecture_rows), [c["model"]], [c["arch"]], api_visibility="private"
     )
     return c

@@ -13,11 +13,10 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
-EX = ROOT / "assets" / "examples"
 LONG = 120_000  # ms: a cold model load on a busy 2-core machine
 
 
@@ -58,9 +57,9 @@ def choose(page, elem_id: str, option: str) -> None:
     page.locator("ul[role=listbox] li", has_text=option).first.click()
 
 
-def test_predict_an_example(page):
+def test_predict_an_example(page, examples):
     choose(page, "explore-model", "SqueezeNet 1.0")
-    page.set_input_files("#explore-image input[type=file]", str(EX / "coffee.jpg"))
+    page.set_input_files("#explore-image input[type=file]", str(examples / "coffee.jpg"))
     top5 = page.locator("#explore-top5")
     top5.locator(".output-class, h2, [data-testid='label-output-value']").first.wait_for()
     page.wait_for_function("document.querySelector('#explore-top5').innerText.includes('%')")
@@ -68,8 +67,8 @@ def test_predict_an_example(page):
     assert "Untrained weights" in page.inner_text("body")  # offline: random ImageNet weights, said loudly
 
 
-def test_switching_blocks_changes_the_branch_maps(page):
-    page.set_input_files("#explore-image input[type=file]", str(EX / "cat.jpg"))
+def test_switching_blocks_changes_the_branch_maps(page, examples):
+    page.set_input_files("#explore-image input[type=file]", str(examples / "cat.jpg"))
     note = page.locator("#explore-block-note")
     page.wait_for_function("document.querySelector('#explore-block-note').innerText.includes('inception4c')")
     first = page.locator("#explore-panel img").get_attribute("src")
@@ -82,9 +81,9 @@ def test_switching_blocks_changes_the_branch_maps(page):
     assert page.locator("#explore-panel img").get_attribute("src") != first
 
 
-def test_switching_model_leaves_no_stale_result(page):
+def test_switching_model_leaves_no_stale_result(page, examples):
     """Results name the model that made them; switching model clears what it no longer shows."""
-    page.set_input_files("#explore-image input[type=file]", str(EX / "cat.jpg"))
+    page.set_input_files("#explore-image input[type=file]", str(examples / "cat.jpg"))
     page.wait_for_function("document.querySelector('#explore-block-note').innerText.includes('inception4c')")
     page.get_by_role("button", name="Knock it out").click()
     page.wait_for_function("document.body.innerText.includes('knocking out')")
@@ -105,9 +104,9 @@ def test_switching_model_leaves_no_stale_result(page):
     assert page.locator("#attr-overlay img").count() == 0
 
 
-def test_attribution_shows_a_map(page):
+def test_attribution_shows_a_map(page, examples):
     page.get_by_role("tab", name="Attributions").click()
-    page.set_input_files("#attr-image input[type=file]", str(EX / "cat.jpg"))
+    page.set_input_files("#attr-image input[type=file]", str(examples / "cat.jpg"))
     page.locator("#attr-run").click()
     page.wait_for_selector("#attr-overlay img")
     page.wait_for_function("document.querySelector('#attr-scores').innerText.includes('Sanity')")
@@ -129,7 +128,7 @@ def _stroke(page, points) -> None:
 
 
 def _headline_digit(page) -> str:
-    lines = [ln.strip() for ln in page.inner_text("#digits-inception").splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in page.inner_text("#digits-mnist_inception").splitlines() if ln.strip()]
     digits = [ln for ln in lines if ln in [str(d) for d in range(10)]]
     assert digits, lines
     return digits[0]
@@ -139,7 +138,7 @@ def test_draw_a_digit_with_the_mouse(page):
     page.get_by_role("tab", name="Digits").click()
     # A "1": one long vertical stroke through the middle of the canvas.
     _stroke(page, [(0.5, 0.2), (0.5, 0.8)])
-    page.wait_for_function("document.querySelector('#digits-inception').innerText.includes('%')")
+    page.wait_for_function("document.querySelector('#digits-mnist_inception').innerText.includes('%')")
     assert _headline_digit(page) == "1"  # the vertical stroke reads as a 1
     page.wait_for_selector("#digits-seen img")
 
@@ -148,7 +147,7 @@ def test_redraw_after_clear_canvas(page):
     """A teacher redraws all the time: after "Clear canvas" the brush must still draw."""
     page.get_by_role("tab", name="Digits").click()
     _stroke(page, [(0.5, 0.2), (0.5, 0.8)])
-    page.wait_for_function("document.querySelector('#digits-inception').innerText.includes('%')")
+    page.wait_for_function("document.querySelector('#digits-mnist_inception').innerText.includes('%')")
     first = page.locator("#digits-seen img").get_attribute("src")
     page.locator('#digits-sketch button[aria-label="Clear canvas"]').click()
     page.wait_for_function(

@@ -1,0 +1,70 @@
+"""Commands of the Attributions view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import render
+from ..attribution import METHODS, Settings, attribute
+from ..images import ImageError
+from ..weights import WeightsError
+from .common import command, emit, fail, load_model, model_arg
+
+
+def _setup_attribute(p):
+    d = Settings()
+    model_arg(p)
+    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--target", default=None, help="class index or name (default: the top prediction)")
+    p.add_argument("--layer", default=None, help="Grad-CAM layer: a block (inception4d) or a branch (inception4d/3x3)")
+    p.add_argument("--weights", metavar="FILE", help="your own state_dict")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"Integrated Gradients steps (default {d.steps})")
+    p.add_argument("--samples", type=int, default=d.samples, help=f"SmoothGrad / GradientSHAP samples (default {d.samples})")
+    p.add_argument("--window", type=int, default=d.window, help=f"Occlusion window in pixels (default {d.window})")
+    p.add_argument("--stride", type=int, default=d.stride, help=f"Occlusion stride in pixels (default {d.stride})")
+    p.add_argument("--no-scores", action="store_true", help="skip the sanity and deletion scores")
+    p.add_argument("--out", type=Path, help="PNG: overlay and signed map side by side")
+    p.add_argument("--npy", type=Path, help="raw attribution (C x H x W; H x W for Grad-CAM)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("image", metavar="IMAGE")
+
+
+@command("attribute", "an attribution map (Captum) with its sanity and deletion scores", _setup_attribute)
+def run_attribute(args) -> int:
+    settings = Settings(steps=args.steps, samples=args.samples, window=args.window, stride=args.stride)
+    try:
+        model = load_model(args.model, args.weights)
+        a = attribute(args.image, model, args.method, target=args.target, layer=args.layer,
+                      settings=settings, scores=not args.no_scores)
+    except (ImageError, WeightsError, KeyError, ValueError) as e:
+        return fail(args, e)
+    out = a.to_json()
+    out["image"] = args.image
+    if args.npy:
+        args.npy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.npy, a.attr)
+        out["npy"] = str(args.npy)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        left, right = render.attribution_views(a)
+        both = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+        both.paste(left, (0, 0))
+        both.paste(right, (left.width, 0))
+        both.save(args.out)
+        out["png"] = str(args.out)
+    if args.json:
+        emit(out)
+    else:
+        print(f"{a.method} on {a.model} for {a.label} ({a.target}): {a.ms:.0f} ms")
+        if a.sanity:
+            rho = a.sanity.rank_correlation
+            shown = "undefined" if rho is None else f"{rho:+.3f}"
+            print(f"  sanity: rank correlation with re-initialised top layers {shown} ({a.sanity.verdict})")
+        if a.deletion:
+            d = a.deletion
+            score = "undefined" if d.score is None else f"{d.score:+.3f}"
+            print(f"  deletion: AUC {d.auc:.4f} vs random {d.random_auc:.4f} (score {score}: {d.verdict})")
+    return 0

@@ -1,0 +1,341 @@
+"""Developer diagnostics: start-up time, the cost of a view against a bare forward, the
+benchmark harness against a plain loop, a memory soak and a simulated class. They reach the
+app only through its public functions."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from .. import cache
+from ..attribution import INTERNAL_BATCH, Settings, attribute
+from ..bench import measure, plain_loop_ms, prepare
+from ..branches import explore_tensor
+from ..classroom import load_lesson, run_classroom
+from ..paths import CHECKOUT, EXAMPLES_DIR
+from ..pipeline import prepare as prepare_input, timed, timed_forward
+from ..runtime import STORE, pick_device
+from ..taps import hook_count
+from ..zoo import DEFAULT_MODEL, ZOO
+from .common import command, emit, load_model, model_arg
+
+
+def _setup_startup(p):
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-startup", "cold start of `python app.py --offline` to the first HTTP 200", _setup_startup)
+def run_bench_startup(args) -> int:
+    app = CHECKOUT / "app.py"
+    times = []
+    for _ in range(args.runs):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, str(app), "--offline", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError("the app exited before answering")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.05)
+            times.append(time.perf_counter() - t0)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    result = {
+        "runs_s": [round(t, 2) for t in times],
+        "median_s": round(statistics.median(times), 2),
+        "cpus": os.cpu_count(),
+        "offline": True,
+    }
+    emit(result if args.json else f"cold start to first HTTP 200: median {result['median_s']} s over {args.runs} runs {result['runs_s']}")
+    return 0
+
+
+def _setup_bench_explore(p):
+    model_arg(p)
+    p.add_argument("--runs", type=int, default=20, help="timed runs of each (median reported; at least 10)")
+    p.add_argument("--image", default=None, help="default: assets/examples/cat.jpg")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-explore", "bare forward vs top-5 + every branch capture and share (same preprocessed tensor)", _setup_bench_explore)
+def run_bench_explore(args) -> int:
+    runs = max(10, args.runs)
+    model = load_model(args.model)
+    x = prepare_input(args.image or str(EXAMPLES_DIR / "cat.jpg"), model).x
+
+    def bare() -> float:
+        return timed_forward(model, x)[1]
+
+    def full() -> float:
+        with timed(model.device) as t:
+            explore_tensor(model, x, 5)  # no cache: top-5 + every block's branches and shares
+        return t.ms
+
+    for _ in range(3):
+        bare(), full()
+    fwd, exp = [], []
+    for _ in range(runs):  # interleaved, so drift hits both alike
+        fwd.append(bare())
+        exp.append(full())
+    f, e = statistics.median(fwd), statistics.median(exp)
+    result = {
+        "model": model.key,
+        "forward_ms": round(f, 2),
+        "explore_ms": round(e, 2),
+        "ratio": round(e / f, 3),
+        "runs": runs,
+        "blocks": len(model.spec.blocks),
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
+    }
+    emit(result if args.json else f"{model.key}: forward {f:.1f} ms, explore {e:.1f} ms, ratio {e / f:.2f} ({runs} runs)")
+    return 0
+
+
+def _setup_bench_attr(p):
+    model_arg(p)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--internal-batch", type=int, default=None, help="default: the library's INTERNAL_BATCH")
+    p.add_argument("--sweep-batch", action="store_true", help="time IG for internal batch sizes 1, 4, 8, 16, 32")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-attribution", "cnndemo's Integrated Gradients vs a direct Captum call", _setup_bench_attr)
+def run_bench_attribution(args) -> int:
+    from captum.attr import IntegratedGradients
+
+    model = load_model(args.model)
+    image = str(EXAMPLES_DIR / "cat.jpg")
+    x = prepare_input(image, model).x
+    with torch.no_grad():
+        target = int(model.module(x).argmax(1)[0])
+    base = torch.zeros_like(x)
+
+    def direct(ibs: int) -> float:
+        t0 = time.perf_counter()
+        with model.lock:
+            IntegratedGradients(model.module).attribute(
+                x, baselines=base, target=target, n_steps=args.steps, internal_batch_size=ibs
+            )
+        return (time.perf_counter() - t0) * 1000
+
+    def ours(ibs: int) -> float:
+        t0 = time.perf_counter()
+        attribute(image, model, "ig", target=target, scores=False,
+                  settings=Settings(steps=args.steps, internal_batch=ibs))
+        return (time.perf_counter() - t0) * 1000
+
+    if args.sweep_batch:
+        rows = []
+        for ibs in (1, 4, 8, 16, 32):
+            direct(ibs)
+            t = statistics.median(direct(ibs) for _ in range(max(2, args.runs // 2)))
+            rows.append({"internal_batch": ibs, "captum_ms": round(t, 1)})
+            if not args.json:
+                print(f"internal batch {ibs:3}: {t:8.1f} ms for IG with {args.steps} steps")
+        if args.json:
+            emit({"model": model.key, "steps": args.steps, "sweep": rows})
+        return 0
+    ibs = args.internal_batch or INTERNAL_BATCH
+    ours(ibs), direct(ibs)  # warm-up (also builds the attribution copy once)
+    a, d = [], []
+    for _ in range(args.runs):  # interleaved
+        a.append(ours(ibs))
+        d.append(direct(ibs))
+    res = {
+        "model": model.key, "steps": args.steps, "internal_batch": ibs,
+        "cnndemo_ms": round(statistics.median(a), 1), "captum_ms": round(statistics.median(d), 1),
+        "ratio": round(statistics.median(a) / statistics.median(d), 3), "runs": args.runs,
+        "threads": torch.get_num_threads(),
+    }
+    emit(res if args.json else f"IG {args.steps} steps on {model.key}: cnndemo {res['cnndemo_ms']} ms, "
+         f"Captum {res['captum_ms']} ms, ratio {res['ratio']} (internal batch {ibs})")
+    return 0
+
+
+def _setup_bench_check(p):
+    model_arg(p)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=5, help="plain loops run before and after the harness")
+    p.add_argument("--device", dest="bench_device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
+# At batch 32 and above the harness must agree with the plain loop this closely; batch 1 is
+# launch-bound and noisy, so there the spreads are reported instead.
+CHECK_TOLERANCE = 0.05
+
+
+CHECK_MIN_BATCH = 32
+
+
+@command("bench-check", "the benchmark harness against a plain event-timed loop", _setup_bench_check)
+def run_bench_check(args) -> int:
+    dev = pick_device(args.bench_device)
+    model = prepare(args.model, dev)
+    x = torch.randn(args.batch, *ZOO[args.model].input_size, device=dev)
+    half = max(1, args.repeats // 2)
+    loops = [plain_loop_ms(model, x, args.runs) for _ in range(half)]
+    harness = measure(model, args.model, dev, batch=args.batch, runs=args.runs)
+    loops += [plain_loop_ms(model, x, args.runs) for _ in range(max(1, args.repeats - half))]
+    ref = statistics.median(loops)
+    diff = harness.p50_ms / ref - 1
+    checked = args.batch >= CHECK_MIN_BATCH
+    res = {"model": args.model, "device": dev.type, "batch": args.batch, "runs": args.runs,
+           "harness_p10_ms": harness.p10_ms, "harness_p50_ms": harness.p50_ms, "harness_p90_ms": harness.p90_ms,
+           "plain_loop_ms": round(ref, 3), "plain_loop_range_ms": [round(min(loops), 3), round(max(loops), 3)],
+           "difference": round(diff, 4), "tolerance": CHECK_TOLERANCE if checked else None,
+           "agrees": abs(diff) <= CHECK_TOLERANCE if checked else None}
+    if args.json:
+        emit(res)
+    else:
+        print(f"{args.model} batch {args.batch} on {dev.type}: harness p50 {harness.p50_ms:.2f} ms "
+              f"(p10-p90 {harness.p10_ms:.2f}-{harness.p90_ms:.2f}), plain loop {ref:.2f} ms "
+              f"(range over {len(loops)} loops {min(loops):.2f}-{max(loops):.2f}): difference {diff:+.1%}")
+        print(f"  {'agrees' if res['agrees'] else 'DISAGREES'} within {CHECK_TOLERANCE:.0%}" if checked else
+              f"  batch below {CHECK_MIN_BATCH}: launch-bound and noisy, so compare the spreads above, not a tolerance")
+    return 0 if res["agrees"] is not False else 1
+
+
+def _setup_soak(p):
+    p.add_argument("--requests", type=int, default=300, help="measured requests")
+    p.add_argument("--warmup", type=int, default=90,
+                   help="requests first, before the memory baseline: one full cycle of every (request, image, "
+                        "model) variant, so that the bounded caches and lazily built model copies exist")
+    p.add_argument("--json", action="store_true")
+
+
+def _rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@command("soak", "serve the app in-process and send it N mixed requests; report memory and hooks", _setup_soak)
+def run_soak(args) -> int:
+    os.environ.setdefault("CNNDEMO_OFFLINE", "1")
+    from gradio_client import Client, handle_file
+
+    from ..ui import launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rss_start = _rss_mb()
+    demo = launch(port=port, prevent_thread_lock=True, quiet=True)
+    url = demo.local_url
+    client = Client(url, verbose=False)
+    ex = EXAMPLES_DIR
+    bad = Path(tempfile.mkdtemp()) / "notes.jpg"
+    bad.write_text("not an image")
+    photos = [handle_file(str(p)) for p in sorted(ex.glob("*.jpg"))]
+    spec = ZOO[DEFAULT_MODEL]
+    blocks = [spec.blocks[0].name, spec.default_block, spec.blocks[-1].name]
+    calls = [
+        lambda i: client.predict(image=photos[i % len(photos)], model=[DEFAULT_MODEL, "squeezenet1_0", "bn_inception"][i % 3], api_name="/predict"),
+        lambda i: client.predict(image=photos[i % len(photos)], model=DEFAULT_MODEL, block=blocks[i % 3], api_name="/branches"),
+        lambda i: client.predict(image=photos[i % len(photos)], model="bn_inception", block="inception4c", branch=["1x1", "3x3", "double_3x3"][i % 3], mode="zero", api_name="/ablate"),
+        lambda i: client.predict(image=photos[i % len(photos)], model="squeezenet1_0", method=["gradcam", "saliency"][i % 2], target=None, layer=None, api_name="/attribute"),
+        lambda i: client.predict(image=handle_file(str(ex / "camera_gray.png")), api_name="/digits"),
+        lambda i: client.predict(image=handle_file(str(bad)), model=DEFAULT_MODEL, api_name="/predict"),
+    ]
+    errors, expected_errors, rss_base, curve = [], 0, None, []
+    total = args.warmup + args.requests
+    t0 = time.perf_counter()
+    for i in range(total):
+        if i == args.warmup:
+            gc.collect()
+            rss_base = _rss_mb()
+            t0 = time.perf_counter()
+        if i >= args.warmup and (i - args.warmup) % 50 == 0:
+            curve.append((i - args.warmup, round(_rss_mb(), 1)))
+        kind = i % len(calls)
+        try:
+            calls[kind](i // len(calls))
+            if kind == len(calls) - 1:
+                errors.append(f"request {i}: a text file was accepted as an image")
+        except Exception as e:
+            if kind == len(calls) - 1 and "text file" in str(e):
+                expected_errors += 1
+            else:
+                errors.append(f"request {i} ({kind}): {e}")
+    elapsed = time.perf_counter() - t0
+    gc.collect()
+    rss_end = _rss_mb()
+
+    sizes = cache.sizes()
+    caches = {"explorations_mb": sizes["explorations"]["mb"], "explorations": sizes["explorations"]["entries"],
+              "branch_panels_mb": sizes["branch panels"]["mb"]}
+    hooks = {lm.key: sum(hook_count(m) for m in lm.modules()) for lm in STORE.loaded()}
+    demo.close()
+    res = {
+        "requests": args.requests,
+        "warmup_requests": args.warmup,
+        "seconds": round(elapsed, 1),
+        "unexpected_errors": len(errors),
+        "refused_as_expected": expected_errors,
+        "rss_start_mb": round(rss_start, 1),
+        "rss_after_warmup_mb": round(rss_base or rss_end, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "growth_mb": round(rss_end - (rss_base or rss_end), 1),
+        "rss_curve_mb": curve + [(args.requests, round(rss_end, 1))],
+        "bounded_caches": caches,
+        "hooks_left": sum(hooks.values()),
+        "hooks_by_model": hooks,
+        "first_errors": errors[:5],
+    }
+    emit(res if args.json else json.dumps(res, indent=2))
+    return 0 if not errors and res["hooks_left"] == 0 else 1
+
+
+def _setup_classroom(p):
+    p.add_argument("--students", type=int, nargs="+", default=[10, 30, 60], help="class sizes, run in turn")
+    p.add_argument("--lesson", default="default",
+                   help="default (predict, switch block, knock out, IG, draw a digit), predict, or a JSON file")
+    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings, e.g. CNNDEMO_WORKERS=2")
+    p.add_argument("--rounds", type=int, default=1, help="repeat each class size this many times, pooled")
+    p.add_argument("--time-limit", type=float, default=1200.0, help="stop starting new steps after this many seconds")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-classroom", "N simulated students run a lesson against the app on loopback", _setup_classroom)
+def run_bench_classroom(args) -> int:
+    env = dict(kv.split("=", 1) for kv in args.env)
+    out = run_classroom(args.students, load_lesson(args.lesson), env=env, time_limit=args.time_limit, rounds=args.rounds,
+                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.json:
+        emit(out)
+        return 0
+    for run in out["runs"]:
+        print(f"{run['students']} students: {run['wall_s']} s, {run['throughput_req_s']} req/s, "
+              f"server RSS peak {run['server_rss_mb_peak']} MB")
+        for api, r in run["endpoints"].items():
+            print(f"  {api:<12} {r['step']:<26} p50 {r['p50_s']} s  p95 {r['p95_s']} s  max {r['max_s']} s  "
+                  f"errors {r['errors']}/{r['calls']}  queue full {r['refused_queue_full']}"
+                  + (f"  {r['first_errors']}" if r["errors"] else ""))
+    return 0

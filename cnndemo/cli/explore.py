@@ -1,0 +1,186 @@
+"""Commands of the Explore view: the zoo, predictions, weights, blocks and branches."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .. import render
+from .. import weights as W
+from ..branches import ablate, block_infos, explore
+from ..images import ImageError
+from ..predict import predict
+from ..profile import count_model_params
+from ..weights import WeightsError, availability
+from ..zoo import ZOO
+from .common import CliProgress, command, emit, fail, load_model, model_arg
+
+
+def _setup_models(p):
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+@command("models", "list the zoo", _setup_models)
+def run_models(args) -> int:
+    rows = []
+    for spec in ZOO.values():
+        src = spec.weights
+        rows.append(
+            {
+                "key": spec.key,
+                "name": spec.name,
+                "family": spec.family,
+                "description": spec.description,
+                "params": count_model_params(spec),
+                "input_size": list(spec.input_size),
+                "weights": availability(src),
+                "weights_source": src.describe() if src is not None else None,
+                "blocks": len(spec.blocks),
+                "paper": spec.paper.url,
+            }
+        )
+    if args.json:
+        emit(rows)
+    else:
+        for r in rows:
+            print(f"{r['key']:15} {r['family']:9} {r['params']:>12,} {str(r['input_size']):14} {r['weights']:10} {r['name']}")
+    return 0
+
+
+def _setup_predict(p):
+    model_arg(p)
+    p.add_argument("--weights", metavar="FILE", help="your own state_dict (.pth/.pt/.safetensors)")
+    p.add_argument("--top", type=int, default=5, help="how many classes (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+@command("predict", "top-k predictions for images", _setup_predict)
+def run_predict(args) -> int:
+    try:
+        model = load_model(args.model, args.weights)
+    except WeightsError as e:
+        emit({"model": args.model, "error": str(e)} if args.json else f"error: {e}")
+        return 2
+    if not args.json and not model.weights.trained:
+        print(f"warning: {model.spec.name} runs with RANDOM weights ({model.weights.reason}); "
+              "predictions are meaningless.", file=sys.stderr)
+    failed = 0
+    for path in args.images:
+        try:
+            pred = predict(path, model, top=args.top)
+        except (ImageError, ValueError, OSError) as e:
+            failed += 1
+            emit({"image": path, "error": str(e)} if args.json else f"{path}: error: {e}")
+            continue
+        if args.json:
+            emit(pred.to_json(image=path))
+        else:
+            print(f"{path}  [{pred.weights.kind} weights, {pred.ms:.1f} ms]")
+            for t in pred.top:
+                print(f"  {t.prob:7.2%}  {t.label} ({t.index})")
+    return 1 if failed else 0
+
+
+def _setup_fetch(p):
+    p.add_argument("--models", nargs="+", metavar="KEY", choices=list(ZOO), help="default: all with published weights")
+    p.add_argument("--force", action="store_true", help="download again even when a verified copy exists")
+    p.add_argument("--json", action="store_true")
+
+
+@command("fetch-weights", "download and verify published weights into the torch hub cache", _setup_fetch)
+def run_fetch(args) -> int:
+    keys = args.models or [k for k, s in ZOO.items() if isinstance(s.weights, W.TorchvisionWeights)]
+    failed = 0
+    for key in keys:
+        src = ZOO[key].weights
+        if not isinstance(src, W.TorchvisionWeights):
+            note = "bundled with the app" if src is not None else "no published weights"
+            emit({"model": key, "status": "skipped", "reason": note} if args.json else f"{key}: skipped ({note})")
+            continue
+        bar = CliProgress()
+        try:
+            path = W.fetch(src, progress=bar, force=args.force)
+        except W.WeightsError as e:
+            failed += 1
+            emit({"model": key, "status": "failed", "error": str(e)} if args.json else f"{key}: FAILED: {e}")
+            continue
+        finally:
+            bar.close()
+        emit({"model": key, "status": "ok", "path": str(path)} if args.json else f"{key}: ok {path}")
+    if not args.json:
+        print(f"\nCopy {W.hub_checkpoint_dir()} to the same place on offline machines "
+              "(or set TORCH_HOME to a folder holding hub/checkpoints).")
+    return 1 if failed else 0
+
+
+def _setup_blocks(p):
+    model_arg(p)
+    p.add_argument("--json", action="store_true")
+
+
+@command("blocks", "the multi-branch blocks of a model, with their branches", _setup_blocks)
+def run_blocks(args) -> int:
+    spec = ZOO[args.model]
+    infos = block_infos(spec)
+    if args.json:
+        emit({"model": spec.key, "has_branches": spec.has_branches, "blocks": [i.to_json() for i in infos]})
+        return 0
+    if not spec.has_branches:
+        print(f"{spec.name} has no parallel branches; these are its stages:")
+    for i in infos:
+        print(f"{i.name:14} {i.kind:45} out {'x'.join(map(str, i.shape))}")
+        for b in i.branches:
+            ch = f"ch {b.channels[0]}-{b.channels[1]}" if b.channels else "summed"
+            print(f"    {b.name:12} {b.path:50} {ch:14} {b.params:>10,} params")
+    return 0
+
+
+def _setup_branches(p):
+    model_arg(p)
+    p.add_argument("--block", required=True, help="block name (see `blocks`)")
+    p.add_argument("--weights", metavar="FILE", help="your own state_dict")
+    p.add_argument("--out", type=Path, help="write the maps here as PNG files")
+    p.add_argument("--ablate", metavar="BRANCH", help="also re-run with this branch knocked out")
+    p.add_argument("--mode", choices=["zero", "mean"], default="zero", help="ablation: zeros or the branch's per-channel mean")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("image", metavar="IMAGE")
+
+
+@command("branches", "per-branch maps and shares of one block for an image", _setup_branches)
+def run_branches(args) -> int:
+    try:
+        model = load_model(args.model, args.weights)
+        ex = explore(args.image, model)
+        block = ex.blocks.get(args.block)
+        if block is None:
+            raise KeyError(f"{model.spec.name} has no block {args.block!r}; blocks: {', '.join(ex.blocks)}")
+        out = {
+            "image": args.image,
+            "model": model.key,
+            "weights": model.weights.kind,
+            "block": args.block,
+            "branches": block.branches_json(),
+        }
+        if args.ablate:
+            res = ablate(args.image, model, args.block, args.ablate, mode=args.mode)
+            out.update(res.to_json())
+    except (ImageError, WeightsError, KeyError, ValueError) as e:
+        return fail(args, e)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        files = [args.out / f"{args.block}_panel.png"]
+        render.block_panel(block, ex.seen).save(files[0])
+        for b in block.branches:
+            path = args.out / f"{args.block}_{b.info.name}_mean.png"
+            render.overlay(ex.seen, b.mean_map).save(path)
+            files.append(path)
+        out["files"] = [str(f) for f in files]
+    if args.json:
+        emit(out)
+    else:
+        for b in out["branches"]:
+            print(f"{b['name']:12} {b['path']:50} share {b['share']:6.1%}  {b['params']:>10,} params")
+        if args.ablate:
+            print(f"knocking out {args.ablate} ({args.mode}): top-1 probability changes by {out['top1_delta']:+.4f}")
+    return 0

@@ -1,0 +1,91 @@
+"""Before pushing to a Hugging Face Space: the checks a Space's build and start would make."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..classroom import start_server
+from ..paths import CHECKOUT, EXAMPLES_DIR
+from ..zoo import DEFAULT_MODEL
+from .common import command
+
+
+def _setup_check_space(p):
+    p.add_argument("--skip-resolve", action="store_true", help="skip the pip resolution (it needs the package index)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the app")
+
+
+def _front_matter(readme: Path) -> dict[str, str]:
+    lines = readme.read_text().splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    out = {}
+    for line in lines[1:]:
+        if line.strip() == "---":
+            break
+        key, _, value = line.partition(":")
+        out[key.strip()] = value.strip().strip('"').strip("'")
+    return out
+
+
+def _listening_on_all_interfaces(port: int) -> bool:
+    """Whether some socket listens on 0.0.0.0:port or [::]:port (read from /proc/net)."""
+    for table, any_addr in (("/proc/net/tcp", "00000000"), ("/proc/net/tcp6", "0" * 32)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            addr, _, hexport = local.partition(":")
+            if state == "0A" and int(hexport, 16) == port and addr == any_addr:
+                return True
+    return False
+
+
+@command("check-space", "before pushing to a Space: resolve requirements.txt for the front matter's Python, "
+         "start the app as a Space does and call /predict", _setup_check_space)
+def run_check_space(args) -> int:
+    root = CHECKOUT
+    meta = _front_matter(root / "README.md")
+    version = meta.get("python_version")
+    ok = True
+    print(f"front matter: sdk {meta.get('sdk')} {meta.get('sdk_version')}, python_version {version or 'MISSING (Spaces default to 3.10)'}")
+    if not version:
+        ok = False
+    if not args.skip_resolve and version:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+                   "--only-binary=:all:", "--python-version", version, "--target", tmp,
+                   "-r", str(root / "requirements.txt")]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        errors = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("ERROR")]
+        print(f"requirements.txt for Python {version}: " + ("resolves" if r.returncode == 0 else "FAILS"))
+        for line in errors[:4]:
+            print("  " + line)
+        ok &= r.returncode == 0
+    try:
+        server = start_server({"CNNDEMO_OFFLINE": os.environ.get("CNNDEMO_OFFLINE", "1")}, ("--no-prefetch",),
+                              timeout=args.timeout, as_space=True)
+    except RuntimeError as e:
+        print(f"app as a Space (SPACE_ID set, GRADIO_SERVER_PORT): did NOT start: {e}")
+        return 1
+    try:
+        from gradio_client import Client, handle_file
+
+        everywhere = _listening_on_all_interfaces(server.port)
+        print(f"app as a Space: answered on port {server.port} after {server.startup_s:.1f} s; "
+              f"listening on all interfaces: {'yes' if everywhere else 'NO'}")
+        ok &= everywhere
+        client = Client(server.url, verbose=False)
+        raw = client.predict(image=handle_file(str(EXAMPLES_DIR / "cat.jpg")), model=DEFAULT_MODEL, api_name="/predict")[-1]
+        print(f"/predict: {raw['model']} ({raw['weights']} weights), top-1 {raw['top'][0]['label']}")
+        ok &= raw["model"] == DEFAULT_MODEL and len(raw["top"]) == 5
+    finally:
+        server.stop()
+    print("ready to push" if ok else "NOT ready: see above")
+    return 0 if ok else 1
