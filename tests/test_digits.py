@@ -164,16 +164,14 @@ def test_the_drawn_digit_benchmark_is_what_it_says():
 
 
 def test_the_networks_read_drawn_and_printed_digits(capsys):
-    """The shipped networks on the drawn-digit benchmark: the best >= 98%, two of them >= 95%
-    (the MNIST Inception and residual nets, retrained with printed and scikit-learn digits), and
-    none below 90% (the d2l GoogLeNet, still trained on MNIST alone)."""
+    """The shipped networks on the drawn-digit benchmark (drawings and typefaces none of them was
+    trained on): every network >= 95%, the best >= 98%."""
     assert main(["digits-benchmark", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     acc = {k: r["accuracy"] for k, r in res["networks"].items()}
     assert set(acc) == set(DIGIT_KEYS)
     assert max(acc.values()) >= 98.0, acc
-    assert sorted(acc.values())[-2] >= 95.0, acc
-    assert min(acc.values()) >= 90.0, acc
+    assert min(acc.values()) >= 95.0, acc
     assert all(set(r["per_digit"]) == {str(d) for d in range(10)} for r in res["networks"].values())
 
 
