@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import weights as W
-from .zoo import ZOO
+from .zoo import PUBLISHED_KEYS, ZOO
 
 
 @dataclass
@@ -36,7 +36,7 @@ _LOCK = threading.Lock()
 def published_sources() -> list[tuple[str, W.TorchvisionWeights]]:
     """(model key, weights) for every zoo model with published weights, smallest file first
     (torchvision's metadata gives each file's size)."""
-    items = [(k, s.weights) for k, s in ZOO.items() if s.weights is not None and s.weights.downloadable]
+    items = [(k, ZOO[k].weights) for k in PUBLISHED_KEYS]
     return sorted(items, key=lambda kv: kv[1].meta.get("_file_size", float("inf")))
 
 

@@ -532,6 +532,8 @@ ZOO: dict[str, ModelSpec] = {
 FAMILIES = ("Inception", "Residual", "Plain", "Compact", "Digits")
 IMAGENET_KEYS = tuple(k for k, s in ZOO.items() if s.inputs.kind == "photo")
 DIGIT_KEYS = tuple(k for k, s in ZOO.items() if s.inputs.kind == "digit")
+# Models whose weights are published online (fetch-weights and the background prefetch get them).
+PUBLISHED_KEYS = tuple(k for k, s in ZOO.items() if s.weights is not None and s.weights.downloadable)
 # The model every view opens with, and the digit network whose branch maps and attribution the
 # Digits tab shows (the first digit network, in zoo order, with parallel branches).
 DEFAULT_MODEL = "googlenet"

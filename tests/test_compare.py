@@ -16,9 +16,9 @@ from cnndemo.profile import (
     reduction_savings,
     stage_costs,
 )
-from cnndemo.zoo import ZOO
+from cnndemo.zoo import PUBLISHED_KEYS, ZOO
 
-TV = [k for k, s in ZOO.items() if s.weights is not None and s.weights.downloadable]
+TV = list(PUBLISHED_KEYS)
 
 
 @pytest.mark.parametrize("key", TV)

@@ -137,18 +137,17 @@ def run_bench_attribution(args) -> int:
     base = torch.zeros_like(x)
 
     def direct(ibs: int) -> float:
-        t0 = time.perf_counter()
-        with model.lock:
+        with model.lock, timed(model.device) as t:
             IntegratedGradients(model.module).attribute(
                 x, baselines=base, target=target, n_steps=args.steps, internal_batch_size=ibs
             )
-        return (time.perf_counter() - t0) * 1000
+        return t.ms
 
     def ours(ibs: int) -> float:
-        t0 = time.perf_counter()
-        attribute(image, model, "ig", target=target, scores=False,
-                  settings=Settings(steps=args.steps, internal_batch=ibs))
-        return (time.perf_counter() - t0) * 1000
+        with timed(model.device) as t:
+            attribute(image, model, "ig", target=target, scores=False,
+                      settings=Settings(steps=args.steps, internal_batch=ibs))
+        return t.ms
 
     if args.sweep_batch:
         rows = []

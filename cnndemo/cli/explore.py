@@ -12,7 +12,7 @@ from ..images import ImageError
 from ..predict import predict
 from ..profile import count_model_params
 from ..weights import WeightsError, availability
-from ..zoo import ZOO
+from ..zoo import PUBLISHED_KEYS, ZOO
 from .common import CliProgress, command, emit, fail, load_model, model_arg
 
 
@@ -90,11 +90,11 @@ def _setup_fetch(p):
 
 @command("fetch-weights", "download and verify published weights into the torch hub cache", _setup_fetch)
 def run_fetch(args) -> int:
-    keys = args.models or [k for k, s in ZOO.items() if isinstance(s.weights, W.TorchvisionWeights)]
+    keys = args.models or list(PUBLISHED_KEYS)
     failed = 0
     for key in keys:
         src = ZOO[key].weights
-        if not isinstance(src, W.TorchvisionWeights):
+        if key not in PUBLISHED_KEYS:
             note = "bundled with the app" if src is not None else "no published weights"
             emit({"model": key, "status": "skipped", "reason": note} if args.json else f"{key}: skipped ({note})")
             continue
