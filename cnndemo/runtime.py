@@ -203,10 +203,10 @@ class ModelStore:
             if k in self._custom:
                 self._custom.move_to_end(k)
                 return self._custom[k]
-            expected = W.ExpectedTensors.of(spec.build_meta())
+            module = spec.build_meta()  # no memory until the checkpoint's own tensors are assigned
+            expected = W.ExpectedTensors.of(module, ignored=spec.drop_keys)
             state = W.drop_prefixes(W.read_state_dict(path, expected, spec.name), spec.drop_keys)
-            module = build_random(spec)
-            W.load_into(module, state, spec.name)
+            W.load_into(module, state, spec.name, assign=True)
             info = W.WeightsInfo("custom", f"your checkpoint {path.name}", f"custom-{digest[:16]}")
             loaded = LoadedModel(spec, module.to(device).eval(), info, device)
             self._custom[k] = loaded

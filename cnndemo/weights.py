@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import threading
@@ -333,25 +334,50 @@ def forget_failures() -> None:
 # Checkpoint loads at once (each may hold up to twice a model's weights in memory).
 MAX_CONCURRENT_LOADS = int(os.environ.get("CNNDEMO_MAX_CHECKPOINT_LOADS", "2"))
 _LOAD_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_LOADS)
-# A zip checkpoint may declare at most this multiple of the architecture's tensor bytes
-# (2: a float64 copy of a float32 model still loads) plus a little slack for metadata.
+# A checkpoint may hold at most this multiple of the architecture's tensor bytes (2: a float64
+# copy of a float32 model still loads) plus a little slack for metadata.
 ZIP_SLACK_FACTOR = 2.0
 ZIP_SLACK_BYTES = 1 << 20
-MAX_PICKLE_RECORD = 16 << 20
+# The pickle (or safetensors JSON header) that describes a state_dict takes ~140 bytes per
+# tensor (torchvision's models: 122-161). torch's weights-only unpickler is pure Python, keeps
+# tens of bytes per pickle byte and cannot be interrupted, so the description is bounded by
+# what this architecture needs before it is parsed: 1 KB per tensor plus 32 KB.
+PICKLE_BYTES_PER_TENSOR = 1024
+PICKLE_SLACK_BYTES = 32 << 10
+# Keys of a checkpoint beyond the architecture's (auxiliary heads, an optimiser's scalars).
+EXTRA_ENTRIES = 64
 
 
-@dataclass(frozen=True)
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+@dataclass(frozen=True, eq=False)
 class ExpectedTensors:
-    """What an architecture's state_dict holds: the budget a checkpoint is checked against."""
+    """What an architecture's state_dict holds (each key's shape and dtype): every checkpoint
+    is checked against it from its header before a tensor is built."""
 
-    count: int
-    total_bytes: int
-    largest_bytes: int
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    ignored: tuple[str, ...] = ()  # key prefixes a checkpoint may carry and the model drops
 
     @classmethod
-    def of(cls, model: nn.Module) -> ExpectedTensors:
-        sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
-        return cls(len(sizes), sum(sizes), max(sizes, default=0))
+    def of(cls, model: nn.Module, ignored: tuple[str, ...] = ()) -> ExpectedTensors:
+        return cls({k: (tuple(t.shape), t.dtype) for k, t in model.state_dict().items()}, tuple(ignored))
+
+    @property
+    def count(self) -> int:
+        return len(self.shapes)
+
+    def _nbytes(self, shape: tuple[int, ...], dtype: torch.dtype) -> int:
+        return math.prod(shape) * dtype.itemsize
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self._nbytes(*v) for v in self.shapes.values())
+
+    @property
+    def largest_bytes(self) -> int:
+        return max((self._nbytes(*v) for v in self.shapes.values()), default=0)
 
     @property
     def limit_bytes(self) -> int:
@@ -363,17 +389,75 @@ class ExpectedTensors:
         """The most one stored tensor of this architecture may take."""
         return int(self.largest_bytes * ZIP_SLACK_FACTOR) + ZIP_SLACK_BYTES
 
+    @property
+    def header_limit_bytes(self) -> int:
+        """The most a checkpoint's description (pickle, safetensors header) may take."""
+        return PICKLE_BYTES_PER_TENSOR * (self.count + EXTRA_ENTRIES) + PICKLE_SLACK_BYTES
+
+
+_FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+_SCALE = "::scale"  # this app's packed format (see pack_state)
+
+
+def check_entries(
+    entries: dict[str, tuple[tuple[int, ...], torch.dtype]], expected: ExpectedTensors, model_name: str
+) -> None:
+    """Refuse a checkpoint whose keys, shapes or dtypes do not fit the architecture.
+
+    ``entries`` comes from a header (safetensors) or a load onto the meta device (torch
+    files): nothing has been allocated yet. Keys under ``expected.ignored`` are allowed
+    (auxiliary heads the model drops); the app's packed format (int8 + ``::scale``) is
+    recognised and its scales are checked too, so unpacking cannot broadcast.
+    """
+    complex_keys = [k for k, (_s, dt) in entries.items() if dt.is_complex]
+    if complex_keys:
+        raise WeightsError(
+            f"this checkpoint holds complex-valued tensors ({', '.join(complex_keys[:3])}); the weights "
+            f"of {model_name} are real numbers, and casting would silently drop the imaginary parts"
+        )
+    want = expected.shapes
+    scales = {k[: -len(_SCALE)]: v for k, v in entries.items() if k.endswith(_SCALE)}
+    missing = [k for k in want if k not in entries]
+    unexpected = [k for k in entries if k not in want and not k.endswith(_SCALE) and not k.startswith(expected.ignored)]
+    unexpected += [k + _SCALE for k in scales if k not in want]
+    if len(entries) > expected.count + EXTRA_ENTRIES + len(scales):
+        unexpected = unexpected or list(entries)
+    wrong: list[str] = []  # shapes
+    dtypes: list[str] = []
+    for k, (shape, dtype) in want.items():
+        if k not in entries:
+            continue
+        got_shape, got_dtype = entries[k]
+        if got_shape != shape:
+            wrong.append(f"{k} (checkpoint {list(got_shape)}, model {list(shape)})")
+        elif k in scales:
+            s_shape, s_dtype = scales[k]
+            if got_dtype != torch.int8 or len(shape) < 2 or s_shape != (shape[0],) or s_dtype != torch.float32:
+                dtypes.append(f"{k} (packed as {got_dtype}, scale {list(s_shape)} {s_dtype}; "
+                             f"expected int8 and a float32 scale of [{shape[0]}])")
+        elif dtype.is_floating_point and got_dtype not in _FLOATS:
+            dtypes.append(f"{k} (dtype {got_dtype}, model {dtype})")
+        elif not dtype.is_floating_point and (got_dtype.is_floating_point or got_dtype == torch.bool):
+            dtypes.append(f"{k} (dtype {got_dtype}, model {dtype})")
+    if not (missing or unexpected or wrong or dtypes):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong),
+                         ("wrong dtype", dtypes)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    raise WeightsError(f"this checkpoint does not fit {model_name}: " + "; ".join(parts))
+
 
 def check_torch_zip(path: Path, expected: ExpectedTensors, model_name: str = "this model") -> None:
     """Refuse a zip checkpoint from its directory alone, before anything is inflated.
 
     A zip entry declares its unpacked size, and both Python's and torch's zip readers stop
-    there, so a 2 MB upload that would inflate to 2 GB is refused by arithmetic.
+    there, so a 2 MB upload that would inflate to 2 GB is refused by arithmetic; and the
+    pickle that describes the tensors may not be larger than this architecture's needs.
     """
     import zipfile
-
-    def mb(n: int) -> str:
-        return f"{n / 2**20:,.1f} MB"
 
     try:
         with zipfile.ZipFile(path) as zf:
@@ -390,16 +474,72 @@ def check_torch_zip(path: Path, expected: ExpectedTensors, model_name: str = "th
     limit = expected.limit_bytes
     if total > limit:
         raise WeightsError(
-            f"{path.name} declares {mb(total)} of tensor data once unpacked; the weights of {model_name} "
-            f"take {mb(expected.total_bytes)} (limit {mb(limit)}). Refused before unpacking."
+            f"{path.name} declares {_mb(total)} of tensor data once unpacked; the weights of {model_name} "
+            f"take {_mb(expected.total_bytes)} (limit {_mb(limit)}). Refused before unpacking."
         )
     for i in infos:
-        cap = expected.record_limit_bytes if i in records else MAX_PICKLE_RECORD
+        if i in records:
+            cap, what = expected.record_limit_bytes, "any tensor of"
+        else:  # data.pkl, version, byteorder...: descriptions, bounded by the tensor count
+            cap, what = expected.header_limit_bytes, "the description of the weights of"
         if i.file_size > cap:
             raise WeightsError(
-                f"{path.name}: the entry {i.filename} declares {mb(i.file_size)} once unpacked, more than "
-                f"any tensor of {model_name} needs ({mb(cap)}). Refused before unpacking."
+                f"{path.name}: the entry {i.filename} declares {_mb(i.file_size)} once unpacked, more than "
+                f"{what} {model_name} needs ({_mb(cap)}). Refused before unpacking."
             )
+
+
+def check_legacy_pickles(path: Path, expected: ExpectedTensors, model_name: str = "this model") -> None:
+    """A pre-zip (PyTorch < 1.6) checkpoint is five pickles and then raw storages. Walk the
+    pickles' opcodes (nothing is built) and refuse once they pass what this architecture's
+    description needs, before torch's unpickler sees them."""
+    import pickletools
+
+    cap = expected.header_limit_bytes
+    with open(path, "rb") as f:
+        for _ in range(5):
+            try:
+                for _op, _arg, _pos in pickletools.genops(f):
+                    if f.tell() > cap:
+                        raise WeightsError(
+                            f"{path.name}: its pickled description runs past {_mb(cap)}, more than a state_dict "
+                            f"of {model_name} needs ({expected.count} tensors). Refused before unpickling."
+                        )
+            except (ValueError, EOFError) as e:
+                raise WeightsError(f"{path.name} is a damaged checkpoint ({e})") from None
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "C64": torch.complex64,
+}
+
+
+def safetensors_entries(path: Path, expected: ExpectedTensors, model_name: str = "this model") -> dict:
+    """Keys, shapes and dtypes from a safetensors header (8-byte length, then JSON), read only
+    after its length is checked against what this architecture's header needs."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= expected.header_limit_bytes:
+            raise WeightsError(
+                f"{path.name}: its safetensors header declares {n:,} bytes; a file for {model_name} needs at most "
+                f"{expected.header_limit_bytes:,}. Refused before reading it."
+            )
+        try:
+            header = json.loads(f.read(n))
+            entries = {}
+            for k, v in header.items():
+                if k == "__metadata__":
+                    continue
+                dtype = _SAFETENSORS_DTYPES.get(v["dtype"])
+                if dtype is None:
+                    raise WeightsError(f"{path.name}: {k} has the dtype {v['dtype']}, which no weights of {model_name} use")
+                entries[k] = (tuple(int(d) for d in v["shape"]), dtype)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise WeightsError(f"{path.name} has a damaged safetensors header ({type(e).__name__})") from None
+    return entries
 
 
 def _sniff_checkpoint(path: Path) -> str:
@@ -421,14 +561,30 @@ def _sniff_checkpoint(path: Path) -> str:
     )
 
 
+def _torch_load(path: Path, map_location: str) -> object:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else "unsupported object"
+        raise WeightsError(
+            f"{path.name} was refused: it holds pickled Python objects, not just tensors, and "
+            f"loading it could run code ({first}). Save it with torch.save(model.state_dict()) "
+            "or as .safetensors."
+        ) from e
+    except Exception as e:  # corrupt zip, truncated file, wrong format
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path.name} could not be read as a checkpoint: {reason}") from e
+
+
 def read_state_dict(
     path: str | Path, expected: ExpectedTensors | None = None, model_name: str = "this model"
 ) -> dict[str, torch.Tensor]:
     """Read a checkpoint as a flat dict of tensors without running any pickled code.
 
-    With ``expected`` (what the architecture holds), a zip checkpoint whose declared sizes do
-    not fit is refused before it is unpacked. At most ``MAX_CONCURRENT_LOADS`` files are read
-    at once.
+    With ``expected`` (what the architecture holds), everything is checked before a tensor
+    is built: a zip's declared sizes, the size of the pickled description, and then every
+    key, shape and dtype (from the safetensors header, or from a load onto the meta device,
+    which reads no tensor data). At most ``MAX_CONCURRENT_LOADS`` files are read at once.
     """
     path = Path(path)
     if not path.is_file():
@@ -439,32 +595,33 @@ def read_state_dict(
             f"{path.name}: expected a state_dict file ({', '.join(CHECKPOINT_SUFFIXES)})"
         )
     kind = _sniff_checkpoint(path)
-    if kind == "zip" and expected is not None:
-        check_torch_zip(path, expected, model_name)
-    if kind == "legacy" and expected is not None:
-        # A pickle stream stores tensors uncompressed: memory follows the file size.
-        if path.stat().st_size > expected.limit_bytes:
-            raise WeightsError(f"{path.name} is larger than any checkpoint of {model_name} can be; refused")
-    with cancel.holding(_LOAD_SLOTS):
-        try:
-            if kind == "safetensors":
-                from safetensors.torch import load_file
-
-                obj = load_file(str(path), device="cpu")
-                if any(k.endswith(_SCALE) for k in obj):  # this app's own packed file (train --out)
-                    obj = unpack_state(obj)
-            else:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else "unsupported object"
+    if expected is not None:
+        if path.stat().st_size > expected.limit_bytes + expected.header_limit_bytes:
             raise WeightsError(
-                f"{path.name} was refused: it holds pickled Python objects, not just tensors, and "
-                f"loading it could run code ({first}). Save it with torch.save(model.state_dict()) "
-                "or as .safetensors."
-            ) from e
-        except Exception as e:  # corrupt zip, truncated file, wrong format
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise WeightsError(f"{path.name} could not be read as a checkpoint: {reason}") from e
+                f"{path.name} is {_mb(path.stat().st_size)}, larger than any checkpoint of {model_name} can be "
+                f"({_mb(expected.total_bytes)} of weights); refused"
+            )
+        if kind == "zip":
+            check_torch_zip(path, expected, model_name)
+        elif kind == "legacy":
+            check_legacy_pickles(path, expected, model_name)
+    with cancel.holding(_LOAD_SLOTS):
+        if kind == "safetensors":
+            if expected is not None:
+                check_entries(safetensors_entries(path, expected, model_name), expected, model_name)
+            from safetensors.torch import load_file
+
+            try:
+                obj = load_file(str(path), device="cpu")
+            except Exception as e:  # offsets that do not add up, a truncated file
+                raise WeightsError(f"{path.name} could not be read as safetensors: {str(e)[:200]}") from e
+            if any(k.endswith(_SCALE) for k in obj):  # this app's own packed file (train --out)
+                obj = unpack_state(obj)
+        else:
+            if expected is not None:
+                meta = _unwrap(_torch_load(path, "meta"), path.name)
+                check_entries({k: (tuple(v.shape), v.dtype) for k, v in meta.items()}, expected, model_name)
+            obj = _torch_load(path, "cpu")
     return _unwrap(obj, path.name)
 
 
@@ -493,34 +650,20 @@ def drop_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> 
 
 
 def check_fits(model: nn.Module, state: dict[str, torch.Tensor], model_name: str) -> None:
-    """Raise ``WeightsError`` naming the first mismatching keys and shapes."""
-    want = model.state_dict()
-    complex_keys = [k for k, v in state.items() if v.is_complex()]
-    if complex_keys:
-        raise WeightsError(
-            f"this checkpoint holds complex-valued tensors ({', '.join(complex_keys[:3])}); the weights "
-            f"of {model_name} are real numbers, and casting would silently drop the imaginary parts"
-        )
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    shapes = [
-        f"{k} (checkpoint {list(state[k].shape)}, model {list(want[k].shape)})"
-        for k in want
-        if k in state and state[k].shape != want[k].shape
-    ]
-    if not (missing or unexpected or shapes):
-        return
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if items:
-            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
-    raise WeightsError(f"this checkpoint does not fit {model_name}: " + "; ".join(parts))
+    """Raise ``WeightsError`` naming the first mismatching keys, shapes and dtypes."""
+    check_entries({k: (tuple(v.shape), v.dtype) for k, v in state.items()}, ExpectedTensors.of(model), model_name)
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], model_name: str) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], model_name: str, *, assign: bool = False) -> None:
+    """Copy ``state`` into ``model``; with ``assign`` (a model built on the meta device), take the
+    checkpoint's tensors as the parameters, cast to the model's dtypes, so one copy is held."""
     check_fits(model, state, model_name)
-    model.load_state_dict(state, strict=True)
+    if assign:
+        want = model.state_dict()
+        state = {k: v.to(want[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=assign)
+    if assign and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise WeightsError(f"{model_name} has tensors that a state_dict does not carry; load it into a built model")
 
 
 # --------------------------------------------------------------------------- bundled weights
@@ -529,7 +672,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], model_name: str)
 # the accuracy in the training record is measured on the weights after this round trip.
 
 QUANT_MIN_NUMEL = 32_768
-_SCALE = "::scale"
 
 
 def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -554,6 +696,8 @@ def unpack_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         scale = packed.get(k + _SCALE)
         if scale is not None:
+            if v.dim() < 2 or tuple(scale.shape) != (v.shape[0],):  # one scale per output channel, no broadcast
+                raise WeightsError(f"{k}: a packed tensor of shape {list(v.shape)} with a scale of {list(scale.shape)}")
             shape = (-1,) + (1,) * (v.dim() - 1)
             v = v.float() * scale.reshape(shape)
         state[k] = v

@@ -338,3 +338,55 @@ def run_bench_classroom(args) -> int:
                   f"errors {r['errors']}/{r['calls']}  queue full {r['refused_queue_full']}"
                   + (f"  {r['first_errors']}" if r["errors"] else ""))
     return 0
+
+
+def _setup_bench_checkpoints(p):
+    p.add_argument("--model", default="resnet50", choices=list(ZOO), metavar="KEY", help="zoo key (default resnet50)")
+    p.add_argument("--json", action="store_true")
+
+
+# Run in a fresh process per file: the peak resident memory of one load, from a reset high-water mark.
+_LOAD_ONE = """
+import json, sys, time
+from pathlib import Path
+from cnndemo.runtime import STORE
+from cnndemo.weights import WeightsError
+def status(field):
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) / 1024
+Path('/proc/self/clear_refs').write_text('5')
+before = status('VmRSS')
+t0 = time.perf_counter()
+try:
+    STORE.get(sys.argv[1], checkpoint=sys.argv[2]); error = None
+except WeightsError as e:
+    error = str(e)
+print(json.dumps({"s": time.perf_counter() - t0, "peak_mb": status('VmHWM') - before, "error": error}))
+"""
+
+
+@command("bench-checkpoints", "time and peak memory of loading each hostile checkpoint against a valid one",
+         _setup_bench_checkpoints)
+def run_bench_checkpoints(args) -> int:
+    from .. import hostile
+
+    weights_mb = hostile.expected(args.model).total_bytes / 2**20
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, make in hostile.CASES.items():
+            path = make(Path(d), args.model)
+            out = subprocess.run([sys.executable, "-c", _LOAD_ONE, args.model, str(path)], capture_output=True,
+                                 text=True, cwd=CHECKOUT, check=True)
+            row = {"case": name, "file_mb": round(path.stat().st_size / 2**20, 2), **json.loads(out.stdout)}
+            row["s"], row["peak_mb"] = round(row["s"], 3), round(row["peak_mb"], 1)
+            rows.append(row)
+            path.unlink()
+    if args.json:
+        emit({"model": args.model, "weights_mb": round(weights_mb, 1), "results": rows})
+    else:
+        print(f"{args.model}: weights {weights_mb:.1f} MB; goal: peak < {2 * weights_mb:.0f} MB, time < 2x a valid load")
+        for r in rows:
+            verdict = "loaded" if r["error"] is None else "refused: " + r["error"][:90]
+            print(f"  {r['case']:32s} {r['file_mb']:8.2f} MB  {r['s']:7.3f} s  peak +{r['peak_mb']:7.1f} MB  {verdict}")
+    return 0
