@@ -18,6 +18,7 @@ Each map comes with two scores:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -34,6 +35,7 @@ from .pipeline import ImageLike, prepare, resolve, timed
 from .runtime import LoadedModel
 from .specs import ModelSpec
 from .weights import WeightsInfo
+from .zoo import get_spec
 
 ProgressFn = Callable[[float | None, str], None]
 
@@ -201,6 +203,14 @@ def randomized_model(lm: LoadedModel) -> nn.Module:
 # ----------------------------------------------------------------------------- targets, layers
 
 
+MAX_TARGET_CHARS = 200  # the longest ImageNet class name has 121
+
+
+@functools.lru_cache(maxsize=None)
+def _lowered(key: str) -> tuple[str, ...]:
+    return tuple(label.lower() for label in get_spec(key).labels())
+
+
 def resolve_target(spec: ModelSpec, target: int | str | None, logits: torch.Tensor) -> int:
     """None -> the top prediction; an index; or a class name (exact, else unique substring)."""
     labels = spec.labels()
@@ -212,11 +222,14 @@ def resolve_target(spec: ModelSpec, target: int | str | None, logits: torch.Tens
             raise ValueError(f"target index {idx} is out of range 0-{len(labels) - 1}")
         return idx
     name = str(target).strip()
+    if len(name) > MAX_TARGET_CHARS:
+        raise ValueError(f"a target class is a name or an index of at most {MAX_TARGET_CHARS} characters "
+                         f"(got {len(name):,})")
     if name.endswith(")") and "(" in name:  # "golden retriever (207)" as shown in the UI
         inner = name[name.rindex("(") + 1 : -1]
         if inner.isdigit():
             return resolve_target(spec, int(inner), logits)
-    lowered = [label.lower() for label in labels]
+    lowered = _lowered(spec.key)
     if name.lower() in lowered:
         return lowered.index(name.lower())
     hits = [i for i, label in enumerate(lowered) if name.lower() in label]
@@ -336,13 +349,15 @@ def estimated_tflop(spec: ModelSpec, method: str, s: Settings, x: torch.Tensor, 
     return module_flops(spec.key)[0] * scale * images / 1e12
 
 
+def request_tflop(spec: ModelSpec, method: str, settings: Settings | None = None, *, scores: bool = True) -> float:
+    """The estimated arithmetic of one attribution at the model's own input size."""
+    return estimated_tflop(spec, method, (settings or Settings()).clamp(), spec.meta_input(), scores=scores)
+
+
 def check_budget(spec: ModelSpec, method: str, settings: Settings | None = None, *, scores: bool = True) -> None:
     """Refuse up front (``cancel.OverBudget``) settings whose estimated cost is over the budget."""
-    meta = get_method(method)
-    s = (settings or Settings()).clamp()
-    tflop = estimated_tflop(spec, method, s, spec.meta_input(), scores=scores)
-    what = f"{meta.name} on {spec.name}" + (" with its sanity and deletion scores" if scores else "")
-    cancel.check_budget(tflop, what)
+    what = f"{get_method(method).name} on {spec.name}" + (" with its sanity and deletion scores" if scores else "")
+    cancel.check_budget(request_tflop(spec, method, settings, scores=scores), what)
 
 
 _QUIET = []

@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from . import cancel
 from .paths import BENCH_DIR
 from .pipeline import sync
-from .profile import forward_flops
+from .profile import forward_flops, module_flops
 from .runtime import build_random, pick_device
 from .zoo import get_spec
 
@@ -532,7 +532,26 @@ def run_benchmark(
         "results": results}
 
 
-def scaling(key: str, *, device: str = "auto", batches=(1, 2, 4, 8, 16), resolutions=(128, 160, 224, 288, 352),
+def benchmark_tflop(models: list[str], batches: tuple[int, ...], modes: tuple[str, ...], runs: int, warmup: int) -> float:
+    """Arithmetic ``run_benchmark`` asks for: every image of every warm-up and timed pass."""
+    return sum(module_flops(k)[0] for k in models) * sum(batches) * len(modes) * (runs + warmup) / 1e12
+
+
+SCALING_BATCHES = (1, 2, 4, 8, 16)
+SCALING_RESOLUTIONS = (128, 160, 224, 288, 352)
+
+
+def scaling_tflop(key: str, runs: int, warmup: int = 2, batches=SCALING_BATCHES,
+                  resolutions=SCALING_RESOLUTIONS) -> float:
+    """Arithmetic ``scaling`` asks for: the batch curve at the model's own size, then batch 1
+    at each resolution the model accepts, ``runs + warmup`` passes each."""
+    spec = get_spec(key)
+    per_round = module_flops(key)[0] * sum(batches)
+    per_round += sum(forward_flops(key, r, r) for r in resolutions if r >= spec.inputs.min_side)
+    return per_round * (runs + warmup) / 1e12
+
+
+def scaling(key: str, *, device: str = "auto", batches=SCALING_BATCHES, resolutions=SCALING_RESOLUTIONS,
             runs: int = 8, warmup: int = 2, progress: ProgressFn | None = None) -> dict:
     """How cost grows: latency per image vs batch size (own resolution), and latency vs input
     resolution (batch 1). All settings are timed interleaved, ``runs`` passes each, and each

@@ -64,11 +64,15 @@ def holding(lock) -> Iterator[None]:
         lock.release()
 
 
-def check_budget(tflop: float, what: str, budget: float | None = None) -> None:
-    """Refuse up front work estimated above the budget, saying the estimate and the limit."""
+ATTRIBUTION_HINT = "Use fewer steps or samples, or a larger occlusion window and stride."
+
+
+def check_budget(tflop: float, what: str, budget: float | None = None, *, hint: str = ATTRIBUTION_HINT) -> None:
+    """Refuse up front work estimated above the budget, saying the estimate, the limit and
+    what to change."""
     budget = WORK_BUDGET_TFLOP if budget is None else budget
     if tflop > budget:
         raise OverBudget(
             f"{what} would cost about {tflop:,.1f} TFLOP, over this server's limit of {budget:g} TFLOP "
-            "per request. Use fewer steps or samples, or a larger occlusion window and stride."
+            f"per request. {hint}"
         )

@@ -27,6 +27,7 @@ from . import cancel
 from .digits import MNIST_MEAN, MNIST_STD, normalize_digit
 from .images import open_image
 from .pipeline import to_batch
+from .profile import module_flops
 from .runtime import build_random
 from .specs import ModelSpec
 from .weights import pack_state, save_bundled, sha256_file, unpack_state
@@ -201,6 +202,13 @@ def evaluate(model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
 
 
 StepFn = Callable[[dict], None]
+
+
+def training_tflop(key: str, *, epochs: int, limit: int | None = None) -> float:
+    """Arithmetic a training run asks for: per epoch, a forward and a backward (twice a forward)
+    for each training digit; the held-out digits evaluated before training and after each epoch."""
+    n_train = min(limit or TRAIN_PER_CLASS * 10, TRAIN_PER_CLASS * 10)
+    return module_flops(key)[0] * (3 * n_train * epochs + TEST_PER_CLASS * 10 * (epochs + 1)) / 1e12
 
 
 def train(

@@ -7,11 +7,12 @@ import os
 import gradio as gr
 
 from . import attributions, compare, digits, explore
-from .common import CSS, EXAMPLES_DIR, PRESENTER_JS, by_name, tune_allocator, weights_status
+from .common import CSS, EXAMPLES_DIR, MODEL_GROUP, PRESENTER_JS, by_name, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
 from ..runtime import configure_threads
 from ..weights import is_offline
 from .serving import install_atomic_cache_writes
+from . import guard
 
 # Classroom tuning (README): how many network-running events at once, how long the queue may
 # grow before new requests are turned away, and the worker-thread pool.
@@ -26,6 +27,7 @@ MAX_FILE_SIZE = os.environ.get("CNNDEMO_MAX_UPLOAD", "120mb")
 def build_demo() -> gr.Blocks:
     """Build the Blocks app (not launched). Nothing here loads a model."""
     install_atomic_cache_writes()
+    uploads = guard.UploadFolder.default()  # before any component: they read Gradio's cache folder
     with gr.Blocks(title="CNN Zoo Lab", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# CNN Zoo Lab\n"
@@ -38,7 +40,7 @@ def build_demo() -> gr.Blocks:
                                     min_width=220, elem_id="presenter-toggle")
         presenter.input(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private")
         start = start_here()
-        checkpoint = gr.State(None)
+        checkpoint = gr.State(None, time_to_live=guard.STATE_TTL_S)
         with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore") as explore_tab:
                 ex = explore.build(checkpoint)
@@ -70,6 +72,10 @@ def build_demo() -> gr.Blocks:
         demo.load(load, None, loaded, api_visibility="private")
         demo.load(lambda: explore.on_load(ex), None, [ex["arch"], ex["diagram"]], api_visibility="private")
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
+    guard.install_queue_limits(demo, {MODEL_GROUP, compare.BENCH_GROUP, digits.TRAIN_GROUP})
+    guard.install_session_context(demo)
+    guard.install_input_checks(demo)
+    demo.cnndemo_uploads = uploads
     return demo
 
 
@@ -105,9 +111,16 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
     ``prefetch``: fetch the published weights in the background (a Space's disk is
     ephemeral). ``mcp``: also serve every named endpoint as an MCP tool.
     """
+    from starlette.middleware import Middleware
+
     tune_allocator()
     configure_threads()
     demo = demo or build_demo()
+    uploads = demo.cnndemo_uploads
+    uploads.claim()  # what a killed server left in the upload folder goes now
+    uploads.start_sweeper()
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(guard.ClientGuard, uploads=uploads)]
     if prefetch and not is_offline():
         weights_prefetch.start()
     if mcp:
@@ -127,6 +140,8 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
         theme=gr.themes.Soft(),
         ssr_mode=False,
         footer_links=["api", "settings"],
+        state_session_capacity=guard.SESSION_CAPACITY,
+        app_kwargs=app_kwargs,
         **kwargs,
     )
     return demo

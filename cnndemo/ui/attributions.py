@@ -10,7 +10,9 @@ import pandas as pd
 
 from .. import render
 from ..branches import explore
-from ..attribution import METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, check_budget, get_method, layer_choices
+from ..attribution import (METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, check_budget, get_method,
+                           layer_choices, request_tflop)
+from ..cancel import WORK_BUDGET_TFLOP, check_budget as check_budget_total
 from ..pipeline import prepare
 from ..zoo import DEFAULT_MODEL, ZOO
 from .serving import download_path
@@ -145,10 +147,20 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
     if not image:
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint, progress)
+    # Planned up front: the methods run in order while the request's budget lasts; the rest
+    # are shown as skipped, with their cost.
+    left = WORK_BUDGET_TFLOP
+    costs = {key: request_tflop(lm.spec, key, None, scores=False) for key in METHODS}
     inp = prepare(image, lm)
     items, titles = [], []
     for i, (key, meth) in enumerate(METHODS.items()):
         progress(i / len(METHODS), desc=f"{meth.name} ({i + 1} of {len(METHODS)})")
+        if costs[key] > left:
+            items.append(None)
+            titles.append(f"{meth.name}: skipped\n~{costs[key]:.1f} TFLOP, over what is left of this\n"
+                          f"request's {WORK_BUDGET_TFLOP:g} TFLOP budget")
+            continue
+        left -= costs[key]
         try:
             a = attribute(inp, lm, key, target=target or None, layer=layer if meth.uses_layer else None, scores=False)
             items.append(a)
@@ -173,6 +185,10 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
     models = list(models or [])
     if not 2 <= len(models) <= 6:
         raise gr.Error("Pick between 2 and 6 models to compare.")
+    if len(set(models)) != len(models):
+        raise gr.Error("Each model once: the same model twice would only draw the same map again.")
+    check_budget_total(sum(request_tflop(ZOO[k], method, None, scores=False) for k in models),
+                       f"{get_method(method).name} on {len(models)} models")
     items, titles, rows = [], [], []
     for i, key in enumerate(models):
         progress(i / len(models), desc=f"{ZOO[key].name} ({i + 1} of {len(models)})")

@@ -8,7 +8,8 @@ import torch
 
 from .. import render
 from ..cache import LRU
-from ..bench import default_modes, noise_note, reference_files, run_benchmark, scaling
+from ..bench import benchmark_tflop, default_modes, noise_note, reference_files, run_benchmark, scaling, scaling_tflop
+from ..cancel import WORK_BUDGET_TFLOP, check_budget
 from ..profile import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
 from ..runtime import pick_device
 from ..zoo import DEFAULT_MODEL, ZOO
@@ -232,12 +233,16 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
     if max(batches) > 256:
         raise gr.Error("Batch sizes above 256 are not offered here; use the CLI.")
     key = (device, tuple(models), batches, precision, bool(channels_last), bool(compile), int(runs))
+    modes = _live_modes(device, bool(compile))
+    warmup = max(2, int(runs) // 5)
+    check_budget(benchmark_tflop(models, batches, modes, int(runs), warmup), f"Benchmarking {len(models)} models",
+                 hint="Pick fewer models, smaller batch sizes or fewer runs.")
     data = _LIVE.get(key)
     cached = data is not None
     if data is None:
         data = _measured(lambda: run_benchmark(
             models, device=device, batches=batches, precisions=(precision,), channels_last=True if channels_last else None,
-            modes=_live_modes(device, bool(compile)), runs=int(runs), warmup=max(2, int(runs) // 5),
+            modes=modes, runs=int(runs), warmup=warmup,
             progress=gr_progress(progress)))
         _LIVE.put(key, data)
     env = data["environment"]
@@ -262,7 +267,11 @@ def run_scaling(model: str, progress=gr.Progress()):
     Args:
         model: a zoo key.
     """
-    data = _measured(lambda: scaling(model, progress=gr_progress(progress)))
+    # As many timed passes per point as the request's budget allows (8 at most, 3 at least).
+    runs = next((r for r in range(8, 2, -1) if scaling_tflop(model, r) <= WORK_BUDGET_TFLOP), 3)
+    check_budget(scaling_tflop(model, runs), f"Scaling curves for {ZOO[model].name}",
+                 hint="Pick a smaller model, or measure it with `python -m cnndemo bench` instead.")
+    data = _measured(lambda: scaling(model, runs=runs, progress=gr_progress(progress)))
     name = ZOO[model].name
     by_batch = render.timing_curve(data["batch"], "batch", "ms_per_image", "p10", "p90", log_x=True,
                                    xlabel="batch size", ylabel="ms per image",

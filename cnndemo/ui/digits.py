@@ -7,6 +7,7 @@ import contextvars
 import queue
 import threading
 import time
+import uuid
 
 import gradio as gr
 import pandas as pd
@@ -18,10 +19,12 @@ from ..branches import explore
 from ..digits import EmptyDrawing, disagreement, normalize_digit
 from ..images import open_image
 from ..runtime import STORE, LoadedModel
-from ..training import load_digits, train
+from ..training import load_digits, train, training_tflop
+from ..cancel import check_budget
 from ..weights import WeightsInfo
 from ..zoo import DIGIT_KEYS, DIGIT_SHOWCASE, ZOO
 from .common import MODEL_GROUP, by_name, guard_files, image_input, user_errors
+from .guard import STATE_TTL_S, bound_blobs
 
 TRAIN_GROUP = "train"
 # The Sketchpad opens with no tool selected, and "Clear canvas" (and undo/redo) deselects the
@@ -162,6 +165,8 @@ def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: floa
         limit: how many of the 4,000 training digits to use.
     """
     session = dict(session or {})
+    check_budget(training_tflop(key, epochs=int(epochs), limit=int(limit)), f"Training {ZOO[key].name}",
+                 hint="Use fewer epochs or fewer training digits.")
     data = _data()
     updates: queue.Queue = queue.Queue()
     box: dict = {}
@@ -199,7 +204,7 @@ def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: floa
     result = box["result"]
     spec = ZOO[key]
     info = WeightsInfo("custom", f"trained in this session ({int(epochs)} epochs, held-out {result.test_acc:.1f}%)",
-                       f"session-{id(result.model):x}")
+                       f"session-{uuid.uuid4().hex}")  # never reused, unlike id(): it keys shared caches
     session[key] = LoadedModel(spec, result.model.eval(), info, STORE.device)
     done = (f"Done in {result.wall_s:.1f} s: held-out accuracy **{result.test_acc:.1f}%**. The Digits panel above now "
             f"uses this {spec.name} for your session; the shipped weights are unchanged.")
@@ -231,15 +236,15 @@ def forget_session(session: dict | None):
 
 def build() -> dict:
     c: dict = {}
-    c["session"] = gr.State({})
+    c["session"] = gr.State({}, time_to_live=STATE_TTL_S)
     gr.Markdown("Draw a digit (0-9) with the mouse, or upload a photo of one. It is normalised the way MNIST "
                 "was made (white on black, fit into 20x20, centred by mass in 28x28) and read by all three networks.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
-            c["sketch"] = guard_files(gr.Sketchpad(
+            c["sketch"] = guard_files(bound_blobs(gr.Sketchpad(
                 type="pil", image_mode="RGBA", canvas_size=(280, 280), label="Draw a digit", elem_id="digits-sketch",
                 brush=gr.Brush(default_size=22, colors=["#000000"], color_mode="fixed"), height=340,
-            ), images=True)
+            )), images=True)
             c["upload"] = image_input(sources=["upload", "webcam", "clipboard"], label="...or a photo of a digit", height=200)
         with gr.Column(scale=6):
             with gr.Row():
