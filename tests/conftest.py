@@ -62,7 +62,8 @@ class AppServer:
     def __init__(self, extra_env: dict | None = None, args: tuple[str, ...] = ("--offline",)):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        env = dict(os.environ, **(extra_env or {}))
+        # Each server owns its upload folder (the app empties it at start).
+        env = {**os.environ, "GRADIO_TEMP_DIR": tempfile.mkdtemp(prefix="cnndemo-uploads-"), **(extra_env or {})}
         self.log = tempfile.NamedTemporaryFile(prefix="cnndemo-app-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), *args],

@@ -30,7 +30,7 @@ def test_thirty_identical_predictions_all_download_whole(app_server, cat):
         def student(i: int):
             try:
                 barrier.wait(timeout=60)
-                kind, payload = raw_call(app_server, "predict", [fd, "googlenet"])
+                kind, payload = raw_call(app_server, "predict", [fd, "googlenet"], session=f"student{i}r{rnd}")
                 assert kind == "complete", payload
                 url = payload[1]["url"]
                 with httpx.Client(timeout=60) as c:
@@ -60,17 +60,17 @@ def test_a_student_over_the_queue_limit_is_told_the_queue_is_full(cat):
         barrier = threading.Barrier(10)
         served, refused, other = [], [], []
 
-        def student():
+        def student(i: int):
             barrier.wait(timeout=60)
             t0 = time.monotonic()
             try:
-                kind, payload = raw_call(server, "predict", [fd, "googlenet"])
+                kind, payload = raw_call(server, "predict", [fd, "googlenet"], session=f"student{i}")
                 (served if kind == "complete" else other).append(payload)
             except httpx.HTTPStatusError as e:
                 body = e.response.json()
                 refused.append((e.response.status_code, body, time.monotonic() - t0))
 
-        threads = [threading.Thread(target=student) for _ in range(10)]
+        threads = [threading.Thread(target=student, args=(i,)) for i in range(10)]
         for t in threads:
             t.start()
         for t in threads:

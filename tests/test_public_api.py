@@ -37,10 +37,11 @@ def server(tmp_path_factory):
     s.stop()
 
 
-def raw_call(server, api: str, data: list, timeout: float = 120) -> tuple[str, object]:
-    """POST /gradio_api/call/API, then read its event stream: ('complete'|'error', payload)."""
+def raw_call(server, api: str, data: list, timeout: float = 120, session: str | None = None) -> tuple[str, object]:
+    """POST /gradio_api/call/API, then read its event stream: ('complete'|'error', payload).
+    ``session``: the browser session it comes from (without one, the client is its address)."""
     with httpx.Client(base_url=server.url.rstrip("/"), timeout=timeout) as c:
-        r = c.post(f"/gradio_api/call/{api}", json={"data": data})
+        r = c.post(f"/gradio_api/call/{api}", json={"data": data, "session_hash": session})
         r.raise_for_status()
         event_id = r.json()["event_id"]
         kind, payload = None, None

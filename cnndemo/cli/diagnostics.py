@@ -390,3 +390,95 @@ def run_bench_checkpoints(args) -> int:
             verdict = "loaded" if r["error"] is None else "refused: " + r["error"][:90]
             print(f"  {r['case']:32s} {r['file_mb']:8.2f} MB  {r['s']:7.3f} s  peak +{r['peak_mb']:7.1f} MB  {verdict}")
     return 0
+
+
+def _setup_flood(p):
+    p.add_argument("--seconds", type=float, default=60.0, help="how long the flood lasts")
+    p.add_argument("--flood", choices=["predict", "ig"], default="predict",
+                   help="what the flooding client sends: uncached predictions, or IG-100 on ResNet-50")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-flood", "a student's /predict latency while one client floods the queue", _setup_flood)
+def run_bench_flood(args) -> int:
+    """One client (one browser session) sends requests as fast as the server takes them; a
+    student predicts fresh photos one after another. Reports the student's latency and what
+    the flooding client was told."""
+    import threading
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    from ..classroom import _percentile, start_server
+
+    server = start_server()
+    base = server.url.rstrip("/")
+    stop = threading.Event()
+    codes: dict[int, int] = {}
+
+    def upload(c: httpx.Client, path: Path) -> dict:
+        with open(path, "rb") as f:
+            name = c.post("/gradio_api/upload", files={"files": (path.name, f)}).json()[0]
+        return {"path": name, "meta": {"_type": "gradio.FileData"}}
+
+    def fresh_photo(folder: Path, i: int) -> Path:
+        rng = np.random.default_rng(i)
+        path = folder / f"photo{i}.png"
+        Image.fromarray(rng.integers(0, 255, (240, 240, 3), dtype=np.uint8)).save(path)
+        return path
+
+    def fn_index(c: httpx.Client, api: str) -> int:
+        return next(d["id"] for d in c.get("/config").json()["dependencies"] if d.get("api_name") == api)
+
+    with tempfile.TemporaryDirectory() as d, httpx.Client(base_url=base, timeout=600) as c:
+        folder = Path(d)
+        predict, attribute = fn_index(c, "predict"), fn_index(c, "attribute")
+        flood_session = "flood" + os.urandom(6).hex()
+
+        def flooder():
+            i = 10_000
+            with httpx.Client(base_url=base, timeout=600) as fc:
+                while not stop.is_set():
+                    i += 1
+                    image = upload(fc, fresh_photo(folder, i))
+                    if args.flood == "ig":
+                        fn, data = attribute, [image, "resnet50", "ig", None, None, 100, 8, 32, 24, None]
+                    else:
+                        fn, data = predict, [image, "googlenet", None]
+                    r = fc.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn,
+                                                                 "session_hash": flood_session})
+                    codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                    if r.status_code != 200:
+                        time.sleep(0.05)
+
+        # Warm: the model is built before the flood starts.
+        warm = upload(c, fresh_photo(folder, 0))
+        c.post("/gradio_api/call/predict", json={"data": [warm, "googlenet"]})
+        thread = threading.Thread(target=flooder, daemon=True)
+        thread.start()
+        latencies = []
+        t_end = time.monotonic() + args.seconds
+        i = 0
+        while time.monotonic() < t_end:
+            i += 1
+            image = upload(c, fresh_photo(folder, i))
+            t0 = time.monotonic()
+            event = c.post("/gradio_api/call/predict", json={"data": [image, "googlenet"]}).json()["event_id"]
+            with c.stream("GET", f"/gradio_api/call/predict/{event}") as s:
+                for line in s.iter_lines():
+                    if line.startswith("event: complete") or line.startswith("event: error"):
+                        break
+            latencies.append(time.monotonic() - t0)
+        stop.set()
+        thread.join(timeout=30)
+    server.stop()
+    out = {"flood": args.flood, "seconds": args.seconds, "student_predictions": len(latencies),
+           "p50_s": round(_percentile(latencies, 50), 2), "p95_s": round(_percentile(latencies, 95), 2),
+           "max_s": round(max(latencies), 2), "flood_answers": {str(k): v for k, v in sorted(codes.items())}}
+    if args.json:
+        emit(out)
+    else:
+        print(f"flood of {args.flood}: student /predict p50 {out['p50_s']} s, p95 {out['p95_s']} s, max {out['max_s']} s "
+              f"({len(latencies)} predictions); the flooding client got {out['flood_answers']} (HTTP status: count)")
+    return 0

@@ -84,7 +84,8 @@ BLOB_TOTAL_BYTES = 64 << 20
 BLOB_MAX_LAYERS = 4
 BLOB_TTL_S = 600.0
 # Request bodies Gradio would read whole: an inline image may be 25 MB, so ~34 MB as base64.
-BODY_CAPS = {"/queue/join": 40 << 20, "/component_server": BLOB_MAX_BYTES + (64 << 10), "/cancel": 64 << 10}
+BODY_CAPS = {"/queue/join": 40 << 20, "/call/": 40 << 20, "/component_server": BLOB_MAX_BYTES + (64 << 10),
+             "/cancel": 64 << 10}
 
 # The session of the request being handled (set by the middleware and around each event).
 CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("cnndemo_client", default=None)
@@ -145,7 +146,9 @@ class UploadFolder:
     """Gradio's upload folder as this app uses it: owned by one running server (a lock file),
     emptied at start, bounded by a byte quota, with abandoned partial uploads swept."""
 
-    PARTIAL_AFTER_S = 300.0  # a temporary upload file not written for this long is abandoned
+    # A temporary upload file not written for this long is abandoned; the sweep looks this often.
+    PARTIAL_AFTER_S = float(os.environ.get("CNNDEMO_PARTIAL_UPLOAD_S", "300"))
+    SWEEP_EVERY_S = PARTIAL_AFTER_S / 5
 
     def __init__(self, path: Path, quota: int = UPLOAD_QUOTA):
         self.path = Path(path)
@@ -244,10 +247,10 @@ class UploadFolder:
                 self._in_flight -= declared
             self._measured_at = -math.inf
 
-    def start_sweeper(self, every_s: float = 60.0) -> None:
+    def start_sweeper(self) -> None:
         def loop():
             while True:
-                time.sleep(every_s)
+                time.sleep(self.SWEEP_EVERY_S)
                 with contextlib.suppress(OSError):
                     self.sweep_partials()
 
@@ -285,7 +288,9 @@ class ClientGuard:
                 declared = int(headers.get("content-length") or 0)
                 with self.uploads.admit(declared):
                     return await self.app(scope, receive, send)
-            cap = next((c for suffix, c in BODY_CAPS.items() if path.rstrip("/").endswith(suffix)), None)
+            route = path.rstrip("/")
+            cap = next((c for part, c in BODY_CAPS.items() if route.endswith(part) or (part.endswith("/") and part in route)),
+                       None)
             if cap is None:
                 return await self.app(scope, receive, send)
             body = await self._read(receive, cap)
@@ -336,29 +341,37 @@ class ClientGuard:
 
 
 def install_queue_limits(demo: gr.Blocks, groups: set[str]) -> None:
-    """Refuse an event (429, with the reason) when its session already holds ``PER_SESSION``
-    events of ``groups`` (queued or running), or its address ``PER_ADDRESS``. Gradio's own
-    queue-wide ``max_size`` stays as the last resort."""
+    """Refuse an event (429, with the reason) when its client already holds ``PER_SESSION``
+    events of ``groups`` (queued or running), or its address ``PER_ADDRESS``. The client is
+    the browser session; a request without one (``/gradio_api/call/...``) is its peer's
+    address. Gradio's own queue-wide ``max_size`` stays as the last resort."""
     queue = demo._queue
     stock = queue.push
+    owners: dict[str, tuple[str, str | None]] = {}  # event id -> (client, known address)
 
     async def push(body, request, username):
         fn = demo.fns.get(body.fn_index) if body.fn_index is not None else None
-        if fn is not None and fn.concurrency_id in groups:
-            mine = [e for e in list(queue.event_ids_to_events.values()) if e.concurrency_id in groups]
-            session = body.session_hash
-            if session is not None and PER_SESSION > 0:
-                held = sum(1 for e in mine if e.session_hash == session)
-                if held >= PER_SESSION:
-                    raise HTTPException(429, f"You already have {held} requests waiting or running (the limit is "
-                                             f"{PER_SESSION} per browser). Wait for one to finish, then try again.")
-            address = client_address(request)
-            if address is not None and PER_ADDRESS > 0:
-                held = sum(1 for e in mine if e.request is not None and client_address(e.request) == address)
-                if held >= PER_ADDRESS:
-                    raise HTTPException(429, f"Your network address already has {held} requests waiting or running "
-                                             f"(the limit is {PER_ADDRESS}). Wait for some to finish, then try again.")
-        return await stock(body, request, username)
+        if fn is None or fn.concurrency_id not in groups:
+            return await stock(body, request, username)
+        for event_id in [e for e in owners if e not in queue.event_ids_to_events]:
+            owners.pop(event_id, None)
+        address = client_address(request)
+        peer = (request.scope.get("client") or ("?",))[0]
+        client = f"session:{body.session_hash}" if body.session_hash else f"address:{address or peer}"
+        held = sum(1 for c, _a in owners.values() if c == client)
+        if PER_SESSION > 0 and held >= PER_SESSION:
+            who = "this browser" if body.session_hash else "a client without a session"
+            raise HTTPException(429, f"You already have {held} requests waiting or running (the limit is {PER_SESSION} "
+                                     f"for {who}). Wait for one to finish, then try again.")
+        if address is not None and PER_ADDRESS > 0:
+            held = sum(1 for _c, a in owners.values() if a == address)
+            if held >= PER_ADDRESS:
+                raise HTTPException(429, f"Your network address already has {held} requests waiting or running "
+                                         f"(the limit is {PER_ADDRESS}). Wait for some to finish, then try again.")
+        ok, event_id, state = await stock(body, request, username)
+        if ok:
+            owners[event_id] = (client, address)
+        return ok, event_id, state
 
     queue.push = push
 
@@ -511,13 +524,14 @@ def check_payload(comp, value, name: str) -> None:
     def refuse(allowed: str):
         raise gr.Error(f"{name}: {allowed}; got {_shown(value)}.", print_exception=False)
 
-    if isinstance(comp, gr.Dropdown):
+    if isinstance(comp, (gr.Dropdown, gr.CheckboxGroup)):
         choices = _choices(comp)
         listed = ", ".join(map(str, choices[:12])) + (" ..." if len(choices) > 12 else "")
-        if comp.multiselect:
+        custom = getattr(comp, "allow_custom_value", False)
+        if isinstance(comp, gr.CheckboxGroup) or comp.multiselect:
             if not isinstance(value, list):
                 refuse(f"a list of values ({listed})")
-            limit = comp.max_choices or len(choices) or 32
+            limit = getattr(comp, "max_choices", None) or len(choices) or 32
             if len(value) > limit:
                 refuse(f"at most {limit} values")
             items = value
@@ -530,7 +544,7 @@ def check_payload(comp, value, name: str) -> None:
                 refuse(f"values are text or numbers ({listed})")
             if isinstance(item, str) and len(item) > MAX_TEXT:
                 refuse(f"at most {MAX_TEXT} characters")
-            if not comp.allow_custom_value and item not in choices:
+            if not custom and item not in choices:
                 refuse(f"one of {listed}")
     elif isinstance(comp, (gr.Slider, gr.Number)):
         lo, hi = comp.minimum, comp.maximum
