@@ -31,17 +31,36 @@ def count_model_params(spec: ModelSpec) -> int:
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
-    """(total FLOPs, FLOPs per module path) of one forward pass."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    root = type(model).__name__
+    """(total FLOPs, FLOPs per module path) of one forward pass.
+
+    ``FlopCounterMode`` counts ops in this thread only (dispatch modes are thread-local), but it
+    tells modules apart with process-wide forward hooks, so a network running in another
+    thread meanwhile moves FLOPs between stages. Its totals are used, and nothing else: each
+    module's inputs are recorded with hooks on this model alone, and each module is counted on
+    its own by re-running it on those inputs (meta tensors: no memory, no compute).
+    """
+    calls: dict[str, list[tuple[tuple, dict]]] = {}
+
+    def record(name):
+        def hook(_module, args, kwargs):
+            calls.setdefault(name, []).append((args, kwargs))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name), with_kwargs=True) for name, m in model.named_modules() if name]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
     per = {}
-    for name, ops in counter.get_flop_counts().items():
-        if name == "Global":
-            continue
-        path = name[len(root) + 1 :] if name.startswith(root + ".") else ("" if name == root else name)
-        per[path] = int(sum(ops.values()))
+    with torch.no_grad():
+        for name, inputs in calls.items():
+            module = model.get_submodule(name)
+            with FlopCounterMode(display=False) as own:
+                for args, kwargs in inputs:
+                    module(*args, **kwargs)
+            per[name] = int(own.get_total_flops())
     return int(counter.get_total_flops()), per
 
 
