@@ -105,42 +105,61 @@ def test_a_small_checkpoint_never_costs_gigabytes(server, tmp_path, make, expect
 # ----------------------------------------------------------------------------- 2. one client, the whole queue
 
 
-def test_one_session_cannot_fill_the_queue_and_others_are_served(server, cat):
-    fn, heavy = fn_index(server, "predict"), fn_index(server, "attribute")
+def test_one_session_cannot_fill_the_queue_and_others_are_served(server, cat, examples):
+    predict, attribute = fn_index(server, "predict"), fn_index(server, "attribute")
     image = upload(server, cat)
-    slow = [image, "vgg16", "saliency", None, None, 16, 8, 32, 24, None]  # ~1-3 s each, never cached
-    flood, student = uuid.uuid4().hex, uuid.uuid4().hex
+    # Two other sessions' long jobs hold both workers, so what follows stays queued.
+    occlusion = [image, "googlenet", "occlusion", None, None, 16, 8, 32, 24, None]
+    blockers = [uuid.uuid4().hex for _ in range(2)]
+    flood, heavy_user, student = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    photos = [upload(server, p) for p in sorted(examples.glob("*.jpg"))]
     with httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as c:
-        codes = [join(c, heavy, slow, flood).status_code for _ in range(12)]
-        assert codes.count(200) == 4, codes  # CNNDEMO_QUEUE_PER_SESSION's default
-        refused = join(c, heavy, slow, flood)
+        held = [(b, join(c, attribute, occlusion, b)) for b in blockers]
+        assert all(r.status_code == 200 for _b, r in held)
+        codes = [join(c, predict, [photos[i % len(photos)], "vgg16", None], flood).status_code for i in range(12)]
+        assert codes == [200] * 4 + [429] * 8, codes  # CNNDEMO_QUEUE_PER_SESSION's default
+        refused = join(c, predict, [image, "vgg16", None], flood)
         assert refused.status_code == 429 and "limit is 4" in refused.json()["detail"]
-        assert join(c, fn, [image, "squeezenet1_0", None], student).status_code == 200
+        # One long job per session (CNNDEMO_HEAVY_PER_SESSION).
+        first = join(c, attribute, occlusion, heavy_user)
+        assert first.status_code == 200
+        second = join(c, attribute, occlusion, heavy_user)
+        assert second.status_code == 429 and "long job" in second.json()["detail"], second.text
+        for session, r in [*held, (heavy_user, first)]:  # the long jobs have made their point
+            c.post("/gradio_api/cancel", json={"session_hash": session, "fn_index": attribute,
+                                               "event_id": r.json()["event_id"]})
+        # Everybody else is still served.
+        assert join(c, predict, [image, "squeezenet1_0", None], student).status_code == 200
         mine = results(c, student, 1)
         assert mine[0]["success"], mine
         assert mine[0]["output"]["data"][4]["model"] == "squeezenet1_0"
         results(c, flood, 4)  # the flood's four finish; the next may join again
-        assert join(c, fn, [image, "squeezenet1_0", None], flood).status_code == 200
+        assert join(c, predict, [image, "squeezenet1_0", None], flood).status_code == 200
         results(c, flood, 1)
 
 
 def test_sessionless_calls_and_one_address_share_a_limit(server, cat):
-    fn = fn_index(server, "predict")
+    attribute = fn_index(server, "attribute")
     image = upload(server, cat)
+    occlusion = [image, "googlenet", "occlusion", None, None, 16, 8, 32, 24]  # ~10 s, never cached
     with httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as c:
         # /gradio_api/call without a session: the client is its address (loopback here).
-        slow = [image, "vgg16", "saliency", None, None, 16, 8, 32, 24]  # ~1-3 s each, never cached
-        codes = [c.post("/gradio_api/call/attribute", json={"data": slow}).status_code for _ in range(8)]
-        assert codes.count(200) == 4 and codes.count(429) == 4, codes
+        calls = [c.post("/gradio_api/call/attribute", json={"data": occlusion}) for _ in range(3)]
+        assert [r.status_code for r in calls] == [200, 429, 429], [r.text for r in calls]
+        assert "no session" in calls[1].json()["detail"]
         # Behind a proxy (CNNDEMO_PROXY_HOPS=1): sessions from one address share CNNDEMO_QUEUE_PER_IP (3).
         spoof = {"X-Forwarded-For": "203.0.113.7"}
-        sessions = [uuid.uuid4().hex for _ in range(4)]
-        codes = [join(c, fn, [image, "squeezenet1_0", None], s, spoof).status_code for s in sessions]
-        assert codes == [200, 200, 200, 429], codes
-        other = uuid.uuid4().hex
-        assert join(c, fn, [image, "squeezenet1_0", None], other, {"X-Forwarded-For": "203.0.113.8"}).status_code == 200
-        for s in (*sessions[:3], other):
-            results(c, s, 1)
+        sessions = [uuid.uuid4().hex for _ in range(5)]
+        joined = [join(c, attribute, [*occlusion, None], s, spoof) for s in sessions[:4]]
+        assert [r.status_code for r in joined] == [200, 200, 200, 429], [r.text for r in joined]
+        assert "network address" in joined[3].json()["detail"]
+        other = join(c, attribute, [*occlusion, None], sessions[4], {"X-Forwarded-For": "203.0.113.8"})
+        assert other.status_code == 200
+        for session, r in [*zip(sessions[:3], joined), (sessions[4], other)]:
+            c.post("/gradio_api/cancel", json={"session_hash": session, "fn_index": attribute,
+                                               "event_id": r.json()["event_id"]})
+        event = calls[0].json()["event_id"]  # a sessionless event's session is its own id
+        c.post("/gradio_api/cancel", json={"session_hash": event, "fn_index": attribute, "event_id": event})
 
 
 # ----------------------------------------------------------------------------- 3. budgets and text

@@ -22,6 +22,8 @@ MAX_THREADS = int(os.environ.get("CNNDEMO_MAX_THREADS", "40"))
 # Uploads of any kind (images are capped again, at 25 MB, by cnndemo.images). Checkpoints of
 # every zoo model but VGG-16 (528 MB: use the CLI's --weights) fit under this.
 MAX_FILE_SIZE = os.environ.get("CNNDEMO_MAX_UPLOAD", "120mb")
+# Events that hold a worker for up to a minute: one at a time per browser session.
+HEAVY_APIS = {"attribute", "attribute_compact", "attribute_grid", "attribute_compare", "compare", "scaling", "train_digits"}
 
 
 def build_demo() -> gr.Blocks:
@@ -72,7 +74,7 @@ def build_demo() -> gr.Blocks:
         demo.load(load, None, loaded, api_visibility="private")
         demo.load(lambda: explore.on_load(ex), None, [ex["arch"], ex["diagram"]], api_visibility="private")
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
-    guard.install_queue_limits(demo, {MODEL_GROUP, compare.BENCH_GROUP, digits.TRAIN_GROUP})
+    guard.install_queue_limits(demo, {MODEL_GROUP, compare.BENCH_GROUP, digits.TRAIN_GROUP}, HEAVY_APIS)
     guard.install_session_context(demo)
     guard.install_input_checks(demo)
     demo.cnndemo_uploads = uploads

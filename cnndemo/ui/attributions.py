@@ -323,7 +323,7 @@ def compact_panel(explore: dict, checkpoint_state: gr.State) -> None:
     handler, outputs = by_name(compact, shown, shown)
     go.click(
         user_errors(handler), [explore["image"], explore["model"], method, checkpoint_state], outputs,
-        api_visibility="private", concurrency_id=MODEL_GROUP,
+        api_name="attribute_compact", api_visibility="private", concurrency_id=MODEL_GROUP,
     )
     gr.on([explore["model"].change, explore["image"].change, method.input], lambda: (None, None, ""), None,
           [overlay, signed, scores], api_visibility="private", queue=False)

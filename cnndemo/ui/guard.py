@@ -66,6 +66,8 @@ def parse_bytes(text: str) -> int:
 SESSION_HASH = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Events that run a network (or a benchmark, or training) a session / an address may hold at once.
 PER_SESSION = _env_int("CNNDEMO_QUEUE_PER_SESSION", 4)
+# Of those, heavy ones (attributions, benchmarks, training): one holds a worker for a minute.
+HEAVY_PER_SESSION = _env_int("CNNDEMO_HEAVY_PER_SESSION", 1)
 PER_ADDRESS = _env_int("CNNDEMO_QUEUE_PER_IP", 16)
 # Proxies in front of the app that append to X-Forwarded-For (a Space has one; 0: use the peer).
 PROXY_HOPS = _env_int("CNNDEMO_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0)
@@ -340,14 +342,20 @@ class ClientGuard:
 # ----------------------------------------------------------------------------- the queue
 
 
-def install_queue_limits(demo: gr.Blocks, groups: set[str]) -> None:
+def install_queue_limits(demo: gr.Blocks, groups: set[str], heavy: set[str]) -> None:
     """Refuse an event (429, with the reason) when its client already holds ``PER_SESSION``
-    events of ``groups`` (queued or running), or its address ``PER_ADDRESS``. The client is
-    the browser session; a request without one (``/gradio_api/call/...``) is its peer's
-    address. Gradio's own queue-wide ``max_size`` stays as the last resort."""
+    events of ``groups`` (queued or running), ``HEAVY_PER_SESSION`` of the ``heavy`` endpoints
+    (by api_name), or its address ``PER_ADDRESS``. The client is the browser session; a
+    request without one (``/gradio_api/call/...``) is its peer's address. Gradio's own
+    queue-wide ``max_size`` stays as the last resort."""
     queue = demo._queue
     stock = queue.push
-    owners: dict[str, tuple[str, str | None]] = {}  # event id -> (client, known address)
+    owners: dict[str, tuple[str, str | None, bool]] = {}  # event id -> (client, known address, heavy)
+
+    def refuse(held: int, limit: int, what: str, who: str):
+        verb = "have" if who == "You" else "has"
+        raise HTTPException(429, f"{who} already {verb} {held} {what} waiting or running (the limit is {limit}). "
+                                 f"Wait for {'it' if limit == 1 else 'one'} to finish, then try again.")
 
     async def push(body, request, username):
         fn = demo.fns.get(body.fn_index) if body.fn_index is not None else None
@@ -358,19 +366,20 @@ def install_queue_limits(demo: gr.Blocks, groups: set[str]) -> None:
         address = client_address(request)
         peer = (request.scope.get("client") or ("?",))[0]
         client = f"session:{body.session_hash}" if body.session_hash else f"address:{address or peer}"
-        held = sum(1 for c, _a in owners.values() if c == client)
-        if PER_SESSION > 0 and held >= PER_SESSION:
-            who = "this browser" if body.session_hash else "a client without a session"
-            raise HTTPException(429, f"You already have {held} requests waiting or running (the limit is {PER_SESSION} "
-                                     f"for {who}). Wait for one to finish, then try again.")
+        who = "You" if body.session_hash else "This client (no session)"
+        is_heavy = fn.api_name in heavy
+        mine = [h for c, _a, h in owners.values() if c == client]
+        if PER_SESSION > 0 and len(mine) >= PER_SESSION:
+            refuse(len(mine), PER_SESSION, "requests", who)
+        if is_heavy and HEAVY_PER_SESSION > 0 and sum(mine) >= HEAVY_PER_SESSION:
+            refuse(sum(mine), HEAVY_PER_SESSION, "long job (an attribution, a benchmark or a training)", who)
         if address is not None and PER_ADDRESS > 0:
-            held = sum(1 for _c, a in owners.values() if a == address)
+            held = sum(1 for _c, a, _h in owners.values() if a == address)
             if held >= PER_ADDRESS:
-                raise HTTPException(429, f"Your network address already has {held} requests waiting or running "
-                                         f"(the limit is {PER_ADDRESS}). Wait for some to finish, then try again.")
+                refuse(held, PER_ADDRESS, "requests", "Your network address")
         ok, event_id, state = await stock(body, request, username)
         if ok:
-            owners[event_id] = (client, address)
+            owners[event_id] = (client, address, is_heavy)
         return ok, event_id, state
 
     queue.push = push
