@@ -231,7 +231,7 @@ def explore(
     if use_cache and (hit := CACHE.get(key)) is not None:
         # The cache is keyed by pixels, shared by every user: the notes about how *this* file
         # was opened (first page of a TIFF, EXIF...) are this request's own.
-        return replace(hit, input_notes=opened.notes)
+        return replace(hit, input_notes=opened.notes, prediction=replace(hit.prediction, cached=True))
     inp = prepare(image if isinstance(image, Input) else opened, lm)
     pred, blocks, _ms = explore_tensor(lm, inp.x, top)
     result = Exploration(lm.key, lm.weights.ident, opened.digest, pred, inp.seen(), blocks, opened.notes)
@@ -243,9 +243,10 @@ def explore(
 def explore_tensor(lm: LoadedModel, x: torch.Tensor, top: int = 5) -> tuple[Prediction, dict[str, BlockMaps], float]:
     """The one forward pass on a preprocessed batch: top-k, and every block's branch summaries."""
     infos = {i.name: i for i in block_infos(lm.spec)}
+    first_run, lm.warm = not lm.warm, True
     (logits, raw), ms = timed_forward(lm, x, lambda m, x: run_with_taps(m, x, lm.spec.blocks, keep_outputs=False))
     with torch.inference_mode():
-        pred = Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms)
+        pred = Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms, first_run)
         blocks = _summarise_all(raw, infos)
     return pred, blocks, ms
 

@@ -24,6 +24,8 @@ class Prediction:
     weights: WeightsInfo
     top: tuple[TopClass, ...]
     ms: float
+    first_run: bool = False  # the model's first forward pass on this server: one-time set-up included
+    cached: bool = False  # served from the result cache: ``ms`` is the time of the pass that made it
 
     def as_label(self) -> dict[str, float]:
         """For gr.Label: {label: probability}."""
@@ -37,8 +39,22 @@ class Prediction:
             weights=self.weights.kind,
             top=[{"label": t.label, "index": t.index, "prob": round(t.prob, 6)} for t in self.top],
             ms=round(self.ms, 2),
+            first_run=self.first_run,
+            cached=self.cached,
         )
         return out
+
+    def timing(self, device: str) -> str:
+        """The forward time as a person should read it: this request's, a first run's, or a
+        cached result's (never shown as if this request had run it)."""
+        if self.cached:
+            when = "its first run on this server" if self.first_run else "an earlier request"
+            return (f"no forward pass for this request: the same image on the same model was computed by {when} "
+                    f"({self.ms:.1f} ms on {device} then)")
+        if self.first_run:
+            return (f"forward pass {self.ms:.1f} ms on {device}, the model's first run on this server: one-time "
+                    "set-up included, later passes are faster")
+        return f"forward pass {self.ms:.1f} ms on {device}"
 
 
 def top_classes(logits: torch.Tensor, labels: tuple[str, ...], k: int) -> tuple[TopClass, ...]:
@@ -52,5 +68,6 @@ def predict(image: ImageLike, model: LoadedModel | str, *, top: int = 5) -> Pred
     """Top-``top`` classes for one image; ``ms`` is the forward pass alone."""
     inp = prepare(image, model)
     lm = inp.model
+    first_run, lm.warm = not lm.warm, True
     logits, ms = timed_forward(lm, inp.x)
-    return Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms)
+    return Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms, first_run)

@@ -66,6 +66,9 @@ class LoadedModel:
     weights: W.WeightsInfo
     device: torch.device
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # False until the first forward pass has run: that one includes one-time set-up (kernel
+    # choice, allocations) and is labelled so wherever its time is shown.
+    warm: bool = False
     # Guards the attribution copies (Captum hooks them); separate, so predictions go on meanwhile.
     attr_lock: threading.Lock = field(default_factory=threading.Lock)
     weights_file_state: tuple | None = None

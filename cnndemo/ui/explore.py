@@ -17,6 +17,7 @@ from ..digits import PHOTO_WARNING
 from ..zoo import DEFAULT_MODEL, ZOO
 from .common import (
     MODEL_GROUP,
+    by_name,
     examples,
     get_model,
     guard_files,
@@ -77,7 +78,7 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
     notes = "; ".join(n for n in ex.input_notes if n not in warnings) or "no conversion needed"
     info = (
         "".join(f"**{html.escape(w)}.**  \n" for w in warnings)
-        + f"**{lm.spec.name}** ({weights_kind(lm.weights)}): forward pass {pred.ms:.1f} ms on {lm.device.type.upper()} "
+        + f"**{lm.spec.name}** ({weights_kind(lm.weights)}): {pred.timing(lm.device.type.upper())} "
         f"(with every branch captured: the maps below need no second pass).  \n"
         f"**Input:** {notes}."
     )
@@ -141,6 +142,28 @@ def on_model_blocks(key: str):
         gr.Dropdown(choices=blocks, value=spec.default_block),
         gr.Dropdown(choices=branches, value=branches[0], interactive=spec.has_branches),
     )
+
+
+def results_pending(key: str, block: str | None, image: str | None, *, new_model: bool) -> dict:
+    """The moment the model or image changes, nothing from the last one stays readable: every
+    result is emptied and the note says what is being computed (no network runs here). A new
+    model also shows its own blocks at once."""
+    spec = ZOO[key]
+    block = spec.default_block if new_model else valid_block(key, block)
+    note = f"*Computing {spec.name}'s top-5 and branch maps...*" if image else ""
+    out = {"label": None, "seen": None, "info": note, "json": None, **branches_pending(key, block, image)}
+    if new_model:
+        branches = branch_choices(key, block)
+        out["block"] = gr.Dropdown(choices=block_choices(key), value=block)
+        out["branch"] = gr.Dropdown(choices=branches, value=branches[0], interactive=spec.has_branches)
+    return out
+
+
+def branches_pending(key: str, block: str, image: str | None) -> dict:
+    """The branch outputs emptied, saying which block's maps are on their way."""
+    note = f"*Computing the maps of {html.escape(str(block))} ({ZOO[key].name})...*" if image else ""
+    return {"panel": None, "block_note": note, "share_plot": None, "depth_plot": None, "branch_table": None,
+            "branch_json": None, "branch_view": None}
 
 
 @user_errors
@@ -346,7 +369,7 @@ def build(checkpoint_state: gr.State) -> dict:
             c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="explore-top5")
             with gr.Row(elem_classes=["cz-stack"]):
                 c["seen"] = gr.Image(label="What the network saw (after preprocessing)", height=240, interactive=False)
-                c["info"] = gr.Markdown(label="timing and input notes")
+                c["info"] = gr.Markdown(label="timing and input notes", elem_id="explore-info")
             with gr.Accordion("Raw result (same JSON as the CLI)", open=False):
                 c["json"] = gr.JSON(label="prediction")
     with gr.Accordion("Architecture: stage by stage", open=False):
@@ -438,6 +461,20 @@ def build(checkpoint_state: gr.State) -> dict:
         api_name="ablate",
         concurrency_id=MODEL_GROUP,
     )
+    shown = ("label", "seen", "info", "json", "panel", "block_note", "share_plot", "depth_plot", "branch_table",
+             "branch_json", "branch_view")
+    pending_inputs = [c["model"], c["block"], c["image"]]
+    model_pending, outputs_m = by_name(lambda key, block, image: results_pending(key, block, image, new_model=True),
+                                       c, (*shown, "block", "branch"))
+    c["model"].change(model_pending, pending_inputs, outputs_m, api_visibility="private", queue=False)
+    image_pending, outputs_i = by_name(lambda key, block, image: results_pending(key, block, image, new_model=False),
+                                       c, shown)
+    c["image"].change(image_pending, pending_inputs, outputs_i, api_visibility="private", queue=False)
+    block_pending, block_outputs = by_name(lambda key, block, image: branches_pending(key, block, image), c,
+                                           ("panel", "block_note", "share_plot", "depth_plot", "branch_table",
+                                            "branch_json", "branch_view"))
+    c["block"].input(block_pending, [c["model"], c["block"], c["image"]], block_outputs, api_visibility="private",
+                     queue=False)
     gr.on([c["model"].change, c["image"].change, c["block"].input, c["branch"].input, c["mode"].input],
           ablation_cleared, [c["model"]], [c["before"], c["after"], c["ablate_msg"], c["ablate_json"], c["ablate"]],
           api_visibility="private", queue=False)

@@ -89,6 +89,9 @@ def test_switching_model_leaves_no_stale_result(page, examples):
     page.wait_for_function("document.body.innerText.includes('knocking out')")
     assert "GoogLeNet" in page.inner_text("body")
     choose(page, "explore-model", "VGG-16")
+    # At once, before VGG-16's results: GoogLeNet's are gone, and the page says what is coming.
+    page.wait_for_function("document.querySelector('#explore-info').innerText.includes(\"Computing VGG-16's top-5\")"
+                           " && !document.querySelector('#explore-top5').innerText.includes('%')")
     page.wait_for_function("document.querySelector('#explore-block-note').innerText.includes('stage')")
     body = page.inner_text("body")
     assert "knocking out" not in body and "inception4c" not in page.inner_text("#explore-block-note")
