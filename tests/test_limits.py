@@ -170,7 +170,8 @@ def test_sessionless_calls_and_one_address_share_a_limit(server, cat):
      "Benchmarking 4 models would cost about"),
     ("train_digits", ["d2l_googlenet", 5, 256, 0.05, 4000, {}], "Training d2l GoogLeNet"),
     ("attribute_compare", [None, ["vgg16", "vgg16"], "occlusion"], "Each model once"),
-], ids=["compare", "train_digits", "attribute_compare twice"])
+    ("scaling", ["vgg16"], "Scaling curves for VGG-16 would cost about"),
+], ids=["compare", "train_digits", "attribute_compare twice", "scaling"])
 def test_every_network_endpoint_checks_the_whole_request(server, cat, api, data, expect):
     if data[0] is None:
         data[0] = upload(server, cat)
