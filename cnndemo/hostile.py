@@ -31,6 +31,13 @@ def valid_safetensors(d: Path, key: str) -> Path:
     return path
 
 
+def valid_legacy(d: Path, key: str) -> Path:
+    """A valid checkpoint in the pre-zip format (a pickle stream, then the raw storages)."""
+    path = d / f"{key}_valid_legacy.pth"
+    torch.save(build_random(get_spec(key)).state_dict(), path, _use_new_zipfile_serialization=False)
+    return path
+
+
 def packed_broadcast(d: Path, key: str, n: int = 23_000) -> Path:
     """The app's packed format (int8 + ``::scale``) with a (1, n) tensor and an (n,) scale:
     unpacked without a check it broadcasts to an n x n float32 tensor (2.1 GB at 23,000)."""
@@ -67,6 +74,7 @@ def zip_pickle_bomb(d: Path, size: int = 16 << 20) -> Path:
 CASES = {
     "valid .pth (zip)": valid_zip,
     "valid .safetensors": valid_safetensors,
+    "valid legacy .pth (pre-1.6)": valid_legacy,
     "packed broadcast .safetensors": packed_broadcast,
     "legacy pickle of empty dicts": lambda d, key: legacy_empty_dicts(d),
     "zip with a 16 MB data.pkl": lambda d, key: zip_pickle_bomb(d),
