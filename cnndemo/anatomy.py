@@ -6,6 +6,7 @@ never typed in, so a label always says what the code really does.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -210,13 +211,38 @@ class Field:
 
 
 _FIELDS: dict[str, dict[str, Field]] = {}
+# torch.fx patches nn.Module.__call__ and __getattr__ for the whole process while it traces, and
+# restores what it found: two traces at once could leave a tracer's wrapper installed for good.
+_TRACE_LOCK = threading.Lock()
+
+
+class _ThisThreadTracer(fx.Tracer):
+    """An fx tracer that records only its own thread's module calls. While it traces, requests
+    in other threads run networks through the patched ``__call__``; those calls (and their
+    parameter lookups) pass through untouched instead of failing or entering the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def receptive_fields(spec: ModelSpec) -> dict[str, Field]:
     """The receptive field and stride of every stage output, traced once per architecture
     (see ``_trace_fields``)."""
     if spec.key not in _FIELDS:
-        _FIELDS[spec.key] = _trace_fields(spec)
+        with _TRACE_LOCK:
+            if spec.key not in _FIELDS:
+                _FIELDS[spec.key] = _trace_fields(spec)
     return _FIELDS[spec.key]
 
 
@@ -228,7 +254,7 @@ def _trace_fields(spec: ModelSpec) -> dict[str, Field]:
     path counts. The theoretical field: the effective one, weighted by the weights, is smaller.
     """
     model = spec.build_meta()
-    graph = fx.symbolic_trace(model).graph
+    graph = _ThisThreadTracer().trace(model)
     mods = dict(model.named_modules())
     state: dict[fx.Node, Field] = {}
     last_in: dict[str, fx.Node] = {}

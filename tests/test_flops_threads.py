@@ -1,4 +1,6 @@
-"""Per-stage FLOPs are counted right while other requests run networks beside the count."""
+"""Architecture figures (per-stage FLOPs, receptive fields) are right, and predictions keep
+working, while other requests run networks beside them: the page loads its tables while a
+class clicks "Show me the cat"."""
 
 from __future__ import annotations
 
@@ -9,29 +11,45 @@ import threading
 
 import torch
 
-from cnndemo import profile
+from cnndemo import anatomy, profile
 from cnndemo.runtime import build_random
 from cnndemo.zoo import get_spec
 from conftest import ROOT
 
-FRESH = "import json, sys; from cnndemo import profile; from cnndemo.zoo import get_spec; " \
-        "print(json.dumps({s.name: s.flops for s in profile.stage_costs(get_spec(sys.argv[1]))}))"
+FRESH = ("import json, sys; from cnndemo import anatomy, profile; from cnndemo.zoo import get_spec; "
+         "spec = get_spec(sys.argv[1]); print(json.dumps({'flops': {s.name: s.flops for s in profile.stage_costs(spec)},"
+         " 'fields': {k: [f.size, f.stride] for k, f in anatomy.receptive_fields(spec).items()}}))")
 
 
-def test_stage_flops_are_right_while_predictions_run_beside_them():
-    key = "googlenet"
-    fresh = json.loads(subprocess.run([sys.executable, "-c", FRESH, key], cwd=ROOT, capture_output=True, text=True,
-                                      check=True).stdout)
-    model = build_random(get_spec(key)).eval()
+def _figures(key: str) -> dict:
+    spec = get_spec(key)
+    return json.loads(json.dumps({"flops": {s.name: s.flops for s in profile.stage_costs(spec)},
+                                  "fields": {k: [f.size, f.stride] for k, f in anatomy.receptive_fields(spec).items()}}))
+
+
+def test_architecture_figures_are_right_while_predictions_run_beside_them(monkeypatch):
+    keys = ("googlenet", "inception_v3")
+    fresh = {k: json.loads(subprocess.run([sys.executable, "-c", FRESH, k], cwd=ROOT, capture_output=True,
+                                          text=True, check=True).stdout) for k in keys}
+    model = build_random(get_spec("googlenet")).eval()
     x = torch.randn(1, 3, 224, 224)
     stop = threading.Event()
     started = threading.Barrier(3)
+    errors: list[str] = []
+    runs = [0]
 
     def predictions():
         started.wait()
         with torch.no_grad():
+            reference = model(x)
             while not stop.is_set():
-                model(x)
+                try:
+                    out = model(x)
+                    assert torch.equal(out, reference), "a prediction changed while figures were counted"
+                    runs[0] += 1
+                except Exception as e:  # reported below
+                    errors.append(f"{type(e).__name__}: {e}")
+                    return
 
     threads = [threading.Thread(target=predictions) for _ in range(2)]
     for t in threads:
@@ -39,10 +57,13 @@ def test_stage_flops_are_right_while_predictions_run_beside_them():
     try:
         started.wait()
         profile.module_flops.cache_clear()
-        beside = {s.name: s.flops for s in profile.stage_costs(get_spec(key))}
+        monkeypatch.setattr(anatomy, "_FIELDS", {})
+        beside = {k: _figures(k) for k in keys}
     finally:
         stop.set()
         for t in threads:
             t.join()
+    assert not errors, errors
+    assert runs[0] > 0
     assert beside == fresh
-    assert sum(fresh.values()) == profile.module_flops(key)[0]
+    assert sum(fresh["googlenet"]["flops"].values()) == profile.module_flops("googlenet")[0]

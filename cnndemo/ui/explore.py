@@ -78,8 +78,8 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
     notes = "; ".join(n for n in ex.input_notes if n not in warnings) or "no conversion needed"
     info = (
         "".join(f"**{html.escape(w)}.**  \n" for w in warnings)
-        + f"**{lm.spec.name}** ({weights_kind(lm.weights)}): {pred.timing(lm.device.type.upper())} "
-        f"(with every branch captured: the maps below need no second pass).  \n"
+        + f"**{lm.spec.name}** ({weights_kind(lm.weights)}): {pred.timing(lm.device.type.upper())}"
+        + ("" if pred.cached else " (with every branch captured: the maps below need no second pass)") + ".  \n"
         f"**Input:** {notes}."
     )
     return pred.as_label(), ex.seen, info, weights_banner(lm.weights, model), pred.to_json()
