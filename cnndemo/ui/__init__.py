@@ -29,7 +29,10 @@ HEAVY_APIS = {"attribute", "attribute_compact", "attribute_grid", "attribute_com
 def build_demo() -> gr.Blocks:
     """Build the Blocks app (not launched). Nothing here loads a model."""
     install_atomic_cache_writes()
-    uploads = guard.UploadFolder.default()  # before any component: they read Gradio's cache folder
+    # Before any component: they read Gradio's cache folder, and the examples are cached into it
+    # as they are built. What a killed server left there goes now.
+    uploads = guard.UploadFolder.default()
+    uploads.claim()
     with gr.Blocks(title="CNN Zoo Lab", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# CNN Zoo Lab\n"
@@ -119,7 +122,6 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
     configure_threads()
     demo = demo or build_demo()
     uploads = demo.cnndemo_uploads
-    uploads.claim()  # what a killed server left in the upload folder goes now
     uploads.start_sweeper()
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(guard.ClientGuard, uploads=uploads)]

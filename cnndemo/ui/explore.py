@@ -430,8 +430,17 @@ def build(checkpoint_state: gr.State) -> dict:
     # After every prediction, the branch maps of the block on screen (no API endpoint of its own).
     then_branches = dict(fn=show_branches, inputs=branch_inputs, outputs=branch_outputs, api_visibility="private",
                          concurrency_id=MODEL_GROUP)
+    # Results are emptied first, in the same chain: an emptying that raced the prediction could
+    # land after it and hide a finished result.
+    shown = ("label", "seen", "info", "json", "panel", "block_note", "share_plot", "depth_plot", "branch_table",
+             "branch_json", "branch_view")
+    pending_inputs = [c["model"], c["block"], c["image"]]
+    image_pending, outputs_i = by_name(lambda key, block, image: results_pending(key, block, image, new_model=False),
+                                       c, shown)
     c["predict_event"] = gr.on(
-        triggers=[c["run"].click, c["image"].change],
+        triggers=[c["run"].click, c["image"].change], fn=image_pending, inputs=pending_inputs, outputs=outputs_i,
+        api_visibility="private", queue=False, show_progress="hidden",
+    ).then(
         fn=predict,
         inputs=[c["image"], c["model"], checkpoint_state],
         outputs=outputs,
@@ -461,15 +470,6 @@ def build(checkpoint_state: gr.State) -> dict:
         api_name="ablate",
         concurrency_id=MODEL_GROUP,
     )
-    shown = ("label", "seen", "info", "json", "panel", "block_note", "share_plot", "depth_plot", "branch_table",
-             "branch_json", "branch_view")
-    pending_inputs = [c["model"], c["block"], c["image"]]
-    model_pending, outputs_m = by_name(lambda key, block, image: results_pending(key, block, image, new_model=True),
-                                       c, (*shown, "block", "branch"))
-    c["model"].change(model_pending, pending_inputs, outputs_m, api_visibility="private", queue=False)
-    image_pending, outputs_i = by_name(lambda key, block, image: results_pending(key, block, image, new_model=False),
-                                       c, shown)
-    c["image"].change(image_pending, pending_inputs, outputs_i, api_visibility="private", queue=False)
     block_pending, block_outputs = by_name(lambda key, block, image: branches_pending(key, block, image), c,
                                            ("panel", "block_note", "share_plot", "depth_plot", "branch_table",
                                             "branch_json", "branch_view"))
@@ -485,10 +485,12 @@ def build(checkpoint_state: gr.State) -> dict:
         api_name="load_checkpoint",
         concurrency_id=MODEL_GROUP,
     )
+    model_pending, outputs_m = by_name(lambda key, block, image: results_pending(key, block, image, new_model=True),
+                                       c, (*shown, "block", "branch"))
     c["model"].change(
-        on_model_change, [c["model"], checkpoint_state], [c["card"], c["banner"]], api_visibility="private"
+        model_pending, pending_inputs, outputs_m, api_visibility="private", queue=False, show_progress="hidden"
     ).then(
-        on_model_blocks, [c["model"]], [c["block"], c["branch"]], api_visibility="private"
+        on_model_change, [c["model"], checkpoint_state], [c["card"], c["banner"]], api_visibility="private"
     ).then(
         predict,
         [c["image"], c["model"], checkpoint_state],

@@ -171,7 +171,10 @@ class UploadFolder:
         return cls(Path(os.environ["GRADIO_TEMP_DIR"]))
 
     def claim(self) -> bool:
-        """Own the folder for this server; empty it unless another live server owns it."""
+        """Own the folder for this server; empty it unless another live server owns it. Call
+        it before any component is built (they cache the example files there)."""
+        if self._lock_file is not None:
+            return True
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self.path / ".cnndemo-server.lock", "a+")
         try:
