@@ -111,7 +111,8 @@ def test_explore_is_cached_and_runs_one_forward(tmp_path, cat):
     finally:
         h.remove()
     # The second call is served from the cache: the same maps and prediction, no forward pass.
-    assert a.blocks is b.blocks and a.prediction is b.prediction and len(calls) == 1
+    assert a.blocks is b.blocks and len(calls) == 1
+    assert b.prediction.cached and not a.prediction.cached and b.prediction.top == a.prediction.top
     assert set(a.blocks) == {blk.name for blk in lm.spec.blocks}
     for bm in a.blocks.values():
         assert sum(bm.shares().values()) == pytest.approx(1.0, abs=1e-5)

@@ -57,8 +57,10 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Digits", id="digits") as digits_tab:
                 digits.build()
         start_used = gr.BrowserState(False, storage_key="cnndemo-start-used")
-        demo.load(lambda used: gr.Column(visible=not used), [start_used], [start["panel"]], api_visibility="private",
-                  queue=False)
+        # The panel starts shown; page load only ever hides it (a late answer never brings back a
+        # panel that "hide" closed meanwhile).
+        demo.load(lambda used: gr.Column(visible=False) if used else gr.skip(), [start_used], [start["panel"]],
+                  api_visibility="private", queue=False)
         start["cat"].click(lambda: (str(EXAMPLES_DIR / "cat.jpg"), gr.Tabs(selected="explore")), None,
                            [ex["image"], tabs], api_visibility="private", queue=False)
         # Used to the end (a branch knocked out) or dismissed: the panel goes, for good in this browser.
@@ -93,7 +95,8 @@ def start_here() -> dict:
             "1. **Predict.** Click *Show me the cat*: GoogLeNet reads the photo and lists its top-5 guesses, "
             "with the 224 × 224 image it really saw.\n"
             "2. **Look inside a block.** Under *Branches*, each column of the block diagram is one parallel "
-            "path of an Inception block (1×1, 3×3, 5×5, pool). Click a column to see what that path saw; "
+            "path of an Inception block (1×1, 3×3, 3×3b, pool; GoogLeNet's paper calls 3×3b its 5×5 path, and "
+            "torchvision builds it with a 3×3 kernel). Click a column to see what that path saw; "
             "the table says how much of the block's output each one carries.\n"
             "3. **Ask why.** Press *Knock it out* to remove that path and watch the top-5 change, then open "
             "the *Attributions* tab and press *Explain* to see which pixels drove the answer."

@@ -456,7 +456,13 @@ def build(checkpoint_state: gr.State) -> dict:
           **diagram_io, api_visibility="private", queue=False)
     c["model"].change(lambda image, model, block, ckpt: (block_diagram(model, ZOO[model].default_block), None, gr.skip()),
                       **diagram_io, api_visibility="private", queue=False)
+    block_pending, block_outputs = by_name(lambda key, block, image: branches_pending(key, block, image), c,
+                                           ("panel", "block_note", "share_plot", "depth_plot", "branch_table",
+                                            "branch_json", "branch_view"))
     c["block"].input(
+        block_pending, [c["model"], c["block"], c["image"]], block_outputs, api_visibility="private", queue=False,
+        show_progress="hidden",
+    ).then(
         show_branches,
         branch_inputs,
         branch_outputs,
@@ -470,11 +476,6 @@ def build(checkpoint_state: gr.State) -> dict:
         api_name="ablate",
         concurrency_id=MODEL_GROUP,
     )
-    block_pending, block_outputs = by_name(lambda key, block, image: branches_pending(key, block, image), c,
-                                           ("panel", "block_note", "share_plot", "depth_plot", "branch_table",
-                                            "branch_json", "branch_view"))
-    c["block"].input(block_pending, [c["model"], c["block"], c["image"]], block_outputs, api_visibility="private",
-                     queue=False)
     gr.on([c["model"].change, c["image"].change, c["block"].input, c["branch"].input, c["mode"].input],
           ablation_cleared, [c["model"]], [c["before"], c["after"], c["ablate_msg"], c["ablate_json"], c["ablate"]],
           api_visibility="private", queue=False)
