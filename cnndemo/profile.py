@@ -313,8 +313,14 @@ def reduction_savings(spec: ModelSpec, block: str) -> list[Saving]:
             continue
         direct = _conv_like(convs[1], bns, cin=x.shape[1])
         red = convs[0]
-        why = (f"the 1x1 narrows {red.in_channels} channels to {red.out_channels} before the "
-               f"{convs[1].kernel_size[0]}x{convs[1].kernel_size[1]}; the saving grows with that ratio")
+        k = f"{convs[1].kernel_size[0]}x{convs[1].kernel_size[1]}"
+        why = (f"the 1x1 narrows {red.in_channels} channels to {red.out_channels} before the {k}; the saving "
+               "grows with that ratio")
+        stride = convs[1].stride[0]
+        if stride > 1:  # torchvision's ResNet v1.5: the stride sits in the 3x3, after the 1x1
+            why += (f". The 1x1 runs at {x.shape[2]}x{x.shape[3]}, before the stride-{stride} {k} shrinks the map: "
+                    f"each of its weights costs {stride * stride}x the FLOPs of one after the stride, so FLOPs fall "
+                    "far less than parameters")
         out.append(_measure(spec, f"{block}/{br.name}", "1x1 reduction", convs, [direct, *convs[2:]], x, bns, why=why))
     return out
 
@@ -341,6 +347,15 @@ def _pairs(model: nn.Module, spec: ModelSpec):
                 yield f"{b.name}/{br.name}", c1, c2
 
 
+def _triples(model: nn.Module, spec: ModelSpec):
+    """(where, first, second, third conv) for three consecutive convs of each branch."""
+    for b in spec.blocks:
+        for br in b.branches:
+            convs = _convs(model, br.modules)
+            for c1, c2, c3 in zip(convs, convs[1:], convs[2:]):
+                yield f"{b.name}/{br.name}", c1, c2, c3
+
+
 def _first_equal_width(pairs: list):
     """The first pair whose widths are all equal (the paper's own comparison), else the first."""
     return next((p for p in pairs if p[1].in_channels == p[1].out_channels == p[2].out_channels), pairs[0])
@@ -363,6 +378,17 @@ def factorisation_savings(spec: ModelSpec) -> list[Saving]:
         found.append(_measure(spec, where, "two 3x3 convs in place of one 5x5", [c1, c2], [alt],
                               _input_of(model, spec, c1), bns, textbook=1 - 18 / 25,
                               why=_width_note(c1.in_channels, c1.out_channels, c2.out_channels)))
+    # VGG's own argument (Simonyan & Zisserman 2015, sec. 2.3): three stacked 3x3 convs see 7x7
+    # with 27 weights per channel pair instead of 49.
+    three = [t for t in _triples(model, spec) if all(c.kernel_size == (3, 3) and c.stride == (1, 1) for c in t[1:])
+             and t[2].in_channels == t[1].out_channels and t[3].in_channels == t[2].out_channels]
+    if three:
+        where, c1, c2, c3 = next((t for t in three if t[1].in_channels == t[1].out_channels == t[3].out_channels),
+                                 three[0])
+        alt = _conv_like(c3, bns, cin=c1.in_channels, kernel=(7, 7), padding=(3, 3))
+        found.append(_measure(spec, where, "three 3x3 convs in place of one 7x7", [c1, c2, c3], [alt],
+                              _input_of(model, spec, c1), bns, textbook=1 - 27 / 49,
+                              why=_width_note(c1.in_channels, c1.out_channels, c3.out_channels)))
     split = [p for p in pairs if p[1].kernel_size[0] == 1 and p[1].kernel_size[1] > 1
              and p[2].kernel_size == p[1].kernel_size[::-1]]
     if split:

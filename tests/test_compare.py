@@ -265,3 +265,22 @@ def test_live_compare_rows_show_mode_and_share_of_peak():
     assert all(r["precision"] == "bf16 CL" for r in live)  # cast half precision runs channels_last
     assert all(float(r["% of peak"]) > 0 for r in live)
     assert data["environment"]["peak"]["bf16_matmul_tflops"] > 0 and "Measured live" in note
+
+
+def test_vgg_states_its_own_argument_three_3x3_against_one_7x7():
+    from cnndemo.profile import factorisation_savings
+    from cnndemo.zoo import get_spec
+
+    row = next(s for s in factorisation_savings(get_spec("vgg16")) if s.choice == "three 3x3 convs in place of one 7x7")
+    assert row.textbook_saved == pytest.approx(1 - 27 / 49)
+    # Equal widths (512): weights 3 x 9 against 49 per channel pair, biases aside.
+    assert row.params_built / row.params_alt == pytest.approx(27 / 49, abs=0.002)
+
+
+def test_a_strided_bottleneck_says_why_flops_fall_less_than_parameters():
+    from cnndemo.profile import reduction_savings
+    from cnndemo.zoo import get_spec
+
+    row = reduction_savings(get_spec("resnet50"), "layer3.0")[0]
+    assert 1 - row.flops_built / row.flops_alt < 1 - row.params_built / row.params_alt
+    assert "runs at 28x28, before the stride-2 3x3" in row.why

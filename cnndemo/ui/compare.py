@@ -385,7 +385,8 @@ def build() -> dict:
                                      label="branch costs")
     gr.Markdown(f"{PARAMS_CONVENTION}. Each saving compares the path as built with one plain layer of the "
                 "same input and output widths; the textbook column is the paper's argument at equal widths "
-                "(18 vs 25 weights per channel pair for two 3x3 against one 5x5).", elem_classes=["cz-note"])
+                "(18 vs 25 weights per channel pair for two 3x3 against one 5x5; 27 vs 49 for three 3x3 against one 7x7, "
+                "VGG's own argument).", elem_classes=["cz-note"])
     c["savings"] = gr.Dataframe(
         headers=["where", "design choice", "as built vs plain alternative", "parameters (MFLOPs)",
                  "saved: params / FLOPs", "textbook, equal widths", "why they differ"],
