@@ -33,7 +33,7 @@ from .paths import BENCH_DIR
 from .pipeline import sync
 from .profile import forward_flops, module_flops
 from .runtime import build_random, pick_device
-from .zoo import get_spec
+from .zoo import ZOO, get_spec
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -612,6 +612,31 @@ def reference_files() -> list[dict]:
         except (OSError, ValueError):
             continue
     return sorted(out, key=lambda d: d.get("environment", {}).get("date", ""), reverse=True)
+
+
+def reference_rate(device: str) -> tuple[float, str] | None:
+    """The median arithmetic rate (FLOP/s) that the shipped results for this kind of device
+    reached in fp32 eager, and the device it was measured on: what duration estimates use."""
+    for data in reference_files():
+        env = data.get("environment", {})
+        if env.get("device") != device:
+            continue
+        rates = [module_flops(r["model"])[0] * r["batch"] / (r["p50_ms"] / 1000) for r in data.get("results", [])
+                 if "error" not in r and r.get("precision") == "fp32" and r.get("mode", "eager") == "eager"
+                 and r.get("p50_ms") and r.get("model") in ZOO]
+        if rates:
+            return statistics.median(rates), env.get("device_name", device)
+    return None
+
+
+def estimated_seconds(tflop: float, device: str, models: int = 1) -> tuple[float, str] | None:
+    """A measurement's wall time before it starts: its arithmetic at the reference rate of this
+    kind of device, plus about a second per model built. None without a reference."""
+    ref = reference_rate(device)
+    if ref is None:
+        return None
+    rate, name = ref
+    return tflop * 1e12 / rate + models, name
 
 
 def results_file_name(env: dict) -> str:

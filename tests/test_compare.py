@@ -284,3 +284,17 @@ def test_a_strided_bottleneck_says_why_flops_fall_less_than_parameters():
     row = reduction_savings(get_spec("resnet50"), "layer3.0")[0]
     assert 1 - row.flops_built / row.flops_alt < 1 - row.params_built / row.params_alt
     assert "runs at 28x28, before the stride-2 3x3" in row.why
+
+
+def test_live_measurements_say_how_long_they_take_before_the_click():
+    from cnndemo.bench import estimated_seconds, benchmark_tflop
+    from cnndemo.ui import compare
+
+    quick = compare.QUICK
+    tflop = benchmark_tflop(quick["models"], tuple(quick["batches"]), ("eager",), quick["runs"], 2)
+    seconds, _name = estimated_seconds(tflop, "cpu", len(quick["models"]))
+    assert seconds < 30  # the quick preset fits in 30 s at the shipped CPU reference's rate
+    assert "Estimated: about" in compare.bench_estimate(quick["models"], "cpu", quick["batches"], False, quick["runs"])
+    every = [k for k, s in compare.ZOO.items() if s.inputs.kind == "photo"]
+    assert "Over this server's limit" in compare.bench_estimate(every, "cpu", [1, 8, 32, 64], False, 50)
+    assert "timed passes per point" in compare.scaling_estimate("vgg16")

@@ -8,7 +8,8 @@ import torch
 
 from .. import render
 from ..cache import LRU
-from ..bench import benchmark_tflop, default_modes, noise_note, reference_files, run_benchmark, scaling, scaling_tflop
+from ..bench import (benchmark_tflop, default_modes, estimated_seconds, noise_note, reference_files, run_benchmark,
+                     scaling, scaling_tflop)
 from ..cancel import WORK_BUDGET_TFLOP, check_budget
 from ..profile import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
 from ..runtime import pick_device
@@ -272,6 +273,46 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
     return result_rows(data, "live") + reference_rows(), note, bubble, data
 
 
+def _scaling_runs(model: str) -> int:
+    """As many timed passes per point as the request's budget allows (8 at most, 3 at least)."""
+    return next((r for r in range(8, 2, -1) if scaling_tflop(model, r) <= WORK_BUDGET_TFLOP), 3)
+
+
+def _duration(tflop: float, device: str, models: int, extra: str = "") -> str:
+    """'About 20 s on this machine (...)': said before the click, from the shipped reference rate."""
+    est = estimated_seconds(tflop, device, models)
+    if tflop > WORK_BUDGET_TFLOP:
+        return (f"**Over this server's limit**: about {tflop:,.1f} TFLOP against {WORK_BUDGET_TFLOP:g}. "
+                "Pick fewer models, batch sizes or runs (or the quick preset).")
+    if est is None:
+        return f"About {tflop:,.2f} TFLOP of arithmetic (no shipped {device.upper()} reference to time it by)."
+    seconds, name = est
+    shown = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    return (f"**Estimated: about {shown}** on an idle machine ({tflop:,.2f} TFLOP at the rate the shipped {name} "
+            f"reference reached; other requests running beside it make it longer){extra}.")
+
+
+def bench_estimate(models: list[str] | None, device: str = "auto", batch_sizes: list | None = None,
+                   compile: bool = False, runs: float = 10) -> str:
+    models = list(models or [])
+    if not models:
+        return ""
+    dev = pick_device(device).type
+    modes = _live_modes(device, bool(compile))
+    tflop = benchmark_tflop(models, tuple(int(b) for b in (batch_sizes or [1])), modes, int(runs),
+                            max(2, int(runs) // 5))
+    return _duration(tflop, dev, len(models), "; each model compiled adds a minute or more" if compile else "")
+
+
+def scaling_estimate(model: str) -> str:
+    runs = _scaling_runs(model)
+    return _duration(scaling_tflop(model, runs), pick_device("auto").type, 1, f", {runs} timed passes per point")
+
+
+LIVE_DEFAULT = {"models": [DEFAULT_MODEL, "resnet50", "squeezenet1_0"], "batches": [1, 8], "runs": 10}
+QUICK = {**LIVE_DEFAULT, "batches": [1], "compile": False}
+
+
 @user_errors
 def run_scaling(model: str, progress=gr.Progress()):
     """Latency per image against batch size, and against input resolution, measured live.
@@ -279,8 +320,7 @@ def run_scaling(model: str, progress=gr.Progress()):
     Args:
         model: a zoo key.
     """
-    # As many timed passes per point as the request's budget allows (8 at most, 3 at least).
-    runs = next((r for r in range(8, 2, -1) if scaling_tflop(model, r) <= WORK_BUDGET_TFLOP), 3)
+    runs = _scaling_runs(model)
     check_budget(scaling_tflop(model, runs), f"Scaling curves for {ZOO[model].name}",
                  hint="Pick a smaller model, or measure it with `python -m cnndemo bench` instead.")
     data = _measured(lambda: scaling(model, runs=runs, progress=gr_progress(progress)))
@@ -346,19 +386,21 @@ def build() -> dict:
     c["gpu_table"] = gr.Dataframe(headers=GPU_HEADERS, interactive=False, wrap=True, label="GPU reference",
                                   elem_id="compare-gpu")
     with gr.Row():
-        c["models"] = gr.Dropdown(model_choices("photo"), value=[DEFAULT_MODEL, "resnet50", "squeezenet1_0"],
+        c["models"] = gr.Dropdown(model_choices("photo"), value=LIVE_DEFAULT["models"],
                                   multiselect=True, label="Models", scale=4)
         devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         c["device"] = gr.Dropdown(devices, value="auto", label="Device", scale=1)
-        c["batches"] = gr.CheckboxGroup([1, 8, 32, 64], value=[1, 8], label="Batch sizes", scale=2)
+        c["batches"] = gr.CheckboxGroup([1, 8, 32, 64], value=LIVE_DEFAULT["batches"], label="Batch sizes", scale=2)
         c["precision"] = gr.Dropdown(["fp32", "bf16", "fp16"], value="fp32", label="Precision",
                                      info="fp16 needs CUDA", scale=1)
     with gr.Row():
         c["channels_last"] = gr.Checkbox(label="channels_last", value=False, info="on anyway for bf16 and fp16")
         c["compile"] = gr.Checkbox(label="also torch.compile", value=False,
                                    info="one more mode; compiling takes a minute or more per model")
-        c["runs"] = gr.Slider(5, 50, value=10, step=1, label="Timed runs per setting")
+        c["runs"] = gr.Slider(5, 50, value=LIVE_DEFAULT["runs"], step=1, label="Timed runs per setting")
+        c["quick"] = gr.Button("Quick preset (3 models, batch 1)", size="sm")
         c["go"] = gr.Button("Run benchmark", variant="primary")
+    c["estimate"] = gr.Markdown(elem_id="compare-estimate", elem_classes=["cz-note"])
     c["note"] = gr.Markdown(label="measured on")
     c["results"] = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, wrap=True, label="results")
     c["bubble"] = gr.Plot(label="Accuracy vs latency", elem_id="compare-bubble", show_label=False)
@@ -368,6 +410,8 @@ def build() -> dict:
     with gr.Row():
         c["scale_model"] = gr.Dropdown(model_choices("photo"), value=DEFAULT_MODEL, label="Model", scale=3)
         c["scale_go"] = gr.Button("Measure latency vs batch and resolution", scale=1)
+    c["scale_estimate"] = gr.Markdown(scaling_estimate(DEFAULT_MODEL), elem_id="compare-scale-estimate",
+                                      elem_classes=["cz-note"])
     c["scale_note"] = gr.Markdown(label="how it was measured")
     with gr.Row():
         c["by_batch"] = gr.Plot(label="latency vs batch", show_label=False)
@@ -400,6 +444,13 @@ def build() -> dict:
         [c["results"], c["note"], c["bubble"], c["json"]],
         api_name="compare", concurrency_id=BENCH_GROUP, concurrency_limit=1,
     )
+    estimate_inputs = [c["models"], c["device"], c["batches"], c["compile"], c["runs"]]
+    gr.on([c[k].change for k in ("models", "device", "batches", "compile", "runs")], user_errors(bench_estimate),
+          estimate_inputs, [c["estimate"]], api_visibility="private", queue=False)
+    c["quick"].click(lambda: (QUICK["models"], QUICK["batches"], QUICK["runs"], QUICK["compile"]), None,
+                     [c["models"], c["batches"], c["runs"], c["compile"]], api_visibility="private", queue=False)
+    c["scale_model"].change(user_errors(scaling_estimate), [c["scale_model"]], [c["scale_estimate"]],
+                            api_visibility="private", queue=False)
     c["scale_go"].click(run_scaling, [c["scale_model"]], [c["by_batch"], c["by_res"], c["scale_note"], c["scale_json"]],
                         api_name="scaling", concurrency_id=BENCH_GROUP, concurrency_limit=1)
     c["an_model"].change(_blocks_update, [c["an_model"]], [c["an_block"]], api_visibility="private").then(
@@ -411,7 +462,7 @@ def build() -> dict:
 
 
 LOADED = ("stats", "params_plot", "flops_plot", "reference", "results", "bubble", "stages", "branch_costs",
-          "savings", "gpu_table", "gpu_note")
+          "savings", "gpu_table", "gpu_note", "estimate")
 
 
 def on_load() -> dict:
@@ -421,4 +472,6 @@ def on_load() -> dict:
     gpu_rows, gpu_note = gpu_reference()
     return {"stats": stats_rows(), "params_plot": params, "flops_plot": flops, "reference": reference_markdown(),
             "results": reference_rows(), "bubble": initial_bubble(), "stages": stages, "branch_costs": branches,
-            "savings": savings, "gpu_table": gpu_rows, "gpu_note": gpu_note}
+            "savings": savings, "gpu_table": gpu_rows, "gpu_note": gpu_note,
+            "estimate": bench_estimate(LIVE_DEFAULT["models"], "auto", LIVE_DEFAULT["batches"], False,
+                                       LIVE_DEFAULT["runs"])}
