@@ -133,17 +133,6 @@ def ablation_cleared(key: str):
     return None, None, msg, None, gr.Button(interactive=spec.has_branches)
 
 
-@user_errors
-def on_model_blocks(key: str):
-    spec = ZOO[key]
-    blocks = block_choices(key)
-    branches = branch_choices(key, spec.default_block)
-    return (
-        gr.Dropdown(choices=blocks, value=spec.default_block),
-        gr.Dropdown(choices=branches, value=branches[0], interactive=spec.has_branches),
-    )
-
-
 def results_pending(key: str, block: str | None, image: str | None, *, new_model: bool) -> dict:
     """The moment the model or image changes, nothing from the last one stays readable: every
     result is emptied and the note says what is being computed (no network runs here). A new
@@ -456,7 +445,7 @@ def build(checkpoint_state: gr.State) -> dict:
           **diagram_io, api_visibility="private", queue=False)
     c["model"].change(lambda image, model, block, ckpt: (block_diagram(model, ZOO[model].default_block), None, gr.skip()),
                       **diagram_io, api_visibility="private", queue=False)
-    block_pending, block_outputs = by_name(lambda key, block, image: branches_pending(key, block, image), c,
+    block_pending, block_outputs = by_name(branches_pending, c,
                                            ("panel", "block_note", "share_plot", "depth_plot", "branch_table",
                                             "branch_json", "branch_view"))
     c["block"].input(
