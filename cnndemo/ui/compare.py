@@ -224,6 +224,16 @@ def _live_modes(device: str, compile: bool) -> tuple[str, ...]:
     return default_modes(pick_device(device)) + (("compile",) if compile else ())
 
 
+def _live_plan(models: list[str], device: str, batch_sizes: list | None, compile: bool,
+               runs: float) -> tuple[tuple[int, ...], tuple[str, ...], int, float]:
+    """What a live benchmark runs: its batch sizes, modes and warm-up passes, and its arithmetic
+    in TFLOP (the estimate before the click and the budget check use the same plan)."""
+    batches = tuple(sorted({int(b) for b in (batch_sizes or [1])}))
+    modes = _live_modes(device, bool(compile))
+    warmup = max(2, int(runs) // 5)
+    return batches, modes, warmup, benchmark_tflop(models, batches, modes, int(runs), warmup)
+
+
 @user_errors
 def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: list | None = None,
                 precision: str = "fp32", channels_last: bool = False, compile: bool = False, runs: float = 10,
@@ -242,14 +252,11 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
     models = list(models or [])
     if not models:
         raise gr.Error("Pick at least one model.")
-    batches = tuple(sorted({int(b) for b in (batch_sizes or [1])}))
+    batches, modes, warmup, tflop = _live_plan(models, device, batch_sizes, compile, runs)
     if max(batches) > 256:
         raise gr.Error("Batch sizes above 256 are not offered here; use the CLI.")
     key = (device, tuple(models), batches, precision, bool(channels_last), bool(compile), int(runs))
-    modes = _live_modes(device, bool(compile))
-    warmup = max(2, int(runs) // 5)
-    check_budget(benchmark_tflop(models, batches, modes, int(runs), warmup), f"Benchmarking {len(models)} models",
-                 hint="Pick fewer models, smaller batch sizes or fewer runs.")
+    check_budget(tflop, f"Benchmarking {len(models)} models", hint="Pick fewer models, smaller batch sizes or fewer runs.")
     data = _LIVE.get(key)
     cached = data is not None
     if data is None:
@@ -297,11 +304,9 @@ def bench_estimate(models: list[str] | None, device: str = "auto", batch_sizes: 
     models = list(models or [])
     if not models:
         return ""
-    dev = pick_device(device).type
-    modes = _live_modes(device, bool(compile))
-    tflop = benchmark_tflop(models, tuple(int(b) for b in (batch_sizes or [1])), modes, int(runs),
-                            max(2, int(runs) // 5))
-    return _duration(tflop, dev, len(models), "; each model compiled adds a minute or more" if compile else "")
+    tflop = _live_plan(models, device, batch_sizes, compile, runs)[3]
+    return _duration(tflop, pick_device(device).type, len(models),
+                     "; each model compiled adds a minute or more" if compile else "")
 
 
 def scaling_estimate(model: str) -> str:

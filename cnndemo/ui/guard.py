@@ -126,12 +126,16 @@ def sessions_in_body(body: bytes, content_type: str) -> list[object]:
     return out
 
 
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+
+
 def client_address(scope_or_request) -> str | None:
     """The client's address where it is known: the peer, or the address the last of
     ``PROXY_HOPS`` proxies saw. A loopback peer with no proxy header is not a client address
     (a reverse proxy on this machine, or the tests): None."""
     scope = getattr(scope_or_request, "scope", scope_or_request)
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+    headers = _headers(scope)
     peer = (scope.get("client") or (None,))[0]
     if PROXY_HOPS > 0:
         hops = [h.strip() for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
@@ -289,7 +293,7 @@ class ClientGuard:
                     check_session_hash(path.split(marker, 1)[1].split("/", 1)[0])
             if scope.get("method") != "POST":
                 return await self.app(scope, receive, send)
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+            headers = _headers(scope)
             if path.endswith("/upload") and self.uploads is not None:
                 declared = int(headers.get("content-length") or 0)
                 with self.uploads.admit(declared):
