@@ -323,6 +323,22 @@ def availability(source: WeightSource | None) -> str:
     return "none" if source is None else source.availability()
 
 
+def why_unavailable(source: WeightSource | None) -> str | None:
+    """Why a model would run with random weights if loaded now (None when its weights are on
+    disk, or can be fetched): no published weights, offline, or a download that just failed."""
+    avail = availability(source)
+    if avail == "cached":
+        return None
+    if avail == "none":
+        return "it has no published weights"
+    if is_offline():
+        return "this machine is offline and its published weights are not cached here"
+    failed = _failures.get(source.url)
+    if failed and time.monotonic() - failed[0] < RETRY_AFTER_S:
+        return f"its weights could not be fetched ({failed[1]})"
+    return None
+
+
 def forget_failures() -> None:
     """Forget failed downloads, so the next request tries again at once (tests; a fixed network)."""
     _failures.clear()

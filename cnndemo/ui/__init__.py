@@ -6,8 +6,8 @@ import os
 
 import gradio as gr
 
-from . import attributions, compare, digits, explore
-from .common import CSS, EXAMPLES_DIR, MODEL_GROUP, PRESENTER_JS, by_name, tune_allocator, weights_status
+from . import attributions, compare, digits, explore, start as start_panel
+from .common import CSS, EXAMPLES_DIR, LOOK_JS, MODEL_GROUP, PRESENTER_JS, by_name, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
 from ..runtime import configure_threads
 from ..weights import is_offline
@@ -43,26 +43,35 @@ def build_demo() -> gr.Blocks:
             status = gr.Markdown(elem_classes=["cz-note"])
             presenter = gr.Checkbox(label="Presenter mode (large text, high contrast)", value=False, scale=0,
                                     min_width=220, elem_id="presenter-toggle")
-        presenter.input(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private")
-        start = start_here()
+        # Kept in this browser: a projector's page reloaded stays in presenter mode.
+        presenter_saved = gr.BrowserState(False, storage_key="cnndemo-presenter")
+        presenter.input(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private").then(
+            lambda on: bool(on), [presenter], [presenter_saved], api_visibility="private", queue=False)
+        look = gr.Textbox("light", visible="hidden", elem_id="cz-look", label="page look", max_length=40)
+        demo.load(lambda saved: bool(saved), [presenter_saved], [presenter], api_visibility="private",
+                  queue=False).then(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private").then(
+            None, None, [look], js=LOOK_JS, api_visibility="private")
+        start = start_panel.build()
         checkpoint = gr.State(None, time_to_live=guard.STATE_TTL_S)
         with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore") as explore_tab:
-                ex = explore.build(checkpoint)
-                attributions.compact_panel(ex, checkpoint)
+                ex = explore.build(checkpoint, look)
+                attributions.compact_panel(ex, checkpoint, look)
             with gr.Tab("Attributions", id="attributions") as attr_tab:
-                att = attributions.build(checkpoint)
+                att = attributions.build(checkpoint, look)
             with gr.Tab("Compare", id="compare"):
                 cmp = compare.build()
             with gr.Tab("Digits", id="digits") as digits_tab:
-                digits.build()
+                digits.build(look)
         start_used = gr.BrowserState(False, storage_key="cnndemo-start-used")
         # The panel starts shown; page load only ever hides it (a late answer never brings back a
         # panel that "hide" closed meanwhile).
         demo.load(lambda used: gr.Column(visible=False) if used else gr.skip(), [start_used], [start["panel"]],
                   api_visibility="private", queue=False)
-        start["cat"].click(lambda: (str(EXAMPLES_DIR / "cat.jpg"), gr.Tabs(selected="explore")), None,
-                           [ex["image"], tabs], api_visibility="private", queue=False)
+        demo.load(start_panel.refresh, None, [start["steps"], start["go"]], api_visibility="private", queue=False)
+        start["go"].click(start_panel.go, [ex["model"]], [ex["model"], ex["image"], tabs],
+                          api_visibility="private", queue=False).then(
+            None, js=start_panel.SCROLL_TO_RESULT_JS, api_visibility="private")
         # Used to the end (a branch knocked out) or dismissed: the panel goes, for good in this browser.
         gr.on([ex["ablate"].click, start["close"].click], lambda: (gr.Column(visible=False), True), None,
               [start["panel"], start_used], api_visibility="private", queue=False)
@@ -84,27 +93,6 @@ def build_demo() -> gr.Blocks:
     guard.install_input_checks(demo)
     demo.cnndemo_uploads = uploads
     return demo
-
-
-def start_here() -> dict:
-    """Three steps for a first visit, with the example to click. Gone once used."""
-    c: dict = {}
-    with gr.Column(elem_classes=["cz-start"], elem_id="start-here") as c["panel"]:
-        gr.Markdown(
-            "### Start here: three steps, five minutes\n"
-            "1. **Predict.** Click *Show me the cat*: GoogLeNet reads the photo and lists its top-5 guesses, "
-            "with the 224 × 224 image it really saw.\n"
-            "2. **Look inside a block.** Under *Branches*, each column of the block diagram is one parallel "
-            "path of an Inception block (1×1, 3×3, 3×3b, pool; GoogLeNet's paper calls 3×3b its 5×5 path, and "
-            "torchvision builds it with a 3×3 kernel). Click a column to see what that path saw; "
-            "the table says how much of the block's output each one carries.\n"
-            "3. **Ask why.** Press *Knock it out* to remove that path and watch the top-5 change, then open "
-            "the *Attributions* tab and press *Explain* to see which pixels drove the answer."
-        )
-        with gr.Row():
-            c["cat"] = gr.Button("1 · Show me the cat", variant="primary", elem_id="start-cat")
-            c["close"] = gr.Button("I know my way around: hide this", variant="secondary")
-    return c
 
 
 def carry_image(source: str | None, current: str | None):
