@@ -158,6 +158,41 @@ def architecture(spec: ModelSpec) -> tuple[StageRow, ...]:
     return _TRACES[spec.key]
 
 
+def paper_names(spec: ModelSpec) -> dict[str, str]:
+    """torchvision's module name -> the name the model's paper uses, where they differ: VGG's
+    conv5_3 for ``features.28`` (Simonyan & Zisserman, Table 1), ResNet's conv4_x blocks for
+    ``layer3`` (He et al., Table 1), SqueezeNet's fire9 for ``features.12`` (Iandola et al.,
+    Table 1). Inception models use the papers' own block names already; others map to nothing."""
+    rows = architecture(spec)
+    out: dict[str, str] = {}
+    if spec.family == "Plain":
+        stage, conv, fc = 1, 0, 6
+        for r in rows:
+            if r.layer == "Conv2d":
+                conv += 1
+                out[r.name] = f"conv{stage}_{conv}"
+            elif r.layer == "MaxPool2d":
+                out[r.name] = f"pool{stage}"
+                stage, conv = stage + 1, 0
+            elif r.layer == "Linear":
+                out[r.name] = f"fc{fc}"
+                fc += 1
+    elif spec.family == "Residual":
+        for r in rows:
+            parts = r.name.split(".")
+            if parts[0].startswith("layer") and len(parts) == 2:
+                out[r.name] = f"conv{int(parts[0][5:]) + 1}_x, block {int(parts[1]) + 1}"
+    elif spec.family == "Compact":
+        n = 0
+        for r in rows:
+            if r.layer in ("Conv2d", "Fire"):
+                n = n + 1 if n else 1
+                out[r.name] = f"conv{n}" if r.layer == "Conv2d" else f"fire{n}"
+            elif r.layer in ("MaxPool2d", "AdaptiveAvgPool2d"):
+                out[r.name] = f"{'maxpool' if r.layer == 'MaxPool2d' else 'avgpool'}{n}"
+    return out
+
+
 def total_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

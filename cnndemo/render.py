@@ -7,10 +7,53 @@ concurrent requests never share plotting state.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a picture is drawn for the page it lands on: dark or light theme, and presenter mode
+    (text about 1.6 times larger, for a projector at the back of a room)."""
+
+    dark: bool = False
+    presenter: bool = False
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Look":
+        """From the page's words, e.g. "dark presenter"; anything unknown is ignored."""
+        words = set(str(text or "").lower().split())
+        return cls("dark" in words, "presenter" in words)
+
+    def __str__(self) -> str:
+        return ("dark" if self.dark else "light") + (" presenter" if self.presenter else "")
+
+    @property
+    def scale(self) -> float:
+        return 1.6 if self.presenter else 1.0
+
+    # Gradio's own background and text colours for the theme (Soft), so a picture sits in the page.
+    @property
+    def paper(self) -> str:
+        return "#0b0f19" if self.dark else "#ffffff"
+
+    @property
+    def ink(self) -> str:
+        return "#f4f4f5" if self.dark else "#111827"
+
+    @property
+    def muted(self) -> str:
+        return "#a1a1aa" if self.dark else "#52525b"
+
+    @property
+    def accent(self) -> str:
+        return "#fbbf24" if self.dark else "#b45309"
+
+
+LIGHT = Look()
 
 
 # Colour-blind-safe choices (about 1 in 12 men cannot tell red from green): a diverging
@@ -55,6 +98,15 @@ def overlay(base: Image.Image, arr: np.ndarray, *, alpha: float = 0.55, cmap: st
     return Image.blend(base.convert("RGB"), heat, alpha)
 
 
+def enlarged(img: Image.Image, at_least: int = 224) -> Image.Image:
+    """A small picture (a 28 x 28 digit) scaled up by a whole factor, pixels kept sharp, so a
+    browser shows its pixels rather than a smudge; larger pictures are returned as they are."""
+    factor = -(-at_least // max(img.size))
+    if factor <= 1:
+        return img
+    return img.resize((img.size[0] * factor, img.size[1] * factor), Image.Resampling.NEAREST)
+
+
 def new_figure(width: float, height: float, dpi: int = 100, layout: str | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -69,6 +121,48 @@ def figure_to_image(fig) -> Image.Image:
     fig.savefig(buf, format="png", bbox_inches="tight")
     buf.seek(0)
     return Image.open(buf).convert("RGB")
+
+
+def apply_look(fig, look: Look = LIGHT):
+    """Restyle a drawn figure for ``look``: larger text in presenter mode; in dark mode the
+    theme's background, with dark text, ticks, spines and legend frames turned light."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.text import Text
+
+    if look == LIGHT:
+        return fig
+    ticks = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) for t in axis.get_ticklabels(which="both")}
+    texts = [t for t in fig.findobj(Text) if t.get_text() and id(t) not in ticks]
+    if look.presenter:  # text grows by the full scale, the canvas by its square root: room to lay out
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w * look.scale ** 0.5, h * look.scale ** 0.5)
+        for ax in fig.axes:
+            for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+                labels = axis.get_ticklabels()
+                if labels:
+                    ax.tick_params(axis=name, labelsize=labels[0].get_fontsize() * look.scale)
+    for t in texts:
+        if look.presenter:
+            t.set_fontsize(t.get_fontsize() * look.scale)
+        if look.dark and t.get_bbox_patch() is None and sum(to_rgb(t.get_color())) < 1.5:
+            t.set_color(look.ink)
+    if look.dark:
+        fig.set_facecolor(look.paper)
+        for ax in fig.axes:
+            ax.set_facecolor(look.paper)
+            ax.tick_params(colors=look.muted, labelcolor=look.ink)
+            for spine in ax.spines.values():
+                spine.set_color(look.muted)
+            ax.xaxis.label.set_color(look.ink)
+            ax.yaxis.label.set_color(look.ink)
+            ax.title.set_color(look.ink)
+        for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
+            if legend is not None:
+                legend.get_frame().set_facecolor(look.paper)
+                legend.get_frame().set_edgecolor(look.muted)
+                for t in [*legend.get_texts(), legend.get_title()]:
+                    t.set_color(look.ink)
+    return fig
 
 
 def training_curves(history: Sequence[dict], steps: Sequence[tuple[int, float]], title: str):
@@ -99,7 +193,7 @@ def training_curves(history: Sequence[dict], steps: Sequence[tuple[int, float]],
     return fig
 
 
-def shares_by_depth(ex):
+def shares_by_depth(ex, look: Look = LIGHT):
     """Stacked bars: each block's output energy split by branch, blocks in forward order."""
     blocks = list(ex.blocks.values())
     names = list(dict.fromkeys(b.info.name for bm in blocks for b in bm.branches))
@@ -115,10 +209,10 @@ def shares_by_depth(ex):
     ax.set_xticklabels([bm.info.name for bm in blocks], rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of block energy")
-    ax.set_title("Which branch dominates, block by block", fontsize=10)
+    fig.suptitle("Which branch dominates, block by block", fontsize=10)
     # Outside the axes, and laid out with them (constrained layout): never over the title.
     fig.legend(fontsize=7, loc="outside right upper", title="branch", title_fontsize=8)
-    return fig
+    return apply_look(fig, look)
 
 
 def _font(size: int):
@@ -127,55 +221,105 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 92) -> Image.Image:
+def _branch_lines(block, b, look: Look) -> list[tuple[str, int, str]]:
+    """The facts beside a branch's maps: (text, font size, colour)."""
+    info = b.info
+    if info.channels:
+        ch = f"channels {info.channels[0]}-{info.channels[1]}"
+    elif block.info.merge == "single":
+        ch = "the stage's only path: all channels"
+    else:
+        ch = "added to the other branch: full width"
+    z = look.scale
+    return [
+        (info.name, round(16 * z), look.ink),
+        (info.path, round(13 * z), look.ink),
+        (ch, round(13 * z), look.ink),
+        (f"{'x'.join(map(str, info.shape))} | {info.params:,} params", round(13 * z), look.ink),
+        (f"share of block energy: {b.share:.1%}", round(13 * z), look.accent),
+    ]
+
+
+def _draw_lines(draw, lines, x: int, y: int, width: int) -> int:
+    """Draw wrapped lines from (x, y); return the y below the last one."""
+    for text, size, color in lines:
+        font = _font(size)
+        for part in _wrap(draw, text, font, width):
+            draw.text((x, y), part, fill=color, font=font)
+            y += size + 4
+    return y
+
+
+def _lines_height(draw, lines, width: int) -> int:
+    return sum((size + 4) * len(_wrap(draw, text, _font(size), width)) for text, size, _ in lines)
+
+
+def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 92, look: Look = LIGHT) -> Image.Image:
     """One row per branch: facts, its mean activation over the input image, its top channels.
 
-    Composed with Pillow (tens of milliseconds) rather than a 40-axes figure (over a second).
+    Composed with Pillow (tens of milliseconds) rather than a 40-axes figure (over a second);
+    drawn for ``look`` (the theme's background, and larger text in presenter mode).
     """
     from PIL import ImageDraw
 
+    z = look.scale
     k = max(len(b.top_channels) for b in block.branches)
-    big, text_w, pad, head = int(tile * 1.7), 300, 8, 52
-    row_h = big + 2 * pad
+    big, pad = int(tile * 1.7), 8
+    text_w, label_h = int(300 * z), round(11 * z) + 5
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    rows = [_branch_lines(block, b, look) for b in block.branches]
+    row_hs = [max(big, label_h + tile, _lines_height(probe, lines, text_w - pad)) + 2 * pad for lines in rows]
     width = text_w + big + pad * 3 + k * (tile + 4)
-    height = head + row_h * len(block.branches)
-    canvas = Image.new("RGB", (width, height), "white")
+    subtitle = (f"left: mean activation over the image, over all its channels; right: the {k} most active "
+                "channels of each branch")
+    head_lines = [(f"{block.info.name} · {block.info.kind}", round(17 * z), look.ink), (subtitle, round(12 * z), look.muted)]
+    head = _lines_height(probe, head_lines, width - 2 * pad) + 2 * pad
+    canvas = Image.new("RGB", (width, head + sum(row_hs)), look.paper)
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, 8), f"{block.info.name} · {block.info.kind}", fill="black", font=_font(17))
-    draw.text(
-        (pad, 32),
-        f"left: mean activation over the image, over all its channels; right: the {k} most active channels of each branch",
-        fill="#52525b",
-        font=_font(12),
-    )
-    small, label = _font(13), _font(11)
-    for r, b in enumerate(block.branches):
-        y = head + r * row_h + pad
-        info = b.info
-        if info.channels:
-            ch = f"channels {info.channels[0]}-{info.channels[1]}"
-        elif block.info.merge == "single":
-            ch = "the stage's only path: all channels"
-        else:
-            ch = "added to the other branch: full width"
-        lines = [
-            (info.name, _font(16), "black"),
-            (info.path, small, "#1f2937"),
-            (ch, small, "#1f2937"),
-            (f"{'x'.join(map(str, info.shape))} | {info.params:,} params", small, "#1f2937"),
-            (f"share of block energy: {b.share:.1%}", small, "#b45309"),
-        ]
-        ty = y
-        for text, font, color in lines:
-            for part in _wrap(draw, text, font, text_w - pad):
-                draw.text((pad, ty), part, fill=color, font=font)
-                ty += font.size + 4
+    _draw_lines(draw, head_lines, pad, pad, width - 2 * pad)
+    label = _font(round(11 * z))
+    y0 = head
+    for b, lines, row_h in zip(block.branches, rows, row_hs):
+        y = y0 + pad
+        _draw_lines(draw, lines, pad, y, text_w - pad)
         canvas.paste(overlay(seen, b.mean_map, cmap=cmap).resize((big, big)), (text_w, y))
         x0 = text_w + big + pad * 2
         for c, (chan, m) in enumerate(zip(b.top_channels, b.top_maps)):
             x = x0 + c * (tile + 4)
-            canvas.paste(colorize(m, cmap).resize((tile, tile), Image.Resampling.NEAREST), (x, y + 16))
-            draw.text((x, y), f"#{chan}", fill="#374151", font=label)
+            canvas.paste(colorize(m, cmap).resize((tile, tile), Image.Resampling.NEAREST), (x, y + label_h))
+            draw.text((x, y), f"#{chan}", fill=look.muted, font=label)
+        y0 += row_h
+    return canvas
+
+
+def branch_card(block, branch, seen: Image.Image, *, cmap: str = "inferno", n: int = 4, look: Look = LIGHT) -> Image.Image:
+    """One branch, about as tall as it is wide, so it stays readable on a phone: its facts on
+    top, its mean map over the image on the left, its ``n`` most active channels in a 2-column
+    grid on the right."""
+    from PIL import ImageDraw
+
+    z, pad = look.scale, 10
+    big, tile = 260, 125
+    label_h = round(12 * z) + 6
+    chans = list(zip(branch.top_channels, branch.top_maps))[:n]
+    rows = max(1, (len(chans) + 1) // 2)
+    grid_h = rows * (label_h + tile + 6)
+    width = pad * 3 + big + 2 * (tile + 6)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = _branch_lines(block, branch, look)
+    lines[1:4] = [(" · ".join(t for t, _, _ in lines[1:4]), lines[1][1], look.ink)]
+    head = _lines_height(probe, lines, width - 2 * pad) + pad * 2
+    canvas = Image.new("RGB", (width, head + max(big + label_h, grid_h) + pad), look.paper)
+    draw = ImageDraw.Draw(canvas)
+    _draw_lines(draw, lines, pad, pad, width - 2 * pad)
+    small = _font(round(12 * z))
+    draw.text((pad, head), "mean over its channels", fill=look.muted, font=small)
+    canvas.paste(overlay(seen, branch.mean_map, cmap=cmap).resize((big, big)), (pad, head + label_h))
+    x0 = pad * 2 + big
+    for i, (chan, m) in enumerate(chans):
+        x, y = x0 + (i % 2) * (tile + 6), head + (i // 2) * (label_h + tile + 6)
+        draw.text((x, y), f"channel #{chan}", fill=look.muted, font=small)
+        canvas.paste(colorize(m, cmap).resize((tile, tile), Image.Resampling.NEAREST), (x, y + label_h))
     return canvas
 
 
@@ -222,14 +366,17 @@ def _captum_view(fig, ax, attr: np.ndarray, img: np.ndarray | None, **kw) -> Non
             ax.set_title(kw["title"])
 
 
-def attribution_views(a) -> tuple[Image.Image, Image.Image]:
+def attribution_views(a, look: Look = LIGHT) -> tuple[Image.Image, Image.Image]:
     """(overlay of |attribution| on the image, signed map), each with a colour bar.
 
     Drawn by Captum's own ``visualize_image_attr`` on Figure objects of ours (no pyplot).
     """
+    from .attribution import METHODS
+
     img = _rgb01(a.seen)
     attr = _hwc(a.attr)
-    title = f"{a.method} · {a.label} ({a.target})"
+    at = f" at {a.layer}" if a.layer else ""
+    title = f"{METHODS[a.method].name}{at}\ntarget: {a.label} ({a.target})"
     fig1 = new_figure(4.6, 4.2)
     _captum_view(
         fig1, fig1.add_subplot(1, 1, 1), attr, img, method="blended_heat_map", sign="absolute_value",
@@ -242,24 +389,68 @@ def attribution_views(a) -> tuple[Image.Image, Image.Image]:
         show_colorbar=True, cmap=SIGNED_CMAP if has_negative else MAGNITUDE_CMAP,
         title=(f"signed map ({SIGNED_LEGEND})\n{title}" if has_negative else f"map (all values >= 0)\n{title}"),
     )
-    return figure_to_image(fig1), figure_to_image(fig2)
+    return figure_to_image(apply_look(fig1, look)), figure_to_image(apply_look(fig2, look))
 
 
-def attribution_grid(items: list, titles: list[str], *, cols: int = 3) -> Image.Image:
-    """Several attributions as |map| overlays in a grid, one title each (None: a text cell)."""
+SLIDE_SIZE = (1920, 1080)
+
+
+def attribution_slide(a, title: str, lines: Sequence[str], *, warning: str | None = None,
+                      look: Look = LIGHT) -> Image.Image:
+    """One attribution as a 1920 x 1080 slide: ``title`` (model, weights, method, layer, target)
+    on top, the |map| overlay and the signed map side by side, ``lines`` (the scores) below,
+    and ``warning`` in red when the map explains an untrained network."""
+    w, h = SLIDE_SIZE
+    dpi = 120
+    fig = new_figure(w / dpi, h / dpi, dpi=dpi)
+    gs = fig.add_gridspec(3, 2, height_ratios=[0.16, 0.64, 0.2], hspace=0.18, wspace=0.12,
+                          left=0.04, right=0.96, top=0.97, bottom=0.03)
+    head = fig.add_subplot(gs[0, :])
+    head.axis("off")
+    head.text(0, 0.95, title, fontsize=20, fontweight="bold", va="top", wrap=True)
+    if warning:
+        head.text(0, 0.12, warning, fontsize=16, color="white", va="bottom", fontweight="bold",
+                  bbox={"facecolor": "#b91c1c", "edgecolor": "#7f1d1d", "pad": 4})
+    img, attr = _rgb01(a.seen), _hwc(a.attr)
+    has_negative = bool(np.nanmin(attr) < 0)
+    _captum_view(fig, fig.add_subplot(gs[1, 0]), attr, img, method="blended_heat_map", sign="absolute_value",
+                 show_colorbar=True, cmap=MAGNITUDE_CMAP, alpha_overlay=0.55, title="|attribution| over the image")
+    _captum_view(fig, fig.add_subplot(gs[1, 1]), attr, None, method="heat_map",
+                 sign="all" if has_negative else "positive", show_colorbar=True,
+                 cmap=SIGNED_CMAP if has_negative else MAGNITUDE_CMAP,
+                 title=f"signed map ({SIGNED_LEGEND})" if has_negative else "map (all values >= 0)")
+    foot = fig.add_subplot(gs[2, :])
+    foot.axis("off")
+    foot.text(0, 1, "\n".join(lines), fontsize=14, va="top", wrap=True, linespacing=1.5)
+    for ax in fig.axes:
+        ax.tick_params(labelsize=12)
+        if ax.get_title():
+            ax.title.set_fontsize(16)
+    apply_look(fig, Look(look.dark, False))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)  # the full canvas: a slide keeps its 16:9 size
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def attribution_grid(items: list, titles: list[str], *, cols: int = 3, look: Look = LIGHT,
+                     title: str | None = None) -> Image.Image:
+    """Several attributions as |map| overlays in a grid, one title and colour bar each (None: a
+    text cell). Each map is scaled by Captum to its own 98th percentile, which the caption says."""
     rows = (len(items) + cols - 1) // cols
-    fig = new_figure(3.3 * cols, 3.5 * rows)
+    fig = new_figure(3.6 * cols, 4.0 * rows + 0.5, layout="constrained")
     for i, (a, t) in enumerate(zip(items, titles)):
         ax = fig.add_subplot(rows, cols, i + 1)
         if a is None:
-            ax.text(0.5, 0.5, t, ha="center", va="center", wrap=True, fontsize=8)
+            ax.text(0.5, 0.5, t, ha="center", va="center", wrap=True, fontsize=9)
             ax.axis("off")
             continue
         _captum_view(fig, ax, _hwc(a.attr), _rgb01(a.seen), method="blended_heat_map", sign="absolute_value",
-                     cmap=MAGNITUDE_CMAP, alpha_overlay=0.55)
-        ax.set_title(t, fontsize=8)
-    fig.tight_layout()
-    return figure_to_image(fig)
+                     cmap=MAGNITUDE_CMAP, alpha_overlay=0.55, show_colorbar=True)
+        ax.set_title(t, fontsize=9)
+    fig.suptitle((title + "\n" if title else "") + "|attribution|, each map scaled to its own 98th percentile "
+                 "(1 = its strongest pixels)", fontsize=10)
+    return figure_to_image(apply_look(fig, look))
 
 
 def timing_curve(points: list[dict], x: str, y: str, lo: str, hi: str, *, xlabel: str, ylabel: str, title: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 import gradio as gr
 import numpy as np
@@ -27,6 +28,9 @@ SCORE_HELP = (
 )
 
 DEFAULT = Settings()
+ALT_OVERLAY = ("How strongly each pixel drove the explained class, as a heat map over the image (bright: strong); "
+               "the method and target are in its title, the scores in the text beside it")
+ALT_SIGNED = "The same attribution with its sign: pixels for the class in orange, against it in purple"
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -62,6 +66,32 @@ def scores_markdown(a) -> str:
     return "  \n".join(lines)
 
 
+def _plain(markdown: str) -> str:
+    return re.sub(r"[*`]", "", markdown)
+
+
+def slide_title(a) -> str:
+    """Model, weights, method, layer, target: everything a slide needs to be read on its own."""
+    spec, w = ZOO[a.model], a.weights
+    weights = weights_kind(w) + (f" ({w.source})" if w.kind == "custom" else "")
+    at = f" at {a.layer}" if a.layer else ""
+    return f"{spec.name} · {weights} · {METHODS[a.method].name}{at} · target: {a.label} ({a.target}), p = {a.prob:.2%}"
+
+
+def slide_name(a) -> str:
+    """The slide's file name: the same facts, as a file system allows them."""
+    parts = [a.model, a.weights.kind, a.method, a.layer or "input", f"{a.target}-{a.label}"]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).strip("-")[:150] + "_slide.png"
+
+
+def slide(a, look: str | None = None):
+    """The attribution as a 1920 x 1080 slide, with its scores and an unmissable random-weights mark."""
+    lines = [_plain(line) for line in scores_markdown(a).split("  \n")[1:] if not line.startswith("⚠ Random")]
+    lines.append(f"{a.ms:.0f} ms on this server; CNN Zoo Lab")
+    warning = None if a.weights.trained else "RANDOM WEIGHTS: this map explains an untrained network"
+    return render.attribution_slide(a, slide_title(a), lines, warning=warning, look=render.Look.parse(look))
+
+
 def deletion_frame(a) -> pd.DataFrame | None:
     if not a.deletion:
         return None
@@ -72,7 +102,7 @@ def deletion_frame(a) -> pd.DataFrame | None:
 
 
 def _save(img, a, suffix: str) -> str:
-    path = download_path(f"{a.model}_{a.method}_{a.target}_{suffix}")
+    path = download_path(f"{a.model}_{a.method}_{a.layer or 'input'}_{a.target}_{suffix}")
     if suffix.endswith(".npy"):
         np.save(path, a.attr)
     else:
@@ -95,6 +125,7 @@ def attribute_steps(
     window: float = DEFAULT.window,
     stride: float = DEFAULT.stride,
     checkpoint: dict | None = None,
+    look: str | None = None,
     progress=gr.Progress(),
 ):
     """An attribution map (which pixels drove the prediction) with its sanity and deletion scores.
@@ -109,6 +140,7 @@ def attribute_steps(
         samples: SmoothGrad / GradientSHAP samples (1-32).
         window: occlusion window in pixels.
         stride: occlusion stride in pixels.
+        look: how the pictures are drawn: "light" (default) or "dark", optionally with "presenter".
     """
     if not image:
         raise gr.Error("Give the model an image first.")
@@ -120,12 +152,14 @@ def attribute_steps(
     inp = prepare(image, lm)  # decoded once, for the map and for its scores
     a = attribute(inp, lm, method, target=target or None, layer=layer,
                   settings=settings, scores=False, progress=gr_progress(progress))
-    overlay, signed = render.attribution_views(a)
+    overlay, signed = render.attribution_views(a, render.Look.parse(look))
     banner = weights_banner(lm.weights, model)
     yield {"overlay": overlay, "signed": signed, "json": a.to_json(), "files": None, "banner": banner,
            "scores": scores_markdown(a) + "  \n*Computing the sanity and deletion scores...*", "deletion": None}
     a = add_scores(a, inp, lm, progress=gr_progress(progress))
-    files = [_save(overlay, a, "overlay.png"), _save(signed, a, "signed.png"), _save(None, a, "attr.npy")]
+    big = download_path(slide_name(a))
+    slide(a).save(big)
+    files = [str(big), _save(overlay, a, "overlay.png"), _save(signed, a, "signed.png"), _save(None, a, "attr.npy")]
     yield {"overlay": overlay, "signed": signed, "json": a.to_json(), "files": files, "banner": banner,
            "scores": scores_markdown(a), "deletion": deletion_frame(a)}
 
@@ -172,13 +206,17 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
 
 
 @user_errors
-def run_compare(image: str | None, models: list[str] | None, method: str = "gradcam", progress=gr.Progress()):
-    """One attribution method across 2 to 6 zoo models on the same image, each with its own top-1.
+def run_compare(image: str | None, models: list[str] | None, method: str = "gradcam", target: str | None = None,
+                look: str | None = None, progress=gr.Progress()):
+    """One attribution method across 2 to 6 zoo models on the same image: each explains its own
+    top-1, or all explain one shared target class.
 
     Args:
         image: the image (an upload).
         models: 2 to 6 zoo keys.
         method: an attribution method key, e.g. "gradcam".
+        target: a class index or name every model explains (they share the ImageNet classes); empty: each its own top-1.
+        look: how the picture is drawn: "light" (default) or "dark", optionally with "presenter".
     """
     if not image:
         raise gr.Error("Give the models an image first.")
@@ -193,13 +231,15 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
     for i, key in enumerate(models):
         progress(i / len(models), desc=f"{ZOO[key].name} ({i + 1} of {len(models)})")
         lm = get_model(key, None, progress)
-        a = attribute(image, lm, method, scores=False)
+        a = attribute(image, lm, method, target=target or None, scores=False)
         items.append(a)
         flag = "" if lm.weights.trained else " [random weights]"
-        titles.append(f"{ZOO[key].name}{flag}\ntop-1: {a.label} ({a.prob:.0%})")
+        titles.append(f"{ZOO[key].name}{flag}\n{'target' if target else 'its top-1'}: {a.label} (p = {a.prob:.1%})")
         rows.append([ZOO[key].name, a.label, f"{a.prob:.1%}", lm.weights.kind, f"{a.ms:.0f}"])
     cols = 3 if len(items) > 4 else len(items)
-    return render.attribution_grid(items, titles, cols=cols), rows
+    shared = f"shared target: {items[0].label} ({items[0].target})" if target else "each model explains its own top-1"
+    title = f"{get_method(method).name} · {shared}"
+    return render.attribution_grid(items, titles, cols=cols, title=title, look=render.Look.parse(look)), rows
 
 
 RESULTS = ("overlay", "signed", "scores", "deletion", "json", "files", "banner")
@@ -221,6 +261,11 @@ def _target_update(image, key: str, checkpoint: dict | None = None):
     return gr.Dropdown(choices=target_choices(image, key, checkpoint), value=None)
 
 
+@user_errors
+def _shared_target_update(image, models: list[str] | None):
+    return gr.Dropdown(choices=target_choices(image, models[0]) if models else [], value=None)
+
+
 def knobs():
     d = DEFAULT
     with gr.Accordion("Quality knobs", open=False):
@@ -231,7 +276,7 @@ def knobs():
     return steps, samples, window, stride
 
 
-def build(checkpoint_state: gr.State) -> dict:
+def build(checkpoint_state: gr.State, look: gr.Textbox) -> dict:
     c: dict = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
@@ -250,16 +295,19 @@ def build(checkpoint_state: gr.State) -> dict:
         with gr.Column(scale=6):
             c["banner"] = gr.HTML(label="weights in use")
             with gr.Row():
-                c["overlay"] = gr.Image(label="|attribution| over the image", show_label=False, interactive=False, buttons=["download"], elem_id="attr-overlay")
-                c["signed"] = gr.Image(label="signed map", show_label=False, interactive=False, buttons=["download"])
+                c["overlay"] = gr.Image(label="|attribution| over the image", show_label=False, interactive=False, buttons=["download"], elem_id="attr-overlay",
+                                        alt_text=ALT_OVERLAY)
+                c["signed"] = gr.Image(label="signed map", show_label=False, interactive=False, buttons=["download"], alt_text=ALT_SIGNED)
             c["scores"] = gr.Markdown(elem_id="attr-scores", label="scores")
             gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
-            c["deletion"] = gr.LinePlot(x="removed", y="probability", color="order", height=220,
+            c["deletion"] = gr.LinePlot(x="removed", y="probability", color="order", height=260, elem_id="attr-deletion",
+                                        elem_classes=["cz-plot"], color_title="pixels removed",
                                         title="Deletion curve", x_title="fraction of pixels removed", label="deletion curve")
-            c["files"] = gr.File(label="Downloads: overlay PNG, signed PNG, raw attribution (.npy)", file_count="multiple")
+            c["files"] = gr.File(label="Downloads: a 1920 × 1080 slide (maps, model, weights, method, layer, target, scores), overlay PNG, signed PNG, raw attribution (.npy)", file_count="multiple")
             with gr.Accordion("Result as JSON (same as the CLI)", open=False):
                 c["json"] = gr.JSON(label="attribution")
-    c["grid"] = gr.Image(label="All methods on this image", show_label=False, interactive=False, buttons=["download"])
+    c["grid"] = gr.Image(label="All methods on this image", show_label=False, interactive=False, buttons=["download"],
+                         alt_text="Every attribution method's map over the image, one panel per method, each titled")
     gr.Markdown("### Side by side: one method across models")
     with gr.Row():
         c["cmp_models"] = gr.Dropdown(
@@ -267,16 +315,21 @@ def build(checkpoint_state: gr.State) -> dict:
             max_choices=6, label="Models (2 to 6)", scale=4,
         )
         c["cmp_method"] = gr.Dropdown(method_choices(), value="gradcam", label="Method", scale=2)
+        c["cmp_target"] = gr.Dropdown([], value=None, allow_custom_value=True, filterable=True, scale=3,
+                                      label="Shared target class (empty: each model explains its own top-1)",
+                                      elem_id="attr-cmp-target")
         c["cmp_run"] = gr.Button("Compare", scale=1)
-    c["cmp_grid"] = gr.Image(label="Side by side", show_label=False, interactive=False, buttons=["download"])
-    c["cmp_table"] = gr.Dataframe(headers=["model", "top-1", "probability", "weights", "ms"], interactive=False,
-                                  label="top-1 per model")
+    c["cmp_grid"] = gr.Image(label="Side by side", show_label=False, interactive=False, buttons=["download"],
+                             alt_text="One attribution method's map over the image for each model compared, "
+                                      "each titled with the model and the class it explains")
+    c["cmp_table"] = gr.Dataframe(headers=["model", "class explained", "probability", "weights", "ms"],
+                                  interactive=False, label="class explained per model")
 
     knob_list = list(c["knobs"])
     run, outputs = by_name(attribute_steps, c, RESULTS)
     c["run"].click(
         user_errors(run),
-        [c["image"], c["model"], c["method"], c["target"], c["layer"], *knob_list, checkpoint_state],
+        [c["image"], c["model"], c["method"], c["target"], c["layer"], *knob_list, checkpoint_state, look],
         outputs,
         api_name="attribute",
         concurrency_id=MODEL_GROUP,
@@ -286,7 +339,8 @@ def build(checkpoint_state: gr.State) -> dict:
         api_name="attribute_grid", concurrency_id=MODEL_GROUP,
     )
     c["cmp_run"].click(
-        run_compare, [c["image"], c["cmp_models"], c["cmp_method"]], [c["cmp_grid"], c["cmp_table"]],
+        run_compare, [c["image"], c["cmp_models"], c["cmp_method"], c["cmp_target"], look],
+        [c["cmp_grid"], c["cmp_table"]],
         api_name="attribute_compare", concurrency_id=MODEL_GROUP,
     )
     c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private")
@@ -294,35 +348,41 @@ def build(checkpoint_state: gr.State) -> dict:
     cleared, cleared_outputs = by_name(_cleared, c, (*RESULTS, "grid"))
     gr.on([c["model"].change, c["image"].change, c["method"].input, c["target"].input, c["layer"].input],
           cleared, [c["model"]], cleared_outputs, api_visibility="private", queue=False)
-    gr.on([c["image"].change, c["cmp_models"].change, c["cmp_method"].input], lambda: (None, None), None,
+    gr.on([c["image"].change, c["cmp_models"].change, c["cmp_method"].input, c["cmp_target"].input],
+          lambda: (None, None), None,
           [c["cmp_grid"], c["cmp_table"]], api_visibility="private", queue=False)
     gr.on([c["model"].change, c["image"].change], _target_update, [c["image"], c["model"], checkpoint_state],
           [c["target"]], api_visibility="private", concurrency_id=MODEL_GROUP)
+    # The shared target's suggestions: the image's top-5 on the first model compared (the photo
+    # models share ImageNet's classes; any other is typed).
+    gr.on([c["image"].change, c["cmp_models"].change], _shared_target_update, [c["image"], c["cmp_models"]],
+          [c["cmp_target"]], api_visibility="private", concurrency_id=MODEL_GROUP)
     return c
 
 
-def compact_panel(explore: dict, checkpoint_state: gr.State) -> None:
+def compact_panel(explore: dict, checkpoint_state: gr.State, look: gr.Textbox) -> None:
     """A small attribution panel under Explore's predictions (same handler as the tab)."""
     with gr.Accordion("Which pixels mattered? (attribution for the top prediction)", open=False):
         with gr.Row():
             method = gr.Dropdown(method_choices(), value="gradcam", label="Method", scale=3)
             go = gr.Button("Explain this prediction", scale=1)
         with gr.Row():
-            overlay = gr.Image(label="|attribution| over the image", show_label=False, interactive=False, buttons=["download"])
-            signed = gr.Image(label="signed map", show_label=False, interactive=False, buttons=["download"])
+            overlay = gr.Image(label="|attribution| over the image", show_label=False, interactive=False, buttons=["download"],
+                               alt_text=ALT_OVERLAY)
+            signed = gr.Image(label="signed map", show_label=False, interactive=False, buttons=["download"], alt_text=ALT_SIGNED)
         scores = gr.Markdown()
         gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
     d = DEFAULT
     shown = {"overlay": overlay, "signed": signed, "scores": scores}
 
-    def compact(image, model, meth, checkpoint, progress=gr.Progress()):
+    def compact(image, model, meth, checkpoint, look, progress=gr.Progress()):
         for out in attribute_steps(image, model, meth, None, None, d.steps, d.samples, d.window, d.stride,
-                                   checkpoint, progress=progress):
+                                   checkpoint, look, progress=progress):
             yield {k: out[k] for k in shown}
 
     handler, outputs = by_name(compact, shown, shown)
     go.click(
-        user_errors(handler), [explore["image"], explore["model"], method, checkpoint_state], outputs,
+        user_errors(handler), [explore["image"], explore["model"], method, checkpoint_state, look], outputs,
         api_name="attribute_compact", api_visibility="private", concurrency_id=MODEL_GROUP,
     )
     gr.on([explore["model"].change, explore["image"].change, method.input], lambda: (None, None, ""), None,

@@ -261,6 +261,10 @@ CSS = """
 .cz-shape {font-size: 0.85em; color: var(--body-text-color-subdued); margin-top: auto;}
 .cz-io, .cz-shared {text-align: center; padding: 4px; border-radius: 4px; background: var(--background-fill-secondary);
   font-size: 0.9em;}
+/* Native plots draw their colour legend below the chart, past the block's fixed height, where it
+   was cut off (only its title showed): the block grows by the legend's height instead. */
+.cz-plot {overflow: visible !important; box-sizing: content-box !important; padding-bottom: 44px !important;}
+.cz-caption p {margin: 0 0 2px 0; font-size: 0.95em;}
 .cz-start {border: 2px solid var(--color-accent); border-radius: 10px; padding: 6px 12px;}
 /* Presenter mode: larger type and full contrast, for a projector at the back of the room. */
 body.cz-presenter .gradio-container {--text-xxs: 13px; --text-xs: 15px; --text-sm: 17px; --text-md: 20px;
@@ -282,3 +286,24 @@ body.cz-presenter .cz-layer {font-size: 1em;}
 
 # Presenter mode is a class on <body>, toggled in the browser only (no server round trip).
 PRESENTER_JS = "(on) => { document.body.classList.toggle('cz-presenter', !!on); return on; }"
+
+# The page's look ("light" or "dark", plus "presenter"), read from <body>'s classes when the page
+# opens and written into a hidden textbox whenever they change (the theme switched in Gradio's
+# settings, presenter mode toggled): pictures with text in them are drawn for it.
+LOOK_JS = """
+() => {
+  const read = () => (document.body.classList.contains('dark') ? 'dark' : 'light')
+    + (document.body.classList.contains('cz-presenter') ? ' presenter' : '');
+  if (!window.czLook) {
+    window.czLook = new MutationObserver(() => {
+      const box = document.querySelector('#cz-look textarea, #cz-look input');
+      if (box && box.value !== read()) {
+        box.value = read();
+        box.dispatchEvent(new Event('input', {bubbles: true}));
+      }
+    });
+    window.czLook.observe(document.body, {attributes: true, attributeFilter: ['class']});
+  }
+  return read();
+}
+"""

@@ -97,7 +97,7 @@ def _message(msg: str) -> dict:
     return {**dict.fromkeys(SHOWN), "note": msg, "json": {"error": msg}}
 
 
-def _classify(value, session) -> dict:
+def _classify(value, session, look: str | None = None) -> dict:
     """The display outputs by name, and "json": the top-3 of each network."""
     img = _as_image(value)
     if img is None:
@@ -116,10 +116,10 @@ def _classify(value, session) -> dict:
         out[f"label_{key}"] = {t.label: t.prob for t in pred.top}
         result[key] = {"weights": lm.weights.kind, "source": lm.weights.source,
                        "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)} for t in pred.top]}
-    shown = explored[DIGIT_SHOWCASE]
+    shown, shape = explored[DIGIT_SHOWCASE], render.Look.parse(look)
     for b in ZOO[DIGIT_SHOWCASE].blocks:
-        out[f"panel_{b.name}"] = render.block_panel(shown.blocks[b.name], shown.seen, tile=64)
-    out["ig"], _signed = render.attribution_views(attribute(opened, models[DIGIT_SHOWCASE], "ig", scores=False))
+        out[f"panel_{b.name}"] = render.block_panel(shown.blocks[b.name], shown.seen, tile=64, look=shape)
+    out["ig"], _signed = render.attribution_views(attribute(opened, models[DIGIT_SHOWCASE], "ig", scores=False), shape)
     note = "  \n".join(
         f"**{ZOO[k].name}**: {models[k].weights.source}" + (" (trained in this session)" if k in (session or {}) else "")
         for k in DIGIT_KEYS
@@ -134,19 +134,20 @@ def _classify(value, session) -> dict:
     return out
 
 
-def classify_sketch(sketch: dict | None, session: dict | None = None) -> dict:
-    out = _classify(sketch, session)
+def classify_sketch(sketch: dict | None, session: dict | None = None, look: str | None = None) -> dict:
+    out = _classify(sketch, session, look)
     del out["json"]
     return out
 
 
-def classify_upload(image: str | None, session: dict | None = None) -> dict:
+def classify_upload(image: str | None, session: dict | None = None, look: str | None = None) -> dict:
     """All three digit networks' top-3 for one image of a digit, with their branch maps.
 
     Args:
         image: an image of a single digit, any size, dark on light or light on dark.
+        look: how the pictures are drawn: "light" (default) or "dark", optionally with "presenter".
     """
-    return _classify(image, session)
+    return _classify(image, session, look)
 
 
 # ----------------------------------------------------------------------------- training lab
@@ -234,7 +235,7 @@ def forget_session(session: dict | None):
     return {}, "Back to the shipped weights."
 
 
-def build() -> dict:
+def build(look: gr.Textbox) -> dict:
     c: dict = {}
     c["session"] = gr.State({}, time_to_live=STATE_TTL_S)
     gr.Markdown("Draw a digit (0-9) with the mouse, or upload a photo of one. It is normalised the way MNIST "
@@ -248,7 +249,8 @@ def build() -> dict:
             c["upload"] = image_input(sources=["upload", "webcam", "clipboard"], label="...or a photo of a digit", height=200)
         with gr.Column(scale=6):
             with gr.Row():
-                c["seen"] = gr.Image(label="What the networks saw (28 x 28)", interactive=False, height=190, elem_id="digits-seen")
+                c["seen"] = gr.Image(label="What the networks saw (28 x 28)", interactive=False, height=190, elem_id="digits-seen",
+                                     alt_text="The digit after MNIST-style normalisation: 28 x 28, white on black")
                 c["note"] = gr.Markdown(label="weights")
             with gr.Row():
                 for key in DIGIT_KEYS:
@@ -258,14 +260,18 @@ def build() -> dict:
     gr.Markdown(f"#### What each branch of the {showcase.name}'s {len(showcase.blocks)} blocks saw")
     with gr.Row():
         for b in showcase.blocks:
-            c[f"panel_{b.name}"] = gr.Image(label=b.name, show_label=False, interactive=False)
+            c[f"panel_{b.name}"] = gr.Image(label=b.name, show_label=False, interactive=False,
+                                            alt_text=f"What each branch of {b.name} saw: facts, mean map and top channels")
+    # Titled above the picture: a label drawn over it hid the start of the map's own title.
+    gr.Markdown(f"**Which pixels mattered** (Integrated Gradients, {showcase.name})", elem_classes=["cz-caption"])
     c["ig"] = gr.Image(label=f"Which pixels mattered (Integrated Gradients, {showcase.name})", interactive=False,
-                       height=320)
+                       show_label=False, height=360, elem_id="digits-ig",
+                       alt_text="Integrated Gradients over the digit: how strongly each pixel drove the top guess")
     sketch, sketch_outputs = by_name(classify_sketch, c, SHOWN)
-    c["sketch"].change(user_errors(sketch), [c["sketch"], c["session"]], sketch_outputs, trigger_mode="always_last",
+    c["sketch"].change(user_errors(sketch), [c["sketch"], c["session"], look], sketch_outputs, trigger_mode="always_last",
                        api_visibility="private", concurrency_id=MODEL_GROUP)
     upload, upload_outputs = by_name(classify_upload, c, (*SHOWN, "json"))
-    c["upload"].change(user_errors(upload), [c["upload"], c["session"]], upload_outputs, api_name="digits",
+    c["upload"].change(user_errors(upload), [c["upload"], c["session"], look], upload_outputs, api_name="digits",
                        concurrency_id=MODEL_GROUP)
 
     gr.Markdown("### Training lab\nTrain a fresh network on the 4,000 training digits, watch it learn, then try it "
@@ -283,7 +289,8 @@ def build() -> dict:
     with gr.Row():
         c["t_plot"] = gr.LinePlot(x="step", y="loss", title="Training loss (per batch)", height=320, label="loss curve")
         c["t_acc"] = gr.LinePlot(x="step", y="accuracy", color="curve", title="Accuracy (%)", height=320,
-                                 y_lim=[0, 100], label="accuracy curve")
+                                 y_lim=[0, 100], label="accuracy curve", elem_classes=["cz-plot"],
+                                 color_title="measured on", elem_id="digits-acc")
     c["t_go"].click(train_lab, [c["t_model"], c["t_epochs"], c["t_batch"], c["t_lr"], c["t_limit"], c["session"]],
                     [c["t_plot"], c["t_acc"], c["t_msg"], c["session"]], api_name="train_digits",
                     concurrency_id=TRAIN_GROUP, concurrency_limit=2)

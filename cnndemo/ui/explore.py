@@ -44,10 +44,11 @@ def model_card(key: str) -> str:
 def architecture_rows(key: str) -> list[list]:
     spec = ZOO[key]
     fields = anatomy.receptive_fields(spec)
+    paper = anatomy.paper_names(spec)
     rows = []
     for r in anatomy.architecture(spec):
         f = fields.get(r.name)
-        rows.append([r.name, r.layer, " × ".join(map(str, r.shape)), f"{r.params:,}",
+        rows.append([r.name, paper.get(r.name, "-"), r.layer, " × ".join(map(str, r.shape)), f"{r.params:,}",
                      f.describe() if f else "-", f"{f.stride[0]}" if f else "-"])
     return rows
 
@@ -82,7 +83,10 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
         + ("" if pred.cached else " (with every branch captured: the maps below need no second pass)") + ".  \n"
         f"**Input:** {notes}."
     )
-    return pred.as_label(), ex.seen, info, weights_banner(lm.weights, model), pred.to_json()
+    w, h = ex.seen.size
+    seen = gr.Image(render.enlarged(ex.seen), alt_text=f"What {lm.spec.name} saw: the image at {w} × {h} pixels after "
+                                                        f"preprocessing; its top guess is {pred.top[0].label}")
+    return pred.as_label(), seen, info, weights_banner(lm.weights, model), pred.to_json()
 
 
 @user_errors
@@ -202,12 +206,12 @@ def block_diagram(key: str, block: str, selected: str | None = None) -> str:
 _PANELS = LRU(8, max_bytes=16 * 2**20, weigh=lambda im: im.size[0] * im.size[1] * 3, name="branch panels")
 
 
-def _panel(ex, block: str):
-    """The rendered branch panel, cached per (image, model, weights, block)."""
-    key = (ex.model, ex.weights_ident, ex.image_digest, block)
+def _panel(ex, block: str, look: render.Look):
+    """The rendered branch panel, cached per (image, model, weights, block, look)."""
+    key = (ex.model, ex.weights_ident, ex.image_digest, block, look)
     panel = _PANELS.get(key)
     if panel is None:
-        panel = render.block_panel(ex.blocks[block], ex.seen)
+        panel = render.block_panel(ex.blocks[block], ex.seen, look=look)
         _PANELS.put(key, panel)
     return panel
 
@@ -227,15 +231,16 @@ def _block_note(spec, info) -> str:
     return head + ("  \n" + "  \n".join(notes) if notes else "")
 
 
-@user_errors
-def show_branches(image: str | None, model: str, block: str, checkpoint: dict | None = None):
+def branches_result(image: str | None, model: str, block: str, checkpoint: dict | None = None, look: str | None = None):
     """Every branch of one block for one image: maps, energy shares, and the shares across depth.
 
     Args:
         image: the image (an upload).
         model: a zoo key, e.g. "googlenet".
         block: a block name, e.g. "inception4c" (`python -m cnndemo blocks --model KEY` lists them).
+        look: how pictures are drawn: "light" (default) or "dark", optionally with "presenter" (larger text).
     """
+    shape = render.Look.parse(look)
     spec = ZOO[model]
     block = valid_block(model, block)
     if not image:
@@ -255,7 +260,12 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
         ]
         for b in bm.branches
     ]
-    share = pd.DataFrame({"branch": [b.info.name for b in bm.branches], "share": [b.share for b in bm.branches]})
+    # In the block's own order, in the diagram's colours (not sorted alphabetically in one colour).
+    names = [b.info.name for b in bm.branches]
+    colours = render.branch_colours_hex()
+    share = gr.BarPlot(pd.DataFrame({"branch": names, "share": [b.share for b in bm.branches]}), sort=names,
+                       color="branch", color_map={n: colours[i % len(colours)] for i, n in enumerate(names)},
+                       colors_in_legend=[])  # the axis names each bar
     data = {
         "model": model,
         "weights": lm.weights.kind,
@@ -265,16 +275,20 @@ def show_branches(image: str | None, model: str, block: str, checkpoint: dict | 
         "branches": bm.branches_json(path_key="kernel_path"),
     }
     return (
-        _panel(ex, block),
+        _panel(ex, block, shape),
         _block_note(spec, bm.info),
         share,
-        render.shares_by_depth(ex),
+        render.shares_by_depth(ex, shape),
         rows,
         data,
     )
 
 
-def branch_view(image: str | None, model: str, block: str, branch: str | None, checkpoint: dict | None = None):
+show_branches = user_errors(branches_result)
+
+
+def branch_view(image: str | None, model: str, block: str, branch: str | None, checkpoint: dict | None = None,
+                look: str | None = None):
     """The block diagram with ``branch`` selected, that branch's maps large, and the ablation's
     branch set to it: what a click on its column shows."""
     block = valid_block(model, block)
@@ -283,18 +297,29 @@ def branch_view(image: str | None, model: str, block: str, branch: str | None, c
         return diagram, None, gr.skip()
     ex = explore(image, get_model(model, checkpoint))
     bm = ex.blocks[block]
-    # The clicked branch alone, with its 4 most active channels: large enough to read on a phone.
-    one = [replace(b, top_channels=b.top_channels[:4], top_maps=b.top_maps[:4])
-           for b in bm.branches if b.info.name == branch]
+    # The clicked branch alone, with its 4 most active channels, about as tall as wide: readable on a phone.
+    one = [b for b in bm.branches if b.info.name == branch]
     if not one:
         return diagram, None, gr.skip()
-    panel = render.block_panel(replace(bm, branches=tuple(one)), ex.seen, tile=110)
-    return diagram, panel, gr.Dropdown(value=branch)
+    card = render.branch_card(bm, one[0], ex.seen, look=render.Look.parse(look))
+    return diagram, card, gr.Dropdown(value=branch)
 
 
 @user_errors
-def on_diagram_click(image, model, block, checkpoint, evt: gr.EventData):
-    return branch_view(image, model, block, getattr(evt, "branch", None), checkpoint)
+def on_diagram_click(image, model, block, checkpoint, look, evt: gr.EventData):
+    return branch_view(image, model, block, getattr(evt, "branch", None), checkpoint, look)
+
+
+@user_errors
+def on_look(image, model, block, branch, diagram, checkpoint, look):
+    """The pictures on screen drawn again for a new look (theme or presenter mode). No network
+    runs (the maps come from the cached exploration); a branch view is drawn only if one is shown."""
+    if not image:
+        return gr.skip(), gr.skip(), gr.skip()
+    panel, _note, _share, depth, *_ = branches_result(image, model, block, checkpoint, look)
+    shown = "cz-selected" in str(diagram or "")
+    card = branch_view(image, model, block, branch, checkpoint, look)[1] if shown else gr.skip()
+    return panel, depth, card
 
 
 @user_errors
@@ -330,7 +355,7 @@ def on_load(c: dict) -> dict:
     return {c["arch"]: architecture_rows(key), c["diagram"]: block_diagram(key, ZOO[key].default_block)}
 
 
-def build(checkpoint_state: gr.State) -> dict:
+def build(checkpoint_state: gr.State, look: gr.Textbox) -> dict:
     """Lay out the Explore tab; return its components for the other views to wire into."""
     c: dict = {}
     with gr.Row(equal_height=False):
@@ -357,18 +382,25 @@ def build(checkpoint_state: gr.State) -> dict:
             c["banner"] = gr.HTML(weights_banner(None, DEFAULT_MODEL), label="weights in use")
             c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="explore-top5")
             with gr.Row(elem_classes=["cz-stack"]):
-                c["seen"] = gr.Image(label="What the network saw (after preprocessing)", height=240, interactive=False)
+                # Titled above the picture, not over it, with one button: nothing hides the image.
+                with gr.Column(min_width=200):
+                    gr.Markdown("**What the network saw** (after preprocessing)", elem_classes=["cz-caption"])
+                    c["seen"] = gr.Image(label="What the network saw (after preprocessing)", show_label=False,
+                                         height=240, interactive=False, buttons=["download"], elem_id="explore-seen",
+                                         alt_text="The image after preprocessing, as the network received it")
                 c["info"] = gr.Markdown(label="timing and input notes", elem_id="explore-info")
             with gr.Accordion("Raw result (same JSON as the CLI)", open=False):
                 c["json"] = gr.JSON(label="prediction")
     with gr.Accordion("Architecture: stage by stage", open=False):
-        gr.Markdown("Receptive field: how many input pixels (per side) one output position can see; stride: "
+        gr.Markdown("Stages are named as torchvision builds them, with the paper's name beside where it differs "
+                    "(VGG-16's conv5_3 is torchvision's features.28; ResNet's conv4_x is layer3). "
+                    "Receptive field: how many input pixels (per side) one output position can see; stride: "
                     "how far apart, in input pixels, neighbouring output positions are. Both are computed from "
                     "the modules (each k×k conv or pool adds (k−1) × the stride so far; where branches merge, the "
                     "widest counts). This is the theoretical field: the weights concentrate on its centre.",
                     elem_classes=["cz-note"])
         c["arch"] = gr.Dataframe(
-            headers=["stage", "layer", "output shape (C × H × W)", "parameters", "receptive field (px)", "stride (px)"],
+            headers=["stage (torchvision)", "paper's name", "layer", "output shape (C × H × W)", "parameters", "receptive field (px)", "stride (px)"],
             interactive=False,
             wrap=True,
         )
@@ -382,14 +414,20 @@ def build(checkpoint_state: gr.State) -> dict:
         c["diagram"] = gr.HTML(js_on_load=DIAGRAM_JS,
                                elem_id="explore-diagram", label="block diagram (click a branch)", scale=1,
                                padding=False, min_width=300)
-        c["branch_view"] = gr.Image(label="The branch you clicked: its mean map and its 4 most active channels",
-                                    interactive=False, elem_id="explore-branch-view", scale=1, height=260,
-                                    min_width=300, buttons=["download", "fullscreen"])
-    c["panel"] = gr.Image(label="Branch maps", show_label=False, interactive=False, buttons=["download", "fullscreen"], elem_id="explore-panel")
+        with gr.Column(scale=1, min_width=300):
+            gr.Markdown("**The branch you clicked:** its mean map and its 4 most active channels",
+                        elem_classes=["cz-caption"])
+            c["branch_view"] = gr.Image(label="The branch you clicked", show_label=False, interactive=False,
+                                        elem_id="explore-branch-view", buttons=["download", "fullscreen"],
+                                        alt_text="The clicked branch: its mean activation over the image and its "
+                                                 "most active channels")
+    c["panel"] = gr.Image(label="Branch maps", show_label=False, interactive=False, buttons=["download", "fullscreen"], elem_id="explore-panel",
+                          alt_text="Every branch of the block: its facts, its mean activation over the image, and "
+                                   "its most active channels, one row per branch")
     with gr.Row(elem_classes=["cz-stack"]):
         c["share_plot"] = gr.BarPlot(
             x="branch", y="share", title="Share of the block's output energy", label="block shares",
-            y_lim=[0, 1], height=320,
+            y_lim=[0, 1], height=320, x_label_angle=0, y_title="share of energy", elem_id="explore-shares",
         )
         # A matplotlib Figure, not a native plot: Gradio fixes a native plot's colour domain at
         # its first render, so another model's branch names would not be drawn.
@@ -415,7 +453,7 @@ def build(checkpoint_state: gr.State) -> dict:
         c["ablate_json"] = gr.JSON(label="ablation", visible=False)
     outputs = [c["label"], c["seen"], c["info"], c["banner"], c["json"]]
     branch_outputs = [c["panel"], c["block_note"], c["share_plot"], c["depth_plot"], c["branch_table"], c["branch_json"]]
-    branch_inputs = [c["image"], c["model"], c["block"], checkpoint_state]
+    branch_inputs = [c["image"], c["model"], c["block"], checkpoint_state, look]
     # After every prediction, the branch maps of the block on screen (no API endpoint of its own).
     then_branches = dict(fn=show_branches, inputs=branch_inputs, outputs=branch_outputs, api_visibility="private",
                          concurrency_id=MODEL_GROUP)
@@ -438,7 +476,8 @@ def build(checkpoint_state: gr.State) -> dict:
     ).then(**then_branches)
     diagram_io = dict(inputs=[c["image"], c["model"], c["block"], checkpoint_state],
                       outputs=[c["diagram"], c["branch_view"], c["branch"]])
-    c["diagram"].click(on_diagram_click, **diagram_io, api_visibility="private", concurrency_id=MODEL_GROUP)
+    c["diagram"].click(on_diagram_click, [*diagram_io["inputs"], look], diagram_io["outputs"],
+                       api_visibility="private", concurrency_id=MODEL_GROUP)
     # A new block, model or image: the diagram is redrawn with nothing selected.
     gr.on([c["block"].input, c["image"].change],
           lambda image, model, block, ckpt: (block_diagram(model, block), None, gr.skip()),
@@ -468,6 +507,9 @@ def build(checkpoint_state: gr.State) -> dict:
     gr.on([c["model"].change, c["image"].change, c["block"].input, c["branch"].input, c["mode"].input],
           ablation_cleared, [c["model"]], [c["before"], c["after"], c["ablate_msg"], c["ablate_json"], c["ablate"]],
           api_visibility="private", queue=False)
+    look.change(on_look, [c["image"], c["model"], c["block"], c["branch"], c["diagram"], checkpoint_state, look],
+                [c["panel"], c["depth_plot"], c["branch_view"]], api_visibility="private", concurrency_id=MODEL_GROUP,
+                show_progress="hidden")
     c["ckpt_file"].change(
         on_checkpoint,
         [c["ckpt_file"], c["model"]],
