@@ -221,8 +221,9 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def _branch_lines(block, b, look: Look) -> list[tuple[str, int, str]]:
-    """The facts beside a branch's maps: (text, font size, colour)."""
+def _branch_lines(block, b, look: Look, z: float | None = None) -> list[tuple[str, int, str]]:
+    """The facts beside a branch's maps: (text, font size, colour); ``z`` scales the text
+    (default: the look's own scale)."""
     info = b.info
     if info.channels:
         ch = f"channels {info.channels[0]}-{info.channels[1]}"
@@ -230,7 +231,7 @@ def _branch_lines(block, b, look: Look) -> list[tuple[str, int, str]]:
         ch = "the stage's only path: all channels"
     else:
         ch = "added to the other branch: full width"
-    z = look.scale
+    z = look.scale if z is None else z
     return [
         (info.name, round(16 * z), look.ink),
         (info.path, round(13 * z), look.ink),
@@ -298,15 +299,16 @@ def branch_card(block, branch, seen: Image.Image, *, cmap: str = "inferno", n: i
     grid on the right."""
     from PIL import ImageDraw
 
-    z, pad = look.scale, 10
-    big, tile = 260, 125
+    # Text 1.35 times the panel's: the card is shown at phone width, about 0.65 of its own.
+    z, pad = look.scale * 1.35, 10
+    big, tile = 240, 112
     label_h = round(12 * z) + 6
     chans = list(zip(branch.top_channels, branch.top_maps))[:n]
     rows = max(1, (len(chans) + 1) // 2)
     grid_h = rows * (label_h + tile + 6)
     width = pad * 3 + big + 2 * (tile + 6)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines = _branch_lines(block, branch, look)
+    lines = _branch_lines(block, branch, look, z)
     lines[1:4] = [(" · ".join(t for t, _, _ in lines[1:4]), lines[1][1], look.ink)]
     head = _lines_height(probe, lines, width - 2 * pad) + pad * 2
     canvas = Image.new("RGB", (width, head + max(big + label_h, grid_h) + pad), look.paper)

@@ -69,9 +69,10 @@ def build_demo() -> gr.Blocks:
         demo.load(lambda used: gr.Column(visible=False) if used else gr.skip(), [start_used], [start["panel"]],
                   api_visibility="private", queue=False)
         demo.load(start_panel.refresh, None, [start["steps"], start["go"]], api_visibility="private", queue=False)
-        start["go"].click(start_panel.go, [ex["model"]], [ex["model"], ex["image"], tabs],
-                          api_visibility="private", queue=False).then(
-            None, js=start_panel.SCROLL_TO_RESULT_JS, api_visibility="private")
+        start["go"].click(start_panel.go, [ex["model"]], [ex["model"], tabs], api_visibility="private",
+                          queue=False).then(start_panel.image, None, [ex["image"]], api_visibility="private",
+                                            queue=False).then(None, js=start_panel.SCROLL_TO_RESULT_JS,
+                                                              api_visibility="private")
         # Used to the end (a branch knocked out) or dismissed: the panel goes, for good in this browser.
         gr.on([ex["ablate"].click, start["close"].click], lambda: (gr.Column(visible=False), True), None,
               [start["panel"], start_used], api_visibility="private", queue=False)

@@ -379,7 +379,7 @@ def build(checkpoint_state: gr.State, look: gr.Textbox) -> dict:
                 ))
                 c["ckpt_status"] = gr.Markdown(label="checkpoint status", value="No checkpoint: the model uses its published weights (or random init).")
         with gr.Column(scale=6):
-            c["banner"] = gr.HTML(weights_banner(None, DEFAULT_MODEL), label="weights in use")
+            c["banner"] = gr.HTML(weights_banner(None, DEFAULT_MODEL), label="weights in use", elem_id="explore-banner")
             c["label"] = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="explore-top5")
             with gr.Row(elem_classes=["cz-stack"]):
                 # Titled above the picture, not over it, with one button: nothing hides the image.

@@ -71,14 +71,15 @@ def _digit_lesson(reason: str) -> Lesson:
     )
 
 
-# After step 1, the top-5 on screen (on a phone it is three screens below the panel); left where
-# it is when the whole box is already in view.
+# After step 1, the weights banner and the top-5 on screen (on a phone they are three screens
+# below the panel); left where they are when the top-5 is already in view.
 SCROLL_TO_RESULT_JS = """
 () => {
   const box = document.querySelector('#explore-top5');
   if (!box) return;
   const r = box.getBoundingClientRect();
-  if (r.top < 0 || r.bottom > window.innerHeight) box.scrollIntoView({behavior: 'smooth', block: 'start'});
+  const head = document.querySelector('#explore-banner') || box;
+  if (r.top < 0 || r.bottom > window.innerHeight) head.scrollIntoView({behavior: 'smooth', block: 'start'});
 }
 """
 
@@ -108,10 +109,17 @@ def refresh():
 
 
 def go(current_model: str):
-    """Step 1: the lesson's model (left alone when already chosen) and image, in Explore."""
+    """Step 1, first half: the lesson's model (left alone when already chosen), in Explore. The
+    image follows in a second step (``image``): set together, the model's chain could empty the
+    image's finished result a moment after it was shown."""
     lesson = first_lesson()
     model = gr.skip() if current_model == lesson.model else lesson.model
-    return model, str(lesson.image), gr.Tabs(selected="explore")
+    return model, gr.Tabs(selected="explore")
 
 
-__all__ = ["Lesson", "build", "first_lesson", "go", "refresh"]
+def image():
+    """Step 1, second half: the lesson's image."""
+    return str(first_lesson().image)
+
+
+__all__ = ["Lesson", "build", "first_lesson", "go", "image", "refresh"]

@@ -171,3 +171,50 @@ def test_compare_tab_shows_its_plots(page):
     page.wait_for_function("document.querySelector('#compare-stats').innerText.includes('GoogLeNet')")
     page.wait_for_selector("#compare-params canvas, #compare-params svg")
     assert "SqueezeNet" in page.inner_text("#compare-stats")
+
+
+def test_offline_the_start_panel_leads_a_phone_to_a_trained_networks_result(browser, app_server):
+    """The first lesson offline: a digit network that has learned, and the result in view on a phone."""
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = ctx.new_page()
+    page.set_default_timeout(LONG)
+    try:
+        page.goto(app_server.url)
+        page.wait_for_selector("#start-cat")
+        assert "Show me a digit" in page.inner_text("#start-cat")
+        assert "not available" in page.inner_text("#start-here")
+        page.locator("#start-cat").click()
+        page.wait_for_function("document.querySelector('#explore-top5').innerText.includes('%')"
+                               " && document.querySelector('#explore-info').innerText.includes('MNIST Inception')")
+        # Scrolled to the result: the top-5 (three screens below the panel on a phone) is on screen.
+        page.wait_for_function("(() => { const r = document.querySelector('#explore-top5').getBoundingClientRect();"
+                               " return r.top > -20 && r.top < window.innerHeight / 2; })()")
+        page.wait_for_function("document.querySelector('#explore-top5').innerText.includes('6 (6)')")
+        page.wait_for_function("!document.querySelector('#explore-block-note').innerText.includes('Computing')"
+                               " && document.querySelector('#explore-block-note').innerText.includes('incept1')")
+        page.locator("#explore-diagram [data-branch='1x1']").click()
+        img = page.locator("#explore-branch-view img")
+        img.wait_for(state="attached")
+        page.wait_for_function("(() => { const i = document.querySelector('#explore-branch-view img');"
+                               " return i && i.naturalWidth > 0; })()")
+        box = img.bounding_box()
+        assert box["width"] > 300 and box["height"] > 200  # large enough to read, not a thin strip
+        assert page.locator("#explore-seen img").get_attribute("alt").startswith("What MNIST Inception net saw")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "phone-start-digit.png"))
+    finally:
+        ctx.close()
+
+
+def test_presenter_mode_survives_a_reload_and_pictures_follow_the_look(page):
+    page.locator("#presenter-toggle input").check()
+    page.wait_for_function("document.body.classList.contains('cz-presenter')")
+    # The hidden look box follows <body>'s classes: pictures are drawn for presenter mode.
+    page.wait_for_function("document.querySelector('#cz-look textarea, #cz-look input').value === 'light presenter'")
+    page.wait_for_timeout(300)  # the saved setting is written by a (queue-free) event of its own
+    page.reload()
+    page.wait_for_selector("#explore-image")
+    page.wait_for_function("document.body.classList.contains('cz-presenter')"
+                           " && document.querySelector('#presenter-toggle input').checked")
+    page.locator("#presenter-toggle input").uncheck()
+    page.wait_for_function("!document.body.classList.contains('cz-presenter')")
