@@ -109,7 +109,7 @@ def test_one_session_cannot_fill_the_queue_and_others_are_served(server, cat, ex
     predict, attribute = fn_index(server, "predict"), fn_index(server, "attribute")
     image = upload(server, cat)
     # Two other sessions' long jobs hold both workers, so what follows stays queued.
-    occlusion = [image, "googlenet", "occlusion", None, None, 16, 8, 32, 24, None]
+    occlusion = [image, "googlenet", "occlusion", None, None, 16, 8, 32, 24, None, None]  # + checkpoint, look
     blockers = [uuid.uuid4().hex for _ in range(2)]
     flood, heavy_user, student = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
     photos = [upload(server, p) for p in sorted(examples.glob("*.jpg"))]
@@ -150,10 +150,10 @@ def test_sessionless_calls_and_one_address_share_a_limit(server, cat):
         # Behind a proxy (CNNDEMO_PROXY_HOPS=1): sessions from one address share CNNDEMO_QUEUE_PER_IP (3).
         spoof = {"X-Forwarded-For": "203.0.113.7"}
         sessions = [uuid.uuid4().hex for _ in range(5)]
-        joined = [join(c, attribute, [*occlusion, None], s, spoof) for s in sessions[:4]]
+        joined = [join(c, attribute, [*occlusion, None, None], s, spoof) for s in sessions[:4]]
         assert [r.status_code for r in joined] == [200, 200, 200, 429], [r.text for r in joined]
         assert "network address" in joined[3].json()["detail"]
-        other = join(c, attribute, [*occlusion, None], sessions[4], {"X-Forwarded-For": "203.0.113.8"})
+        other = join(c, attribute, [*occlusion, None, None], sessions[4], {"X-Forwarded-For": "203.0.113.8"})
         assert other.status_code == 200
         for session, r in [*zip(sessions[:3], joined), (sessions[4], other)]:
             c.post("/gradio_api/cancel", json={"session_hash": session, "fn_index": attribute,
@@ -169,7 +169,7 @@ def test_sessionless_calls_and_one_address_share_a_limit(server, cat):
     ("compare", [["googlenet", "inception_v3", "resnet50", "vgg16"], "cpu", [1, 8, 32, 64], "fp32", False, False, 50],
      "Benchmarking 4 models would cost about"),
     ("train_digits", ["d2l_googlenet", 5, 256, 0.05, 4000, {}], "Training d2l GoogLeNet"),
-    ("attribute_compare", [None, ["vgg16", "vgg16"], "occlusion"], "Each model once"),
+    ("attribute_compare", [None, ["vgg16", "vgg16"], "occlusion", None], "Each model once"),
     ("scaling", ["vgg16"], "Scaling curves for VGG-16 would cost about"),
 ], ids=["compare", "train_digits", "attribute_compare twice", "scaling"])
 def test_every_network_endpoint_checks_the_whole_request(server, cat, api, data, expect):
@@ -182,7 +182,7 @@ def test_every_network_endpoint_checks_the_whole_request(server, cat, api, data,
 
 
 def test_attribute_compare_is_budgeted_as_a_whole(server, cat):
-    kind, payload = raw_call(server, "attribute_compare", [upload(server, cat), ["vgg16", "inception_v3"], "occlusion"])
+    kind, payload = raw_call(server, "attribute_compare", [upload(server, cat), ["vgg16", "inception_v3"], "occlusion", None])
     assert kind == "error" and "on 2 models would cost about" in error_text(payload), payload
 
 
@@ -236,10 +236,10 @@ def test_sketchpad_blobs_are_bounded_and_belong_to_their_session(server):
     with httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as c:
         assert _blob(c, comp, owner, blob_id, "composite", None, _digit_png()).status_code == 200
         # Another session that learns the id reads nothing, and does not wipe the drawing.
-        assert join(c, fn, [{"id": blob_id}, {}], other).status_code == 200
+        assert join(c, fn, [{"id": blob_id}, {}, None], other).status_code == 200
         theirs = results(c, other, 1)[0]
         assert theirs["success"] and "Draw a digit" in json.dumps(theirs["output"]["data"]), theirs
-        assert join(c, fn, [{"id": blob_id}, {}], owner).status_code == 200
+        assert join(c, fn, [{"id": blob_id}, {}, None], owner).status_code == 200
         mine = results(c, owner, 1)[0]
         assert mine["success"] and "Draw a digit" not in json.dumps(mine["output"]["data"]), mine
         # Bounded: a layer index is small, a part is small, and refusals keep nothing.

@@ -234,7 +234,9 @@ def test_attribution_downloads_live_in_gradios_cache(server, cat):
     kind, payload = raw_call(server, "attribute", [upload(server, cat), "squeezenet1_0", "saliency", None, None, 4, 1, 32, 24])
     assert kind == "complete"
     files = payload[5]
-    assert len(files) == 3
+    assert len(files) == 4  # the slide, the overlay, the signed map, the raw map
+    slide = Path(files[0]["path"]).name
+    assert f"squeezenet1_0_random_saliency_input_{payload[4]['target']}-" in slide and slide.endswith("_slide.png")
     for f in files:
         assert Path(f["path"]).resolve().is_relative_to(Path(server.uploads).resolve())
     assert set(Path(tempfile.gettempdir()).glob("cnndemo-*")) == outside_before

@@ -9,6 +9,7 @@ import gradio as gr
 from . import attributions, compare, digits, explore, start as start_panel
 from .common import CSS, EXAMPLES_DIR, LOOK_JS, MODEL_GROUP, PRESENTER_JS, by_name, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
+from ..render import Look
 from ..runtime import configure_threads
 from ..weights import is_offline
 from .serving import install_atomic_cache_writes
@@ -47,10 +48,14 @@ def build_demo() -> gr.Blocks:
         presenter_saved = gr.BrowserState(False, storage_key="cnndemo-presenter")
         presenter.input(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private").then(
             lambda on: bool(on), [presenter], [presenter_saved], api_visibility="private", queue=False)
-        look = gr.Textbox("light", visible="hidden", elem_id="cz-look", label="page look", max_length=40)
+        # The page's look: written by the browser into a hidden box, kept per session in a State, so
+        # handlers draw for it without it being a parameter of any API endpoint.
+        look_box = gr.Textbox("light", visible="hidden", elem_id="cz-look", label="page look", max_length=40)
+        look = gr.State("light", time_to_live=guard.STATE_TTL_S)
+        look_box.change(lambda text: str(Look.parse(text)), [look_box], [look], api_visibility="private", queue=False)
         demo.load(lambda saved: bool(saved), [presenter_saved], [presenter], api_visibility="private",
                   queue=False).then(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private").then(
-            None, None, [look], js=LOOK_JS, api_visibility="private")
+            None, None, [look_box], js=LOOK_JS, api_visibility="private")
         start = start_panel.build()
         checkpoint = gr.State(None, time_to_live=guard.STATE_TTL_S)
         with gr.Tabs() as tabs:

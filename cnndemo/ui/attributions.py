@@ -78,10 +78,14 @@ def slide_title(a) -> str:
     return f"{spec.name} · {weights} · {METHODS[a.method].name}{at} · target: {a.label} ({a.target}), p = {a.prob:.2%}"
 
 
+def _file_name(*parts) -> str:
+    """Parts joined into one file name a file system allows (a branch layer's "/" included)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(map(str, parts))).strip("-")[:160]
+
+
 def slide_name(a) -> str:
-    """The slide's file name: the same facts, as a file system allows them."""
-    parts = [a.model, a.weights.kind, a.method, a.layer or "input", f"{a.target}-{a.label}"]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).strip("-")[:150] + "_slide.png"
+    """The slide's file name: the same facts as its title."""
+    return _file_name(a.model, a.weights.kind, a.method, a.layer or "input", f"{a.target}-{a.label}", "slide.png")
 
 
 def slide(a, look: str | None = None):
@@ -102,7 +106,7 @@ def deletion_frame(a) -> pd.DataFrame | None:
 
 
 def _save(img, a, suffix: str) -> str:
-    path = download_path(f"{a.model}_{a.method}_{a.layer or 'input'}_{a.target}_{suffix}")
+    path = download_path(_file_name(a.model, a.method, a.layer or "input", a.target, suffix))
     if suffix.endswith(".npy"):
         np.save(path, a.attr)
     else:
@@ -140,7 +144,6 @@ def attribute_steps(
         samples: SmoothGrad / GradientSHAP samples (1-32).
         window: occlusion window in pixels.
         stride: occlusion stride in pixels.
-        look: how the pictures are drawn: "light" (default) or "dark", optionally with "presenter".
     """
     if not image:
         raise gr.Error("Give the model an image first.")
@@ -169,7 +172,7 @@ attribute_steps.__doc__ = attribute_steps.__doc__.format(methods=", ".join(METHO
 
 @user_errors
 def run_all_methods(image: str | None, model: str, target: str | None = None, layer: str | None = None,
-                    checkpoint: dict | None = None, progress=gr.Progress()):
+                    checkpoint: dict | None = None, look: str | None = None, progress=gr.Progress()):
     """Every attribution method on one image and model, in one grid (fast settings, no scores).
 
     Args:
@@ -202,7 +205,7 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
         except (ValueError, KeyError) as e:
             items.append(None)
             titles.append(f"{meth.name}: refused\n{e}")
-    return render.attribution_grid(items, titles, cols=3)
+    return render.attribution_grid(items, titles, cols=3, look=render.Look.parse(look))
 
 
 @user_errors
@@ -216,7 +219,6 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
         models: 2 to 6 zoo keys.
         method: an attribution method key, e.g. "gradcam".
         target: a class index or name every model explains (they share the ImageNet classes); empty: each its own top-1.
-        look: how the picture is drawn: "light" (default) or "dark", optionally with "presenter".
     """
     if not image:
         raise gr.Error("Give the models an image first.")
@@ -276,7 +278,7 @@ def knobs():
     return steps, samples, window, stride
 
 
-def build(checkpoint_state: gr.State, look: gr.Textbox) -> dict:
+def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     c: dict = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
@@ -335,7 +337,7 @@ def build(checkpoint_state: gr.State, look: gr.Textbox) -> dict:
         concurrency_id=MODEL_GROUP,
     )
     c["grid_btn"].click(
-        run_all_methods, [c["image"], c["model"], c["target"], c["layer"], checkpoint_state], [c["grid"]],
+        run_all_methods, [c["image"], c["model"], c["target"], c["layer"], checkpoint_state, look], [c["grid"]],
         api_name="attribute_grid", concurrency_id=MODEL_GROUP,
     )
     c["cmp_run"].click(
@@ -360,7 +362,7 @@ def build(checkpoint_state: gr.State, look: gr.Textbox) -> dict:
     return c
 
 
-def compact_panel(explore: dict, checkpoint_state: gr.State, look: gr.Textbox) -> None:
+def compact_panel(explore: dict, checkpoint_state: gr.State, look: gr.State) -> None:
     """A small attribution panel under Explore's predictions (same handler as the tab)."""
     with gr.Accordion("Which pixels mattered? (attribution for the top prediction)", open=False):
         with gr.Row():

@@ -145,7 +145,6 @@ def classify_upload(image: str | None, session: dict | None = None, look: str | 
 
     Args:
         image: an image of a single digit, any size, dark on light or light on dark.
-        look: how the pictures are drawn: "light" (default) or "dark", optionally with "presenter".
     """
     return _classify(image, session, look)
 
@@ -235,7 +234,7 @@ def forget_session(session: dict | None):
     return {}, "Back to the shipped weights."
 
 
-def build(look: gr.Textbox) -> dict:
+def build(look: gr.State) -> dict:
     c: dict = {}
     c["session"] = gr.State({}, time_to_live=STATE_TTL_S)
     gr.Markdown("Draw a digit (0-9) with the mouse, or upload a photo of one. It is normalised the way MNIST "

@@ -83,10 +83,7 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
         + ("" if pred.cached else " (with every branch captured: the maps below need no second pass)") + ".  \n"
         f"**Input:** {notes}."
     )
-    w, h = ex.seen.size
-    seen = gr.Image(render.enlarged(ex.seen), alt_text=f"What {lm.spec.name} saw: the image at {w} × {h} pixels after "
-                                                        f"preprocessing; its top guess is {pred.top[0].label}")
-    return pred.as_label(), seen, info, weights_banner(lm.weights, model), pred.to_json()
+    return pred.as_label(), render.enlarged(ex.seen), info, weights_banner(lm.weights, model), pred.to_json()
 
 
 @user_errors
@@ -238,7 +235,6 @@ def branches_result(image: str | None, model: str, block: str, checkpoint: dict 
         image: the image (an upload).
         model: a zoo key, e.g. "googlenet".
         block: a block name, e.g. "inception4c" (`python -m cnndemo blocks --model KEY` lists them).
-        look: how pictures are drawn: "light" (default) or "dark", optionally with "presenter" (larger text).
     """
     shape = render.Look.parse(look)
     spec = ZOO[model]
@@ -355,7 +351,7 @@ def on_load(c: dict) -> dict:
     return {c["arch"]: architecture_rows(key), c["diagram"]: block_diagram(key, ZOO[key].default_block)}
 
 
-def build(checkpoint_state: gr.State, look: gr.Textbox) -> dict:
+def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     """Lay out the Explore tab; return its components for the other views to wire into."""
     c: dict = {}
     with gr.Row(equal_height=False):

@@ -199,7 +199,7 @@ def test_offline_the_start_panel_leads_a_phone_to_a_trained_networks_result(brow
                                " return i && i.naturalWidth > 0; })()")
         box = img.bounding_box()
         assert box["width"] > 300 and box["height"] > 200  # large enough to read, not a thin strip
-        assert page.locator("#explore-seen img").get_attribute("alt").startswith("What MNIST Inception net saw")
+        assert page.locator("#explore-seen img").get_attribute("alt").startswith("The image after preprocessing")
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "phone-start-digit.png"))
     finally:
