@@ -368,30 +368,38 @@ def _captum_view(fig, ax, attr: np.ndarray, img: np.ndarray | None, **kw) -> Non
             ax.set_title(kw["title"])
 
 
-def attribution_views(a, look: Look = LIGHT) -> tuple[Image.Image, Image.Image]:
-    """(overlay of |attribution| on the image, signed map), each with a colour bar.
-
-    Drawn by Captum's own ``visualize_image_attr`` on Figure objects of ours (no pyplot).
-    """
+def _attribution_title(a) -> str:
     from .attribution import METHODS
 
-    img = _rgb01(a.seen)
-    attr = _hwc(a.attr)
     at = f" at {a.layer}" if a.layer else ""
-    title = f"{METHODS[a.method].name}{at}\ntarget: {a.label} ({a.target})"
-    fig1 = new_figure(4.6, 4.2)
-    _captum_view(
-        fig1, fig1.add_subplot(1, 1, 1), attr, img, method="blended_heat_map", sign="absolute_value",
-        show_colorbar=True, cmap=MAGNITUDE_CMAP, alpha_overlay=0.55, title=f"|attribution| over the image\n{title}",
-    )
-    fig2 = new_figure(4.6, 4.2)
+    return f"{METHODS[a.method].name}{at}\ntarget: {a.label} ({a.target})"
+
+
+def attribution_overlay(a, look: Look = LIGHT) -> Image.Image:
+    """|attribution| blended over the image the network saw, with a colour bar (Captum's
+    ``visualize_image_attr`` on a Figure of ours: no pyplot)."""
+    fig = new_figure(4.6, 4.2)
+    _captum_view(fig, fig.add_subplot(1, 1, 1), _hwc(a.attr), _rgb01(a.seen), method="blended_heat_map",
+                 sign="absolute_value", show_colorbar=True, cmap=MAGNITUDE_CMAP, alpha_overlay=0.55,
+                 title=f"|attribution| over the image\n{_attribution_title(a)}")
+    return figure_to_image(apply_look(fig, look))
+
+
+def attribution_signed(a, look: Look = LIGHT) -> Image.Image:
+    """The signed map (a diverging scale when it has negative values), with a colour bar."""
+    attr = _hwc(a.attr)
     has_negative = bool(np.nanmin(attr) < 0)
-    _captum_view(
-        fig2, fig2.add_subplot(1, 1, 1), attr, None, method="heat_map", sign="all" if has_negative else "positive",
-        show_colorbar=True, cmap=SIGNED_CMAP if has_negative else MAGNITUDE_CMAP,
-        title=(f"signed map ({SIGNED_LEGEND})\n{title}" if has_negative else f"map (all values >= 0)\n{title}"),
-    )
-    return figure_to_image(apply_look(fig1, look)), figure_to_image(apply_look(fig2, look))
+    fig = new_figure(4.6, 4.2)
+    title = _attribution_title(a)
+    _captum_view(fig, fig.add_subplot(1, 1, 1), attr, None, method="heat_map", sign="all" if has_negative else "positive",
+                 show_colorbar=True, cmap=SIGNED_CMAP if has_negative else MAGNITUDE_CMAP,
+                 title=(f"signed map ({SIGNED_LEGEND})\n{title}" if has_negative else f"map (all values >= 0)\n{title}"))
+    return figure_to_image(apply_look(fig, look))
+
+
+def attribution_views(a, look: Look = LIGHT) -> tuple[Image.Image, Image.Image]:
+    """(overlay of |attribution| on the image, signed map), each with a colour bar."""
+    return attribution_overlay(a, look), attribution_signed(a, look)
 
 
 SLIDE_SIZE = (1920, 1080)

@@ -58,7 +58,9 @@ def build_demo() -> gr.Blocks:
             None, None, [look_box], js=LOOK_JS, api_visibility="private")
         start = start_panel.build()
         checkpoint = gr.State(None, time_to_live=guard.STATE_TTL_S)
-        with gr.Tabs() as tabs:
+        # Wrapped onto two lines on a phone rather than hidden behind a "more" menu: the Start panel
+        # sends a class to the Digits tab by name.
+        with gr.Tabs(overflow_behavior="wrap") as tabs:
             with gr.Tab("Explore", id="explore") as explore_tab:
                 ex = explore.build(checkpoint, look)
                 attributions.compact_panel(ex, checkpoint, look)

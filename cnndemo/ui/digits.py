@@ -119,7 +119,7 @@ def _classify(value, session, look: str | None = None) -> dict:
     shown, shape = explored[DIGIT_SHOWCASE], render.Look.parse(look)
     for b in ZOO[DIGIT_SHOWCASE].blocks:
         out[f"panel_{b.name}"] = render.block_panel(shown.blocks[b.name], shown.seen, tile=64, look=shape)
-    out["ig"], _signed = render.attribution_views(attribute(opened, models[DIGIT_SHOWCASE], "ig", scores=False), shape)
+    out["ig"] = render.attribution_overlay(attribute(opened, models[DIGIT_SHOWCASE], "ig", scores=False), shape)
     note = "  \n".join(
         f"**{ZOO[k].name}**: {models[k].weights.source}" + (" (trained in this session)" if k in (session or {}) else "")
         for k in DIGIT_KEYS
@@ -248,16 +248,24 @@ def build(look: gr.State) -> dict:
             c["upload"] = image_input(sources=["upload", "webcam", "clipboard"], label="...or a photo of a digit", height=200)
         with gr.Column(scale=6):
             with gr.Row():
-                c["seen"] = gr.Image(label="What the networks saw (28 x 28)", interactive=False, height=190, elem_id="digits-seen",
-                                     alt_text="The digit after MNIST-style normalisation: 28 x 28, white on black")
+                with gr.Column(min_width=180):
+                    gr.Markdown("**What the networks saw** (28 × 28)", elem_classes=["cz-caption"])
+                    c["seen"] = gr.Image(label="What the networks saw (28 x 28)", show_label=False, interactive=False,
+                                         height=190, elem_id="digits-seen", buttons=["download"],
+                                         alt_text="The digit after MNIST-style normalisation: 28 x 28, white on black")
                 c["note"] = gr.Markdown(label="weights")
             with gr.Row():
                 for key in DIGIT_KEYS:
-                    c[f"label_{key}"] = gr.Label(num_top_classes=3, label=ZOO[key].name, elem_id=f"digits-{key}")
+                    # Named above, not by a label drawn over the box (it hid the headline digit).
+                    with gr.Column(min_width=140):
+                        gr.Markdown(f"**{ZOO[key].name}**", elem_classes=["cz-caption"])
+                        c[f"label_{key}"] = gr.Label(num_top_classes=3, label=ZOO[key].name, show_label=False,
+                                                     elem_id=f"digits-{key}")
             c["json"] = gr.JSON(label="top-3 of each network", visible=False)
     showcase = ZOO[DIGIT_SHOWCASE]
     gr.Markdown(f"#### What each branch of the {showcase.name}'s {len(showcase.blocks)} blocks saw")
-    with gr.Row():
+    # One under the other, each at the page's full width: side by side, their text was too small to read.
+    with gr.Column():
         for b in showcase.blocks:
             c[f"panel_{b.name}"] = gr.Image(label=b.name, show_label=False, interactive=False,
                                             alt_text=f"What each branch of {b.name} saw: facts, mean map and top channels")
