@@ -9,7 +9,6 @@ import gradio as gr
 import pandas as pd
 
 from .. import anatomy, render
-from dataclasses import replace
 
 from ..branches import ablate, block_infos, explore
 from ..cache import LRU
@@ -149,11 +148,21 @@ def results_pending(key: str, block: str | None, image: str | None, *, new_model
     return out
 
 
+def share_chart_style(key: str, block: str) -> dict:
+    """The block-share bars in the block's own order and the diagram's colours (a native plot
+    otherwise sorts them alphabetically, in one colour). Set before the values arrive, in a
+    private step, so the "branches" endpoint keeps returning the plain table."""
+    names = branch_choices(key, block)
+    colours = render.branch_colours_hex()
+    return dict(sort=names, color="branch", color_map={n: colours[i % len(colours)] for i, n in enumerate(names)},
+                colors_in_legend=[])  # the axis names each bar
+
+
 def branches_pending(key: str, block: str, image: str | None) -> dict:
     """The branch outputs emptied, saying which block's maps are on their way."""
     note = f"*Computing the maps of {html.escape(str(block))} ({ZOO[key].name})...*" if image else ""
-    return {"panel": None, "block_note": note, "share_plot": None, "depth_plot": None, "branch_table": None,
-            "branch_json": None, "branch_view": None}
+    return {"panel": None, "block_note": note, "share_plot": gr.BarPlot(None, **share_chart_style(key, block)),
+            "depth_plot": None, "branch_table": None, "branch_json": None, "branch_view": None}
 
 
 @user_errors
@@ -256,12 +265,7 @@ def branches_result(image: str | None, model: str, block: str, checkpoint: dict 
         ]
         for b in bm.branches
     ]
-    # In the block's own order, in the diagram's colours (not sorted alphabetically in one colour).
-    names = [b.info.name for b in bm.branches]
-    colours = render.branch_colours_hex()
-    share = gr.BarPlot(pd.DataFrame({"branch": names, "share": [b.share for b in bm.branches]}), sort=names,
-                       color="branch", color_map={n: colours[i % len(colours)] for i, n in enumerate(names)},
-                       colors_in_legend=[])  # the axis names each bar
+    share = pd.DataFrame({"branch": [b.info.name for b in bm.branches], "share": [b.share for b in bm.branches]})
     data = {
         "model": model,
         "weights": lm.weights.kind,
@@ -424,6 +428,8 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
         c["share_plot"] = gr.BarPlot(
             x="branch", y="share", title="Share of the block's output energy", label="block shares",
             y_lim=[0, 1], height=320, x_label_angle=0, y_title="share of energy", elem_id="explore-shares",
+            elem_classes=["cz-plot"],
+            **share_chart_style(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].default_block),
         )
         # A matplotlib Figure, not a native plot: Gradio fixes a native plot's colour domain at
         # its first render, so another model's branch names would not be drawn.
