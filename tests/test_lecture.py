@@ -38,9 +38,9 @@ def test_a_new_model_or_image_empties_every_result_at_once():
     from cnndemo.ui.explore import results_pending
 
     out = results_pending("inception_v3", "inception5b", "cat.jpg", new_model=True)
-    for name in ("label", "seen", "json", "panel", "share_plot", "depth_plot", "branch_table", "branch_json",
-                 "branch_view"):
+    for name in ("label", "seen", "json", "panel", "depth_plot", "branch_table", "branch_json", "branch_view"):
         assert out[name] is None, name
+    assert out["share_plot"].value is None  # emptied, with the new block's order and colours
     assert "Inception-v3" in out["info"] and "Computing" in out["info"]
     assert out["block"].value == get_spec("inception_v3").default_block != "inception5b"
     assert "inception5b" not in out["block"].choices
