@@ -304,10 +304,10 @@ def fetch(src: TorchvisionWeights, *, progress: ProgressFn | None = None, force:
             if problem:
                 raise WeightsError(f"{problem}; refused (offline, so it cannot be fetched again)")
             raise WeightsError("offline (CNNDEMO_OFFLINE=1), and the file is not in the cache")
-        failed = _failures.get(src.url)
-        if failed and time.monotonic() - failed[0] < RETRY_AFTER_S and not force:
-            wait = RETRY_AFTER_S - (time.monotonic() - failed[0])
-            raise WeightsError(f"{failed[1]} (not retried for another {wait:.0f} s)")
+        failed = _recent_failure(src.url)
+        if failed and not force:
+            msg, wait = failed
+            raise WeightsError(f"{msg} (not retried for another {wait:.0f} s)")
         try:
             path = download(src.url, src.path, hash_prefix=src.hash_prefix, progress=progress)
         except WeightsError as e:
@@ -333,10 +333,18 @@ def why_unavailable(source: WeightSource | None) -> str | None:
         return "it has no published weights"
     if is_offline():
         return "this machine is offline and its published weights are not cached here"
-    failed = _failures.get(source.url)
-    if failed and time.monotonic() - failed[0] < RETRY_AFTER_S:
-        return f"its weights could not be fetched ({failed[1]})"
-    return None
+    failed = _recent_failure(source.url)
+    return f"its weights could not be fetched ({failed[0]})" if failed else None
+
+
+def _recent_failure(url: str) -> tuple[str, float] | None:
+    """(why, seconds until a retry) for a download of ``url`` that failed less than
+    ``RETRY_AFTER_S`` ago; None otherwise."""
+    failed = _failures.get(url)
+    if failed is None:
+        return None
+    wait = RETRY_AFTER_S - (time.monotonic() - failed[0])
+    return (failed[1], wait) if wait > 0 else None
 
 
 def forget_failures() -> None:
