@@ -375,25 +375,34 @@ def _attribution_title(a) -> str:
     return f"{METHODS[a.method].name}{at}\ntarget: {a.label} ({a.target})"
 
 
-def attribution_overlay(a, look: Look = LIGHT) -> Image.Image:
+def _draw_overlay(fig, ax, a, subtitle: str = "") -> None:
     """|attribution| blended over the image the network saw, with a colour bar (Captum's
     ``visualize_image_attr`` on a Figure of ours: no pyplot)."""
+    _captum_view(fig, ax, _hwc(a.attr), _rgb01(a.seen), method="blended_heat_map", sign="absolute_value",
+                 show_colorbar=True, cmap=MAGNITUDE_CMAP, alpha_overlay=0.55,
+                 title="|attribution| over the image" + subtitle)
+
+
+def _draw_signed(fig, ax, a, subtitle: str = "") -> None:
+    """The map with its sign (a diverging scale when it has negative values), with a colour bar."""
+    attr = _hwc(a.attr)
+    has_negative = bool(np.nanmin(attr) < 0)
+    _captum_view(fig, ax, attr, None, method="heat_map", sign="all" if has_negative else "positive",
+                 show_colorbar=True, cmap=SIGNED_CMAP if has_negative else MAGNITUDE_CMAP,
+                 title=(f"signed map ({SIGNED_LEGEND})" if has_negative else "map (all values >= 0)") + subtitle)
+
+
+def attribution_overlay(a, look: Look = LIGHT) -> Image.Image:
+    """|attribution| over the image, titled with its method, layer and target."""
     fig = new_figure(4.6, 4.2)
-    _captum_view(fig, fig.add_subplot(1, 1, 1), _hwc(a.attr), _rgb01(a.seen), method="blended_heat_map",
-                 sign="absolute_value", show_colorbar=True, cmap=MAGNITUDE_CMAP, alpha_overlay=0.55,
-                 title=f"|attribution| over the image\n{_attribution_title(a)}")
+    _draw_overlay(fig, fig.add_subplot(1, 1, 1), a, "\n" + _attribution_title(a))
     return figure_to_image(apply_look(fig, look))
 
 
 def attribution_signed(a, look: Look = LIGHT) -> Image.Image:
-    """The signed map (a diverging scale when it has negative values), with a colour bar."""
-    attr = _hwc(a.attr)
-    has_negative = bool(np.nanmin(attr) < 0)
+    """The signed map, titled with its method, layer and target."""
     fig = new_figure(4.6, 4.2)
-    title = _attribution_title(a)
-    _captum_view(fig, fig.add_subplot(1, 1, 1), attr, None, method="heat_map", sign="all" if has_negative else "positive",
-                 show_colorbar=True, cmap=SIGNED_CMAP if has_negative else MAGNITUDE_CMAP,
-                 title=(f"signed map ({SIGNED_LEGEND})\n{title}" if has_negative else f"map (all values >= 0)\n{title}"))
+    _draw_signed(fig, fig.add_subplot(1, 1, 1), a, "\n" + _attribution_title(a))
     return figure_to_image(apply_look(fig, look))
 
 
@@ -421,14 +430,8 @@ def attribution_slide(a, title: str, lines: Sequence[str], *, warning: str | Non
     if warning:
         head.text(0, 0.12, warning, fontsize=16, color="white", va="bottom", fontweight="bold",
                   bbox={"facecolor": "#b91c1c", "edgecolor": "#7f1d1d", "pad": 4})
-    img, attr = _rgb01(a.seen), _hwc(a.attr)
-    has_negative = bool(np.nanmin(attr) < 0)
-    _captum_view(fig, fig.add_subplot(gs[1, 0]), attr, img, method="blended_heat_map", sign="absolute_value",
-                 show_colorbar=True, cmap=MAGNITUDE_CMAP, alpha_overlay=0.55, title="|attribution| over the image")
-    _captum_view(fig, fig.add_subplot(gs[1, 1]), attr, None, method="heat_map",
-                 sign="all" if has_negative else "positive", show_colorbar=True,
-                 cmap=SIGNED_CMAP if has_negative else MAGNITUDE_CMAP,
-                 title=f"signed map ({SIGNED_LEGEND})" if has_negative else "map (all values >= 0)")
+    _draw_overlay(fig, fig.add_subplot(gs[1, 0]), a)
+    _draw_signed(fig, fig.add_subplot(gs[1, 1]), a)
     foot = fig.add_subplot(gs[2, :])
     foot.axis("off")
     foot.text(0, 1, "\n".join(lines), fontsize=14, va="top", wrap=True, linespacing=1.5)
