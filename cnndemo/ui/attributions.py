@@ -47,10 +47,10 @@ def target_choices(image, key: str, checkpoint: dict | None = None) -> list[str]
     return [f"{t.label} ({t.index})" for t in pred.top]
 
 
-def scores_markdown(a) -> str:
-    lines = [f"**{ZOO[a.model].name}** ({weights_kind(a.weights)}) · "
-             f"**{METHODS[a.method].name}** for **{html.escape(a.label)}** (class {a.target}, p = {a.prob:.2%}) "
-             f"in {a.ms:.0f} ms" + (f", layer `{a.layer}`" if a.layer else "") + "."]
+def score_sentences(a, bold=str) -> list[str]:
+    """The sanity and deletion scores as sentences (those computed); ``bold`` marks the deletion
+    score (Markdown on the page, nothing on a slide)."""
+    lines = []
     if a.sanity:
         rho = a.sanity.rank_correlation
         shown = "undefined" if rho is None else f"{rho:+.3f}"
@@ -59,15 +59,19 @@ def scores_markdown(a) -> str:
                      f"(pass below {SANITY_THRESHOLD}: this app's threshold; the paper defines none).")
     if a.deletion:
         d = a.deletion
-        score = "undefined" if d.score is None else f"**{d.score:+.3f}**"
+        score = "undefined" if d.score is None else bold(f"{d.score:+.3f}")
         lines.append(f"Deletion: AUC {d.auc:.4f} (random order {d.random_auc:.4f}), score {score}: {d.verdict}.")
+    return lines
+
+
+def scores_markdown(a) -> str:
+    lines = [f"**{ZOO[a.model].name}** ({weights_kind(a.weights)}) · "
+             f"**{METHODS[a.method].name}** for **{html.escape(a.label)}** (class {a.target}, p = {a.prob:.2%}) "
+             f"in {a.ms:.0f} ms" + (f", layer `{a.layer}`" if a.layer else "") + ".",
+             *score_sentences(a, bold=lambda s: f"**{s}**")]
     if not a.weights.trained:
         lines.append("⚠ Random weights: the map explains an untrained network.")
     return "  \n".join(lines)
-
-
-def _plain(markdown: str) -> str:
-    return re.sub(r"[*`]", "", markdown)
 
 
 def slide_title(a) -> str:
@@ -90,8 +94,7 @@ def slide_name(a) -> str:
 
 def slide(a, look: str | None = None):
     """The attribution as a 1920 x 1080 slide, with its scores and an unmissable random-weights mark."""
-    lines = [_plain(line) for line in scores_markdown(a).split("  \n")[1:] if not line.startswith("⚠ Random")]
-    lines.append(f"{a.ms:.0f} ms on this server; CNN Zoo Lab")
+    lines = [*score_sentences(a), f"{a.ms:.0f} ms on this server; CNN Zoo Lab"]
     warning = None if a.weights.trained else "RANDOM WEIGHTS: this map explains an untrained network"
     return render.attribution_slide(a, slide_title(a), lines, warning=warning, look=render.Look.parse(look))
 
