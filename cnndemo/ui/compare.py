@@ -415,8 +415,7 @@ def build() -> dict:
     with gr.Row():
         c["scale_model"] = gr.Dropdown(model_choices("photo"), value=DEFAULT_MODEL, label="Model", scale=3)
         c["scale_go"] = gr.Button("Measure latency vs batch and resolution", scale=1)
-    c["scale_estimate"] = gr.Markdown(scaling_estimate(DEFAULT_MODEL), elem_id="compare-scale-estimate",
-                                      elem_classes=["cz-note"])
+    c["scale_estimate"] = gr.Markdown(elem_id="compare-scale-estimate", elem_classes=["cz-note"])
     c["scale_note"] = gr.Markdown(label="how it was measured")
     with gr.Row():
         c["by_batch"] = gr.Plot(label="latency vs batch", show_label=False)
@@ -467,7 +466,7 @@ def build() -> dict:
 
 
 LOADED = ("stats", "params_plot", "flops_plot", "reference", "results", "bubble", "stages", "branch_costs",
-          "savings", "gpu_table", "gpu_note", "estimate")
+          "savings", "gpu_table", "gpu_note", "estimate", "scale_estimate")
 
 
 def on_load() -> dict:
@@ -479,4 +478,5 @@ def on_load() -> dict:
             "results": reference_rows(), "bubble": initial_bubble(), "stages": stages, "branch_costs": branches,
             "savings": savings, "gpu_table": gpu_rows, "gpu_note": gpu_note,
             "estimate": bench_estimate(LIVE_DEFAULT["models"], "auto", LIVE_DEFAULT["batches"], False,
-                                       LIVE_DEFAULT["runs"])}
+                                       LIVE_DEFAULT["runs"]),
+            "scale_estimate": scaling_estimate(DEFAULT_MODEL)}
