@@ -243,8 +243,8 @@ def explore(
 def explore_tensor(lm: LoadedModel, x: torch.Tensor, top: int = 5) -> tuple[Prediction, dict[str, BlockMaps], float]:
     """The one forward pass on a preprocessed batch: top-k, and every block's branch summaries."""
     infos = {i.name: i for i in block_infos(lm.spec)}
-    first_run, lm.warm = not lm.warm, True
-    (logits, raw), ms = timed_forward(lm, x, lambda m, x: run_with_taps(m, x, lm.spec.blocks, keep_outputs=False))
+    (logits, raw), ms, first_run = timed_forward(lm, x, lambda m, x: run_with_taps(m, x, lm.spec.blocks,
+                                                                                   keep_outputs=False))
     with torch.inference_mode():
         pred = Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms, first_run)
         blocks = _summarise_all(raw, infos)

@@ -111,8 +111,11 @@ def timed(device: torch.device) -> Iterator[Timing]:
 
 
 def timed_forward(model: LoadedModel, x: torch.Tensor, forward: Callable | None = None):
-    """``(output, ms)`` of one forward pass under the model's lock (``forward``: another way to
-    run ``model.module`` on ``x``, e.g. with taps)."""
-    with cancel.holding(model.lock), torch.inference_mode(), timed(model.device) as t:
-        out = forward(model.module, x) if forward else model.module(x)
-    return out, t.ms
+    """``(output, ms, first_run)`` of one forward pass under the model's lock (``forward``: another
+    way to run ``model.module`` on ``x``, e.g. with taps). ``first_run``: the model's first pass,
+    one-time set-up included; decided under the lock, so exactly one caller sees it."""
+    with cancel.holding(model.lock):
+        first_run, model.warm = not model.warm, True
+        with torch.inference_mode(), timed(model.device) as t:
+            out = forward(model.module, x) if forward else model.module(x)
+    return out, t.ms, first_run

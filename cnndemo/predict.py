@@ -68,6 +68,5 @@ def predict(image: ImageLike, model: LoadedModel | str, *, top: int = 5) -> Pred
     """Top-``top`` classes for one image; ``ms`` is the forward pass alone."""
     inp = prepare(image, model)
     lm = inp.model
-    first_run, lm.warm = not lm.warm, True
-    logits, ms = timed_forward(lm, inp.x)
+    logits, ms, first_run = timed_forward(lm, inp.x)
     return Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms, first_run)
