@@ -7,21 +7,23 @@ it loads no model and touches no network. Launching happens only under `__main__
 from __future__ import annotations
 
 import argparse
-import os
+
+from cnndemo import settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    in_space = bool(os.environ.get("SPACE_ID"))
-    host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if in_space else "127.0.0.1")
+    env = settings.get()
+    in_space = env.in_space
+    host = env.server_name or ("0.0.0.0" if in_space else "127.0.0.1")
     p = argparse.ArgumentParser(description="CNN Zoo Lab web app")
     p.add_argument("--host", default=host,
                    help="address to bind (default 127.0.0.1; 0.0.0.0 in a Hugging Face Space; GRADIO_SERVER_NAME)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+    p.add_argument("--port", type=int, default=env.server_port,
                    help="port (default 7860; GRADIO_SERVER_PORT)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--offline", action="store_true", help="never touch the network (CNNDEMO_OFFLINE=1)")
     p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu or cuda")
-    p.add_argument("--mcp", action="store_true", default=os.environ.get("CNNDEMO_MCP", "") in ("1", "true", "yes"),
+    p.add_argument("--mcp", action="store_true", default=env.mcp,
                    help="also serve every named endpoint as an MCP tool (CNNDEMO_MCP=1; needs gradio[mcp])")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=in_space,
                    help="fetch the published weights in the background at start (default: on in a Space)")
@@ -31,9 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.offline:
-        os.environ["CNNDEMO_OFFLINE"] = "1"
+        settings.configure(offline=True)
     if args.device:
-        os.environ["CNNDEMO_DEVICE"] = args.device
+        settings.configure(device=args.device)
     from cnndemo.ui import launch
 
     launch(demo, host=args.host, port=args.port, share=args.share, mcp=args.mcp, prefetch=args.prefetch)
@@ -44,7 +46,7 @@ def _build():
 
     home = persistent_torch_home()
     if home is not None:  # a Space's /data bucket survives restarts; its own disk does not
-        os.environ.setdefault("TORCH_HOME", str(home))
+        settings.export_default("TORCH_HOME", str(home))
     from cnndemo.ui import build_demo
 
     return build_demo()

@@ -38,8 +38,8 @@ _EXPORTS = {
     "block_infos": "branches",
     "attribute": "attribution",
     "METHODS": "attribution",
-    "model_stats": "profile",
-    "FLOPS_CONVENTION": "profile",
+    "model_stats": "costs",
+    "FLOPS_CONVENTION": "costs",
     "run_benchmark": "bench",
     "train": "training",
 }

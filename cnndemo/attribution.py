@@ -30,7 +30,7 @@ from torch import nn
 
 from . import cancel
 from .archs.module_relu import with_module_relus
-from .profile import module_flops
+from .costs import module_flops
 from .pipeline import ImageLike, prepare, resolve, timed
 from .runtime import LoadedModel
 from .specs import ModelSpec

@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from . import cancel
 from .paths import BENCH_DIR
 from .pipeline import sync
-from .profile import forward_flops, module_flops
+from .costs import forward_flops, module_flops
 from .runtime import build_random, pick_device
 from .zoo import ZOO, get_spec
 

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import threading
 from typing import Iterator
 
+from . import settings
+
 _TOKEN: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("cnndemo_cancel", default=None)
 
-# The most arithmetic one request may ask for, in TFLOP (2 FLOPs per multiply-add, forward and
-# backward counted): about a minute of a 2-core CPU. IG at 16 steps on GoogLeNet with both
-# scores is ~0.5 TFLOP; occlusion at window 4 / stride 2 on GoogLeNet is ~37 TFLOP.
-WORK_BUDGET_TFLOP = float(os.environ.get("CNNDEMO_WORK_BUDGET_TFLOP", "6"))
+
+
+def work_budget_tflop() -> float:
+    """The most arithmetic one request may ask for, in TFLOP (2 FLOPs per multiply-add, forward
+    and backward counted): by default about a minute of a 2-core CPU. IG at 16 steps on GoogLeNet
+    with both scores is ~0.5 TFLOP; occlusion at window 4 / stride 2 on GoogLeNet is ~37 TFLOP."""
+    return settings.get().work_budget_tflop
 
 
 class Cancelled(Exception):
@@ -70,7 +74,7 @@ ATTRIBUTION_HINT = "Use fewer steps or samples, or a larger occlusion window and
 def check_budget(tflop: float, what: str, budget: float | None = None, *, hint: str = ATTRIBUTION_HINT) -> None:
     """Refuse up front work estimated above the budget, saying the estimate, the limit and
     what to change."""
-    budget = WORK_BUDGET_TFLOP if budget is None else budget
+    budget = work_budget_tflop() if budget is None else budget
     if tflop > budget:
         raise OverBudget(
             f"{what} would cost about {tflop:,.1f} TFLOP, over this server's limit of {budget:g} TFLOP "

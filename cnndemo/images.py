@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_IMAGE_BYTES = int(float(os.environ.get("CNNDEMO_MAX_IMAGE_MB", "25")) * 1024 * 1024)
-MAX_PIXELS = int(float(os.environ.get("CNNDEMO_MAX_MEGAPIXELS", "40")) * 1_000_000)
+from . import settings
+
 # A 224 x 224 centre crop of a 4000 x 3 strip would resize it to 256 x 341,333 first.
 MAX_ASPECT = 25.0
 
@@ -100,16 +100,16 @@ def _read_source(src: str | os.PathLike | bytes) -> tuple[bytes, str]:
             raise ImageError(f"{name}: file not found") from None
         if not path.is_file():
             raise ImageError(f"{name}: not a file")
-        if size > MAX_IMAGE_BYTES:
+        if size > settings.get().max_image_bytes:
             raise ImageError(
-                f"{name} is {_mb(size)}; images are limited to {_mb(MAX_IMAGE_BYTES)}. "
+                f"{name} is {_mb(size)}; images are limited to {_mb(settings.get().max_image_bytes)}. "
                 "Resize or re-save it as JPEG."
             )
         data = path.read_bytes()
     if not data:
         raise ImageError(f"{name} is empty (0 bytes)")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ImageError(f"{name} is {_mb(len(data))}; images are limited to {_mb(MAX_IMAGE_BYTES)}")
+    if len(data) > settings.get().max_image_bytes:
+        raise ImageError(f"{name} is {_mb(len(data))}; images are limited to {_mb(settings.get().max_image_bytes)}")
     return data, name
 
 
@@ -128,7 +128,7 @@ def open_image(
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(
                 f"{name} declares too many pixels to decode safely "
-                f"(limit {MAX_PIXELS / 1e6:.0f} megapixels): possibly a decompression bomb"
+                f"(limit {settings.get().max_pixels / 1e6:.0f} megapixels): possibly a decompression bomb"
             ) from None
         except UnidentifiedImageError:
             kind = _sniff(data[:1024])
@@ -157,7 +157,7 @@ def check_header(data: bytes, name: str = "the image") -> None:
     except Image.DecompressionBombError:
         raise ImageError(
             f"{name} declares too many pixels to decode safely "
-            f"(limit {MAX_PIXELS / 1e6:.0f} megapixels): possibly a decompression bomb"
+            f"(limit {settings.get().max_pixels / 1e6:.0f} megapixels): possibly a decompression bomb"
         ) from None
     except Exception:
         return
@@ -169,10 +169,10 @@ def _check_size(im: Image.Image, name: str) -> None:
     w, h = im.size
     if w < 1 or h < 1:
         raise ImageError(f"{name} has no pixels ({w} x {h})")
-    if w * h > MAX_PIXELS:
+    if w * h > settings.get().max_pixels:
         raise ImageError(
             f"{name} is {w} x {h} = {w * h / 1e6:.0f} megapixels; the limit is "
-            f"{MAX_PIXELS / 1e6:.0f} megapixels. Downscale it first."
+            f"{settings.get().max_pixels / 1e6:.0f} megapixels. Downscale it first."
         )
     aspect = max(w, h) / min(w, h)
     if aspect > MAX_ASPECT:

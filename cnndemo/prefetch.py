@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import settings
 from . import weights as W
 from .zoo import PUBLISHED_KEYS, ZOO
 
@@ -43,8 +44,8 @@ def published_sources() -> list[tuple[str, W.TorchvisionWeights]]:
 def persistent_torch_home() -> Path | None:
     """Where a Space keeps the weights across restarts: ``TORCH_HOME`` when set, else a
     writable persistent-storage mount at ``/data``; None when neither exists."""
-    if os.environ.get("TORCH_HOME"):
-        return Path(os.environ["TORCH_HOME"])
+    if settings.get().torch_home:
+        return Path(settings.get().torch_home)
     data = Path("/data")
     if data.is_dir() and os.access(data, os.W_OK):
         return data / "torch"

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import settings
 from . import weights as W
 from .specs import ModelSpec
 from .zoo import get_spec
@@ -26,9 +27,8 @@ RANDOM_SEED = 0
 
 def cpu_cores() -> int:
     """Cores this process may use: ``CPU_CORES`` (set on Hugging Face Spaces), else the affinity mask."""
-    env = os.environ.get("CPU_CORES", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    if settings.get().cpu_cores > 0:
+        return settings.get().cpu_cores
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -43,15 +43,14 @@ def configure_threads() -> int:
     the 2-core reference machine, with 2 workers, 1 thread per event was slower than 2
     (`bench-classroom`, README "Classroom capacity"). ``CNNDEMO_TORCH_THREADS`` overrides.
     """
-    env = os.environ.get("CNNDEMO_TORCH_THREADS", "").strip()
-    threads = int(env) if env.isdigit() and int(env) > 0 else cpu_cores()
+    threads = settings.get().torch_threads or cpu_cores()
     torch.set_num_threads(threads)
     return threads
 
 
 def pick_device(name: str | None = None) -> torch.device:
     """'auto' (or None): CUDA when present, else CPU. Honours CNNDEMO_DEVICE."""
-    name = (name or os.environ.get("CNNDEMO_DEVICE") or "auto").lower()
+    name = (name or settings.get().device or "auto").lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

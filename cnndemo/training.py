@@ -27,7 +27,7 @@ from . import cancel
 from .digits import MNIST_MEAN, MNIST_STD, normalize_digit
 from .images import open_image
 from .pipeline import to_batch
-from .profile import module_flops
+from .costs import module_flops
 from .runtime import build_random
 from .specs import ModelSpec
 from .weights import pack_state, save_bundled, sha256_file, unpack_state

@@ -28,13 +28,11 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from . import cancel
+from . import cancel, settings
 from .paths import WEIGHTS_DIR as BUNDLED_DIR
 
 ProgressFn = Callable[[float | None, str], None]
 
-# Without a single byte for this long, a download is given up (a black-holed network hangs).
-STALL_TIMEOUT_S = float(os.environ.get("CNNDEMO_DOWNLOAD_TIMEOUT", "10"))
 # After a failed download, do not try the network again for this model for a while.
 RETRY_AFTER_S = 300.0
 
@@ -46,7 +44,7 @@ class WeightsError(Exception):
 
 
 def is_offline() -> bool:
-    return os.environ.get("CNNDEMO_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return settings.get().offline
 
 
 def hub_checkpoint_dir() -> Path:
@@ -114,7 +112,7 @@ class TorchvisionWeights(WeightSource):
 
     @property
     def url(self) -> str:
-        mirror = os.environ.get("CNNDEMO_WEIGHTS_URL", "").strip()
+        mirror = settings.get().weights_url.strip()
         if mirror:
             return mirror.rstrip("/") + "/" + self.filename
         return self.enum.url
@@ -236,7 +234,8 @@ def download(
 
     Gives up with ``WeightsError`` when no byte arrives for ``stall_timeout`` seconds.
     """
-    stall_timeout = STALL_TIMEOUT_S if stall_timeout is None else stall_timeout
+    # Without a single byte for this long, a download is given up (a black-holed network hangs).
+    stall_timeout = settings.get().download_timeout_s if stall_timeout is None else stall_timeout
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:8]}.partial")
     digest = hashlib.sha256()
@@ -356,8 +355,7 @@ def forget_failures() -> None:
 
 
 # Checkpoint loads at once (each may hold up to twice a model's weights in memory).
-MAX_CONCURRENT_LOADS = int(os.environ.get("CNNDEMO_MAX_CHECKPOINT_LOADS", "2"))
-_LOAD_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_LOADS)
+_LOAD_SLOTS = threading.BoundedSemaphore(settings.get().max_checkpoint_loads)
 # A checkpoint may hold at most this multiple of the architecture's tensor bytes (2: a float64
 # copy of a float32 model still loads) plus a little slack for metadata.
 ZIP_SLACK_FACTOR = 2.0
@@ -609,7 +607,7 @@ def read_state_dict(
     With ``expected`` (what the architecture holds), everything is checked before a tensor
     is built: a zip's declared sizes, the size of the pickled description, and then every
     key, shape and dtype (from the safetensors header, or from a load onto the meta device,
-    which reads no tensor data). At most ``MAX_CONCURRENT_LOADS`` files are read at once.
+    which reads no tensor data). At most ``settings.max_checkpoint_loads`` files are read at once.
     """
     path = Path(path)
     if not path.is_file():

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from cnndemo import bench, profile
+from cnndemo import bench, costs
 from cnndemo.cli import main
-from cnndemo.profile import (
+from cnndemo.costs import (
     branch_costs,
     factorisation_savings,
     model_stats,
@@ -165,7 +165,7 @@ def test_every_result_is_placed_against_the_measured_peak():
     assert "tf32_matmul_tflops" not in peak  # a GPU-only ceiling
     assert data["settings"]["modes"] == ["eager"]
     for r in data["results"]:
-        flops = profile.forward_flops("mnist_resnet", 28, 28)
+        flops = costs.forward_flops("mnist_resnet", 28, 28)
         assert r["gflops"] == pytest.approx(flops / 1e9, rel=1e-3)
         assert r["tflops"] == pytest.approx(flops * 4 / (r["p50_ms"] / 1000) / 1e12, rel=1e-2)
         ceiling = peak[f"{r['precision']}_matmul_tflops"]
@@ -235,7 +235,7 @@ def test_receptive_fields_match_the_published_values():
 
 
 def test_gpu_reference_is_shipped_labelled_and_explained_from_its_numbers(monkeypatch):
-    from cnndemo.profile import ops_per_forward
+    from cnndemo.costs import ops_per_forward
     from cnndemo.ui import compare
 
     assert ops_per_forward("googlenet") > 4 * ops_per_forward("vgg16")  # many small ops vs few large ones
@@ -268,7 +268,7 @@ def test_live_compare_rows_show_mode_and_share_of_peak():
 
 
 def test_vgg_states_its_own_argument_three_3x3_against_one_7x7():
-    from cnndemo.profile import factorisation_savings
+    from cnndemo.costs import factorisation_savings
     from cnndemo.zoo import get_spec
 
     row = next(s for s in factorisation_savings(get_spec("vgg16")) if s.choice == "three 3x3 convs in place of one 7x7")
@@ -278,7 +278,7 @@ def test_vgg_states_its_own_argument_three_3x3_against_one_7x7():
 
 
 def test_a_strided_bottleneck_says_why_flops_fall_less_than_parameters():
-    from cnndemo.profile import reduction_savings
+    from cnndemo.costs import reduction_savings
     from cnndemo.zoo import get_spec
 
     row = reduction_savings(get_spec("resnet50"), "layer3.0")[0]

@@ -11,19 +11,19 @@ import threading
 
 import torch
 
-from cnndemo import anatomy, profile
+from cnndemo import anatomy, costs
 from cnndemo.runtime import build_random
 from cnndemo.zoo import get_spec
 from conftest import ROOT
 
-FRESH = ("import json, sys; from cnndemo import anatomy, profile; from cnndemo.zoo import get_spec; "
-         "spec = get_spec(sys.argv[1]); print(json.dumps({'flops': {s.name: s.flops for s in profile.stage_costs(spec)},"
+FRESH = ("import json, sys; from cnndemo import anatomy, costs; from cnndemo.zoo import get_spec; "
+         "spec = get_spec(sys.argv[1]); print(json.dumps({'flops': {s.name: s.flops for s in costs.stage_costs(spec)},"
          " 'fields': {k: [f.size, f.stride] for k, f in anatomy.receptive_fields(spec).items()}}))")
 
 
 def _figures(key: str) -> dict:
     spec = get_spec(key)
-    return json.loads(json.dumps({"flops": {s.name: s.flops for s in profile.stage_costs(spec)},
+    return json.loads(json.dumps({"flops": {s.name: s.flops for s in costs.stage_costs(spec)},
                                   "fields": {k: [f.size, f.stride] for k, f in anatomy.receptive_fields(spec).items()}}))
 
 
@@ -56,7 +56,7 @@ def test_architecture_figures_are_right_while_predictions_run_beside_them(monkey
         t.start()
     try:
         started.wait()
-        profile.module_flops.cache_clear()
+        costs.module_flops.cache_clear()
         monkeypatch.setattr(anatomy, "_FIELDS", {})
         beside = {k: _figures(k) for k in keys}
     finally:
@@ -66,4 +66,4 @@ def test_architecture_figures_are_right_while_predictions_run_beside_them(monkey
     assert not errors, errors
     assert runs[0] > 0
     assert beside == fresh
-    assert sum(fresh["googlenet"]["flops"].values()) == profile.module_flops("googlenet")[0]
+    assert sum(fresh["googlenet"]["flops"].values()) == costs.module_flops("googlenet")[0]

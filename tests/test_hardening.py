@@ -225,14 +225,14 @@ def test_only_the_apps_own_assets_are_served(app_server, examples):
     assert status(str(ROOT / "assets" / "weights" / "mnist_resnet.json")) in (403, 404)
 
 
-def test_limits_and_binding(app_server, monkeypatch):
+def test_limits_and_binding(app_server, monkeypatch, setenv):
     config = json.loads(local_get(app_server.port, "/config")[1])
     assert config["max_file_size"] == 120 * 1024 * 1024
     import app
 
-    monkeypatch.delenv("SPACE_ID", raising=False)
+    setenv("SPACE_ID", None)
     assert app.parse_args([]).host == "127.0.0.1" and not app.parse_args([]).share
-    monkeypatch.setenv("SPACE_ID", "someone/cnn-zoo-lab")
+    setenv("SPACE_ID", "someone/cnn-zoo-lab")
     assert app.parse_args([]).host == "0.0.0.0"
 
 

@@ -81,19 +81,19 @@ def test_offline_without_imagenet_weights_the_start_panel_teaches_on_a_trained_d
     assert min(deltas) < -0.05
 
 
-def test_with_imagenet_weights_at_hand_the_start_panel_keeps_the_photo(monkeypatch, tmp_path):
+def test_with_imagenet_weights_at_hand_the_start_panel_keeps_the_photo(monkeypatch, tmp_path, setenv):
     from cnndemo import weights
     from cnndemo.ui.start import first_lesson
     from cnndemo.zoo import DEFAULT_MODEL, ZOO
 
-    monkeypatch.setenv("CNNDEMO_OFFLINE", "0")
+    setenv("CNNDEMO_OFFLINE", "0")
     assert first_lesson().model == DEFAULT_MODEL and first_lesson().why is None  # fetched on first use
     src = ZOO[DEFAULT_MODEL].weights
     monkeypatch.setitem(weights._failures, src.url, (__import__("time").monotonic(), "connection refused"))
     lesson = first_lesson()
     assert lesson.model != DEFAULT_MODEL and "connection refused" in lesson.why
     weights.forget_failures()
-    monkeypatch.setenv("CNNDEMO_OFFLINE", "1")
+    setenv("CNNDEMO_OFFLINE", "1")
     monkeypatch.setattr(type(src), "path", property(lambda self: tmp_path / "present.pth"))
     (tmp_path / "present.pth").write_bytes(b"x")
     assert first_lesson().model == DEFAULT_MODEL  # cached: used even offline

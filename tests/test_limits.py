@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cnndemo import hostile
+from cnndemo.cli.diagnostics.server import proc_status_mb
 from conftest import AppServer
 from test_public_api import error_text, raw_call, upload
 
@@ -38,13 +39,6 @@ def server(tmp_path_factory):
     s.uploads = folder
     yield s
     s.stop()
-
-
-def status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 def fn_index(server, api_name: str | None = None, elem_id: str | None = None) -> int:
@@ -90,11 +84,11 @@ def test_a_small_checkpoint_never_costs_gigabytes(server, tmp_path, make, expect
     path = make(tmp_path)
     sent = upload(server, path)
     Path(f"/proc/{server.proc.pid}/clear_refs").write_text("5")  # restart the peak-memory count
-    before = status_kb(server.proc.pid, "VmRSS")
+    before = proc_status_mb(server.proc.pid, "VmRSS")
     t0 = time.monotonic()
     kind, payload = raw_call(server, "load_checkpoint", [sent, "resnet50"])
     seconds = time.monotonic() - t0
-    peak_mb = (status_kb(server.proc.pid, "VmHWM") - before) / 1024
+    peak_mb = proc_status_mb(server.proc.pid, "VmHWM") - before
     assert kind == "complete", payload
     assert expect in payload[-2], payload[-2]
     # Goal: < 2x the weights (195 MB). Before the header checks: +2.1 GB, +2.9 GB and +1.2 GB.

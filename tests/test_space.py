@@ -20,19 +20,19 @@ from cnndemo.runtime import STORE
 from cnndemo.zoo import ZOO
 
 
-def test_space_conventions_for_host_and_port(monkeypatch):
+def test_space_conventions_for_host_and_port(monkeypatch, setenv):
     import app
 
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
-    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    setenv("SPACE_ID", None)
+    setenv("GRADIO_SERVER_NAME", None)
+    setenv("GRADIO_SERVER_PORT", None)
     args = app.parse_args([])
     assert (args.host, args.port, args.prefetch, args.mcp) == ("127.0.0.1", 7860, False, False)
-    monkeypatch.setenv("SPACE_ID", "someone/cnn-zoo-lab")
-    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    setenv("SPACE_ID", "someone/cnn-zoo-lab")
+    setenv("GRADIO_SERVER_PORT", "7999")
     args = app.parse_args([])
     assert (args.host, args.port, args.prefetch) == ("0.0.0.0", 7999, True)
-    monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.2")
+    setenv("GRADIO_SERVER_NAME", "127.0.0.2")
     assert app.parse_args([]).host == "127.0.0.2"
     assert app.demo is not None  # built at import, for Spaces and `gradio app.py`
 
@@ -41,7 +41,7 @@ def test_space_conventions_for_host_and_port(monkeypatch):
 def test_app_started_as_a_space_listens_everywhere_and_predicts(cat):
     from gradio_client import Client, handle_file
 
-    from cnndemo.classroom import start_server
+    from cnndemo.cli.diagnostics.server import start_server
     from cnndemo.cli.space import _listening_on_all_interfaces
 
     server = start_server(app_args=("--offline",), timeout=90, as_space=True)
@@ -93,21 +93,21 @@ def mirror_files(root: Path, sizes: dict[str, int]) -> list[tuple[str, W.Torchvi
 
 
 @pytest.fixture
-def private_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("CNNDEMO_OFFLINE", "0")
+def private_hub(tmp_path, monkeypatch, setenv):
+    setenv("TORCH_HOME", str(tmp_path / "torch"))
+    setenv("CNNDEMO_OFFLINE", "0")
     W.forget_failures()
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
-def test_prefetch_fetches_smallest_first_verified(tmp_path, private_hub, monkeypatch):
+def test_prefetch_fetches_smallest_first_verified(tmp_path, private_hub, monkeypatch, setenv):
     sources = mirror_files(tmp_path / "mirror", {"big": 300_000, "small": 20_000, "mid": 100_000})
     sources.sort(key=lambda kv: kv[1].meta["_file_size"])
     # One file is corrupted on the mirror: its hash no longer matches its name.
     bad = tmp_path / "mirror" / sources[1][1].filename
     bad.write_bytes(b"tampered" + bad.read_bytes()[8:])
     mirror = SlowMirror(tmp_path / "mirror", rate=4_000_000)
-    monkeypatch.setenv("CNNDEMO_WEIGHTS_URL", mirror.url)
+    setenv("CNNDEMO_WEIGHTS_URL", mirror.url)
     try:
         state = prefetch.run(sources)
     finally:
@@ -134,11 +134,11 @@ def _latencies(cat, n: int = 15) -> list[float]:
     return out
 
 
-def test_prefetch_does_not_delay_a_first_request(tmp_path, private_hub, monkeypatch, cat):
+def test_prefetch_does_not_delay_a_first_request(tmp_path, private_hub, monkeypatch, cat, setenv):
     """A request during the prefetch takes about as long as without it (medians compared)."""
     sources = mirror_files(tmp_path / "mirror", {"a": 3_000_000, "b": 3_000_000})
     mirror = SlowMirror(tmp_path / "mirror", rate=1_500_000)
-    monkeypatch.setenv("CNNDEMO_WEIGHTS_URL", mirror.url)
+    setenv("CNNDEMO_WEIGHTS_URL", mirror.url)
     try:
         _latencies(cat, 3)  # warm
         alone = statistics.median(_latencies(cat))

@@ -29,15 +29,15 @@ SQ = ZOO["squeezenet1_0"]
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
+def hub(tmp_path, monkeypatch, setenv):
     """A private torch hub dir for one test (torch reads TORCH_HOME on every lookup)."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 @pytest.fixture
-def online(monkeypatch):
-    monkeypatch.setenv("CNNDEMO_OFFLINE", "0")
+def online(monkeypatch, setenv):
+    setenv("CNNDEMO_OFFLINE", "0")
     W.forget_failures()
 
 
@@ -109,19 +109,19 @@ def test_download_verify_cache_and_load(tmp_path, hub, online):
         srv.close()
 
 
-def test_tampered_cache_is_refused_offline_and_fetched_again_online(tmp_path, hub, monkeypatch, online):
+def test_tampered_cache_is_refused_offline_and_fetched_again_online(tmp_path, hub, monkeypatch, online, setenv):
     served, digest, state = published_checkpoint(tmp_path)
     hub.mkdir(parents=True)
     cached = hub / served.name
     cached.write_bytes(served.read_bytes()[:-10] + b"tampered!!")
     src = fake_source("http://127.0.0.1:9/" + served.name)
-    monkeypatch.setenv("CNNDEMO_OFFLINE", "1")
+    setenv("CNNDEMO_OFFLINE", "1")
     with pytest.raises(W.WeightsError, match="failed its SHA-256 check.*refused"):
         W.fetch(src)
     spec = dataclasses.replace(SQ, weights=src)
     info = load_published(spec, build_random(spec))
     assert info.kind == "random" and "SHA-256" in info.reason
-    monkeypatch.setenv("CNNDEMO_OFFLINE", "0")
+    setenv("CNNDEMO_OFFLINE", "0")
     srv = Server(served.parent)
     try:
         W.fetch(fake_source(srv.url + served.name))

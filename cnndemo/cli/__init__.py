@@ -11,10 +11,10 @@ registers itself with ``common.command``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from . import explore, digits, attributions, compare, space, diagnostics  # noqa: F401 (each registers its commands)
+from .. import settings
 from .common import COMMANDS, emit
 
 
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.offline:
-        os.environ["CNNDEMO_OFFLINE"] = "1"
+        settings.configure(offline=True)
     if args.device:
-        os.environ["CNNDEMO_DEVICE"] = args.device
+        settings.configure(device=args.device)
     _setup, run, _help = COMMANDS[args.command]
     try:
         return run(args)

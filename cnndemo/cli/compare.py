@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..bench import MODES, run_benchmark
-from ..profile import (FLOPS_CONVENTION, PARAMS_CONVENTION, branch_costs, factorisation_savings, model_stats,
+from ..costs import (FLOPS_CONVENTION, PARAMS_CONVENTION, branch_costs, factorisation_savings, model_stats,
                        reduction_savings, stage_costs)
 from ..zoo import ZOO
 from .common import command, emit, model_arg

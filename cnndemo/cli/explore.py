@@ -10,7 +10,7 @@ from .. import weights as W
 from ..branches import ablate, block_infos, explore
 from ..images import ImageError
 from ..predict import predict
-from ..profile import count_model_params
+from ..costs import count_model_params
 from ..weights import WeightsError, availability
 from ..zoo import PUBLISHED_KEYS, ZOO
 from .common import CliProgress, command, emit, fail, load_model, model_arg

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from ..classroom import start_server
+from .. import settings
+from .diagnostics.server import start_server
 from ..paths import CHECKOUT, EXAMPLES_DIR
 from ..zoo import DEFAULT_MODEL
 from .common import command
@@ -69,7 +69,7 @@ def run_check_space(args) -> int:
             print("  " + line)
         ok &= r.returncode == 0
     try:
-        server = start_server({"CNNDEMO_OFFLINE": os.environ.get("CNNDEMO_OFFLINE", "1")}, ("--no-prefetch",),
+        server = start_server({"CNNDEMO_OFFLINE": settings.environment().get("CNNDEMO_OFFLINE", "1")}, ("--no-prefetch",),
                               timeout=args.timeout, as_space=True)
     except RuntimeError as e:
         print(f"app as a Space (SPACE_ID set, GRADIO_SERVER_PORT): did NOT start: {e}")

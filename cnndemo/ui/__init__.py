@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr
 
 from . import attributions, compare, digits, explore, start as start_panel
@@ -11,18 +9,11 @@ from .common import CSS, EXAMPLES_DIR, LOOK_JS, MODEL_GROUP, PRESENTER_JS, by_na
 from .. import prefetch as weights_prefetch
 from ..render import Look
 from ..runtime import configure_threads
+from .. import settings
 from ..weights import is_offline
 from .serving import install_atomic_cache_writes
 from . import guard
 
-# Classroom tuning (README): how many network-running events at once, how long the queue may
-# grow before new requests are turned away, and the worker-thread pool.
-WORKERS = int(os.environ.get("CNNDEMO_WORKERS", "2"))
-QUEUE_MAX = int(os.environ.get("CNNDEMO_QUEUE_MAX", "64"))
-MAX_THREADS = int(os.environ.get("CNNDEMO_MAX_THREADS", "40"))
-# Uploads of any kind (images are capped again, at 25 MB, by cnndemo.images). Checkpoints of
-# every zoo model but VGG-16 (528 MB: use the CLI's --weights) fit under this.
-MAX_FILE_SIZE = os.environ.get("CNNDEMO_MAX_UPLOAD", "120mb")
 # Events that hold a worker for up to a minute: one at a time per browser session.
 HEAVY_APIS = {"attribute", "attribute_compact", "attribute_grid", "attribute_compare", "compare", "scaling", "train_digits"}
 
@@ -51,13 +42,13 @@ def build_demo() -> gr.Blocks:
         # The page's look: written by the browser into a hidden box, kept per session in a State, so
         # handlers draw for it without it being a parameter of any API endpoint.
         look_box = gr.Textbox("light", visible="hidden", elem_id="cz-look", label="page look", max_length=40)
-        look = gr.State("light", time_to_live=guard.STATE_TTL_S)
+        look = gr.State("light", time_to_live=settings.get().state_ttl_s)
         look_box.change(lambda text: str(Look.parse(text)), [look_box], [look], api_visibility="private", queue=False)
         demo.load(lambda saved: bool(saved), [presenter_saved], [presenter], api_visibility="private",
                   queue=False).then(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private").then(
             None, None, [look_box], js=LOOK_JS, api_visibility="private")
         start = start_panel.build()
-        checkpoint = gr.State(None, time_to_live=guard.STATE_TTL_S)
+        checkpoint = gr.State(None, time_to_live=settings.get().state_ttl_s)
         # Wrapped onto two lines on a phone rather than hidden behind a "more" menu: the Start panel
         # sends a class to the Digits tab by name.
         with gr.Tabs(overflow_behavior="wrap") as tabs:
@@ -95,7 +86,9 @@ def build_demo() -> gr.Blocks:
         load, loaded = by_name(compare.on_load, cmp, compare.LOADED)
         demo.load(load, None, loaded, api_visibility="private")
         demo.load(lambda: explore.on_load(ex), None, [ex["arch"], ex["diagram"]], api_visibility="private")
-    demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=WORKERS)
+    # Classroom tuning (README): network-running events at once, and how long the queue may grow
+    # before new requests are turned away.
+    demo.queue(max_size=settings.get().queue_max, default_concurrency_limit=settings.get().workers)
     guard.install_queue_limits(demo, {MODEL_GROUP, compare.BENCH_GROUP, digits.TRAIN_GROUP}, HEAVY_APIS)
     guard.install_session_context(demo)
     guard.install_input_checks(demo)
@@ -136,14 +129,16 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
         server_name=host,
         server_port=port,
         share=share,
-        max_file_size=MAX_FILE_SIZE,
-        max_threads=MAX_THREADS,
+        # Uploads of any kind (images are capped again by cnndemo.images). Checkpoints of every zoo
+        # model but VGG-16 (528 MB: use the CLI's --weights) fit under the default.
+        max_file_size=settings.get().max_upload,
+        max_threads=settings.get().max_threads,
         allowed_paths=[str(EXAMPLES_DIR)],
         css=CSS,
         theme=gr.themes.Soft(),
         ssr_mode=False,
         footer_links=["api", "settings"],
-        state_session_capacity=guard.SESSION_CAPACITY,
+        state_session_capacity=settings.get().sessions,
         app_kwargs=app_kwargs,
         **kwargs,
     )

@@ -13,7 +13,7 @@ from .. import render
 from ..branches import explore
 from ..attribution import (METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, check_budget, get_method,
                            layer_choices, request_tflop)
-from ..cancel import WORK_BUDGET_TFLOP, check_budget as check_budget_total
+from ..cancel import work_budget_tflop, check_budget as check_budget_total
 from ..pipeline import prepare
 from ..zoo import DEFAULT_MODEL, ZOO
 from .serving import download_path
@@ -189,7 +189,7 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
     lm = get_model(model, checkpoint, progress)
     # Planned up front: the methods run in order while the request's budget lasts; the rest
     # are shown as skipped, with their cost.
-    left = WORK_BUDGET_TFLOP
+    left = work_budget_tflop()
     costs = {key: request_tflop(lm.spec, key, None, scores=False) for key in METHODS}
     inp = prepare(image, lm)
     items, titles = [], []
@@ -198,7 +198,7 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
         if costs[key] > left:
             items.append(None)
             titles.append(f"{meth.name}: skipped\n~{costs[key]:.1f} TFLOP, over what is left of this\n"
-                          f"request's {WORK_BUDGET_TFLOP:g} TFLOP budget")
+                          f"request's {work_budget_tflop():g} TFLOP budget")
             continue
         left -= costs[key]
         try:

@@ -10,8 +10,8 @@ from .. import render
 from ..cache import LRU
 from ..bench import (benchmark_tflop, default_modes, estimated_seconds, noise_note, reference_files, run_benchmark,
                      scaling, scaling_tflop)
-from ..cancel import WORK_BUDGET_TFLOP, check_budget
-from ..profile import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
+from ..cancel import work_budget_tflop, check_budget
+from ..costs import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
 from ..runtime import pick_device
 from ..zoo import DEFAULT_MODEL, ZOO
 from .common import gr_progress, model_choices, requests_running, user_errors
@@ -282,14 +282,14 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
 
 def _scaling_runs(model: str) -> int:
     """As many timed passes per point as the request's budget allows (8 at most, 3 at least)."""
-    return next((r for r in range(8, 2, -1) if scaling_tflop(model, r) <= WORK_BUDGET_TFLOP), 3)
+    return next((r for r in range(8, 2, -1) if scaling_tflop(model, r) <= work_budget_tflop()), 3)
 
 
 def _duration(tflop: float, device: str, models: int, extra: str = "") -> str:
     """'About 20 s on this machine (...)': said before the click, from the shipped reference rate."""
     est = estimated_seconds(tflop, device, models)
-    if tflop > WORK_BUDGET_TFLOP:
-        return (f"**Over this server's limit**: about {tflop:,.1f} TFLOP against {WORK_BUDGET_TFLOP:g}. "
+    if tflop > work_budget_tflop():
+        return (f"**Over this server's limit**: about {tflop:,.1f} TFLOP against {work_budget_tflop():g}. "
                 "Pick fewer models, batch sizes or runs (or the quick preset).")
     if est is None:
         return f"About {tflop:,.2f} TFLOP of arithmetic (no shipped {device.upper()} reference to time it by)."

@@ -24,7 +24,8 @@ from ..cancel import check_budget
 from ..weights import WeightsInfo
 from ..zoo import DIGIT_KEYS, DIGIT_SHOWCASE, ZOO
 from .common import MODEL_GROUP, by_name, guard_files, image_input, user_errors
-from .guard import STATE_TTL_S, bound_blobs
+from .. import settings
+from .guard import bound_blobs
 
 TRAIN_GROUP = "train"
 # The Sketchpad opens with no tool selected, and "Clear canvas" (and undo/redo) deselects the
@@ -236,7 +237,7 @@ def forget_session(session: dict | None):
 
 def build(look: gr.State) -> dict:
     c: dict = {}
-    c["session"] = gr.State({}, time_to_live=STATE_TTL_S)
+    c["session"] = gr.State({}, time_to_live=settings.get().state_ttl_s)
     gr.Markdown("Draw a digit (0-9) with the mouse, or upload a photo of one. It is normalised the way MNIST "
                 "was made (white on black, fit into 20x20, centred by mass in 28x28) and read by all three networks.")
     with gr.Row(equal_height=False):

@@ -4,9 +4,9 @@
   ``_`` wherever it arrives (path, query, JSON or form body), so a request cannot make Gradio
   keep a session under a megabyte-long name. Bodies of the queue, the component server and
   cancel are capped before Gradio reads them. Uploads are refused once the upload folder
-  holds ``UPLOAD_QUOTA`` bytes.
-- ``install_queue_limits``: a browser session may hold ``PER_SESSION`` network-running
-  events (queued or running), and a client address ``PER_ADDRESS``; the rest of the queue
+  holds its quota (``settings``).
+- ``install_queue_limits``: a browser session may hold ``queue_per_session`` network-running
+  events (queued or running), and a client address ``queue_per_ip``; the rest of the queue
   stays free for everybody else. Refusals say why, with a 429.
 - ``SessionBlobs``: the Sketchpad uploads its layers through ``accept_blobs`` before an
   event reads them. Gradio's store is process-wide, unbounded, and keyed by an id the client
@@ -29,10 +29,8 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -44,40 +42,17 @@ from fastapi import HTTPException
 from gradio.components.image_editor import EditorDataBlobs
 from gradio.utils import InvalidPathError
 
+from .. import settings
 from .serving import NOT_UPLOADED
 
 log = logging.getLogger("cnndemo")
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.lstrip("-").isdigit() else default
-
-
-def parse_bytes(text: str) -> int:
-    """'2gb', '500 MB', '1048576' -> bytes (binary units, as Gradio's max_file_size)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b?)?\s*", text.lower())
-    if not m:
-        raise ValueError(f"not a size: {text!r} (e.g. 2gb, 500mb)")
-    unit = (m.group(2) or "b").rstrip("b") or "b"
-    return int(float(m.group(1)) * {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit])
-
-
 SESSION_HASH = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Events that run a network (or a benchmark, or training) a session / an address may hold at once.
-PER_SESSION = _env_int("CNNDEMO_QUEUE_PER_SESSION", 4)
-# Of those, heavy ones (attributions, benchmarks, training): one holds a worker for a minute.
-HEAVY_PER_SESSION = _env_int("CNNDEMO_HEAVY_PER_SESSION", 1)
-PER_ADDRESS = _env_int("CNNDEMO_QUEUE_PER_IP", 16)
-# Proxies in front of the app that append to X-Forwarded-For (a Space has one; 0: use the peer).
-PROXY_HOPS = _env_int("CNNDEMO_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0)
-# gr.State lives this long after its last update (a trained network is ~43 MB), and Gradio keeps
-# at most this many sessions: each costs ~375 KB of config copies (measured: 1,000 sessions
-# +366 MB), so Gradio's default of 10,000 could hold 3.7 GB.
-STATE_TTL_S = float(os.environ.get("CNNDEMO_STATE_TTL", "1800"))
-SESSION_CAPACITY = _env_int("CNNDEMO_SESSIONS", 1000)
-# The upload folder's quota: new uploads are refused above it.
-UPLOAD_QUOTA = parse_bytes(os.environ.get("CNNDEMO_UPLOAD_QUOTA", "2gb"))
+# The limits (settings.py): events a session / an address may hold at once (of them, heavy ones:
+# attributions, benchmarks, training), proxies in front of the app, gr.State's time to live
+# (a trained network is ~43 MB), sessions Gradio keeps (each ~375 KB of config copies: 1,000
+# sessions measured +366 MB, so Gradio's default of 10,000 could hold 3.7 GB), the upload quota.
 # Text a person types (a class name, a block or layer name): no real one is longer.
 MAX_TEXT = 200
 # The Sketchpad's blobs: a 280 x 280 canvas is ~50 KB as PNG.
@@ -137,10 +112,11 @@ def client_address(scope_or_request) -> str | None:
     scope = getattr(scope_or_request, "scope", scope_or_request)
     headers = _headers(scope)
     peer = (scope.get("client") or (None,))[0]
-    if PROXY_HOPS > 0:
+    hops_n = settings.get().hops
+    if hops_n > 0:
         hops = [h.strip() for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
-        if len(hops) >= PROXY_HOPS:
-            return hops[-PROXY_HOPS]
+        if len(hops) >= hops_n:
+            return hops[-hops_n]
     try:
         if peer is None or ipaddress.ip_address(peer).is_loopback:
             return None
@@ -154,12 +130,11 @@ class UploadFolder:
     emptied at start, bounded by a byte quota, with abandoned partial uploads swept."""
 
     # A temporary upload file not written for this long is abandoned; the sweep looks this often.
-    PARTIAL_AFTER_S = float(os.environ.get("CNNDEMO_PARTIAL_UPLOAD_S", "300"))
-    SWEEP_EVERY_S = PARTIAL_AFTER_S / 5
-
-    def __init__(self, path: Path, quota: int = UPLOAD_QUOTA):
+    def __init__(self, path: Path, quota: int | None = None):
         self.path = Path(path)
-        self.quota = quota
+        self.quota = settings.get().upload_quota_bytes if quota is None else quota
+        self.PARTIAL_AFTER_S = settings.get().partial_upload_s
+        self.SWEEP_EVERY_S = self.PARTIAL_AFTER_S / 5
         self._lock_file = None
         self._used = 0
         self._measured_at = -math.inf
@@ -170,9 +145,8 @@ class UploadFolder:
     def default(cls) -> UploadFolder:
         """``GRADIO_TEMP_DIR``, or a folder of this app's own (set for Gradio before any
         component is built, so Gradio's shared /tmp/gradio is never emptied)."""
-        if not os.environ.get("GRADIO_TEMP_DIR"):
-            os.environ["GRADIO_TEMP_DIR"] = str(Path(tempfile.gettempdir()) / "cnndemo-gradio")
-        return cls(Path(os.environ["GRADIO_TEMP_DIR"]))
+        settings.export_default("GRADIO_TEMP_DIR", str(settings.get().upload_folder))
+        return cls(settings.get().upload_folder)
 
     def claim(self) -> bool:
         """Own the folder for this server; empty it unless another live server owns it. Call
@@ -351,9 +325,9 @@ class ClientGuard:
 
 
 def install_queue_limits(demo: gr.Blocks, groups: set[str], heavy: set[str]) -> None:
-    """Refuse an event (429, with the reason) when its client already holds ``PER_SESSION``
-    events of ``groups`` (queued or running), ``HEAVY_PER_SESSION`` of the ``heavy`` endpoints
-    (by api_name), or its address ``PER_ADDRESS``. The client is the browser session; a
+    """Refuse an event (429, with the reason) when its client already holds ``queue_per_session``
+    events of ``groups`` (queued or running), ``heavy_per_session`` of the ``heavy`` endpoints
+    (by api_name), or its address ``queue_per_ip`` (``settings``). The client is the browser session; a
     request without one (``/gradio_api/call/...``) is its peer's address. Gradio's own
     queue-wide ``max_size`` stays as the last resort."""
     queue = demo._queue
@@ -377,14 +351,15 @@ def install_queue_limits(demo: gr.Blocks, groups: set[str], heavy: set[str]) -> 
         who = "You" if body.session_hash else "This client (no session)"
         is_heavy = fn.api_name in heavy
         mine = [h for c, _a, h in owners.values() if c == client]
-        if PER_SESSION > 0 and len(mine) >= PER_SESSION:
-            refuse(len(mine), PER_SESSION, "requests", who)
-        if is_heavy and HEAVY_PER_SESSION > 0 and sum(mine) >= HEAVY_PER_SESSION:
-            refuse(sum(mine), HEAVY_PER_SESSION, "long job (an attribution, a benchmark or a training)", who)
-        if address is not None and PER_ADDRESS > 0:
+        limits = settings.get()
+        if limits.queue_per_session > 0 and len(mine) >= limits.queue_per_session:
+            refuse(len(mine), limits.queue_per_session, "requests", who)
+        if is_heavy and limits.heavy_per_session > 0 and sum(mine) >= limits.heavy_per_session:
+            refuse(sum(mine), limits.heavy_per_session, "long job (an attribution, a benchmark or a training)", who)
+        if address is not None and limits.queue_per_ip > 0:
             held = sum(1 for _c, a, _h in owners.values() if a == address)
-            if held >= PER_ADDRESS:
-                refuse(held, PER_ADDRESS, "requests", "Your network address")
+            if held >= limits.queue_per_ip:
+                refuse(held, limits.queue_per_ip, "requests", "Your network address")
         ok, event_id, state = await stock(body, request, username)
         if ok:
             owners[event_id] = (client, address, is_heavy)

@@ -40,7 +40,8 @@ from gradio.data_classes import FileData, GradioModel, GradioRootModel
 
 from .. import cancel
 from ..paths import EXAMPLES_DIR
-from ..images import MAX_IMAGE_BYTES, ImageError, check_header
+from .. import settings
+from ..images import ImageError, check_header
 
 NOT_UPLOADED = (
     "This file was not uploaded to the app. Send the file itself (as an upload), not a path on the server."
@@ -75,9 +76,9 @@ def decode_data_url(url: str) -> bytes:
     head, _, body = url.partition(",")
     if not head.startswith("data:") or not head.endswith(";base64"):
         raise gr.Error("Inline images must be base64 data URLs.", print_exception=False)
-    if len(body) > (MAX_IMAGE_BYTES * 4) // 3 + 4:
+    if len(body) > (settings.get().max_image_bytes * 4) // 3 + 4:
         raise gr.Error(
-            f"The inline image is over {MAX_IMAGE_BYTES / 2**20:.1f} MB, the limit for images.", print_exception=False
+            f"The inline image is over {settings.get().max_image_bytes / 2**20:.1f} MB, the limit for images.", print_exception=False
         )
     try:
         return base64.b64decode(body, validate=False)

@@ -7,28 +7,27 @@ from __future__ import annotations
 import gc
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
 
-from .. import cache
-from ..attribution import INTERNAL_BATCH, Settings, attribute
-from ..bench import measure, plain_loop_ms, prepare
-from ..branches import explore_tensor
-from ..classroom import load_lesson, run_classroom
-from ..paths import CHECKOUT, EXAMPLES_DIR
-from ..pipeline import prepare as prepare_input, timed, timed_forward
-from ..runtime import STORE, pick_device
-from ..taps import hook_count
-from ..zoo import DEFAULT_MODEL, ZOO
-from .common import command, emit, load_model, model_arg
+from ... import cache, settings
+from ...attribution import INTERNAL_BATCH, Settings, attribute
+from ...bench import measure, plain_loop_ms, prepare
+from ...branches import explore_tensor
+from .classroom import load_lesson, run_classroom
+from .server import free_port, proc_status_mb, start_server
+from ...paths import CHECKOUT, EXAMPLES_DIR
+from ...pipeline import prepare as prepare_input, timed, timed_forward
+from ...runtime import STORE, pick_device
+from ...taps import hook_count
+from ...zoo import DEFAULT_MODEL, ZOO
+from ..common import command, emit, load_model, model_arg
 
 
 def _setup_startup(p):
@@ -38,32 +37,11 @@ def _setup_startup(p):
 
 @command("bench-startup", "cold start of `python app.py --offline` to the first HTTP 200", _setup_startup)
 def run_bench_startup(args) -> int:
-    app = CHECKOUT / "app.py"
     times = []
     for _ in range(args.runs):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, str(app), "--offline", "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError("the app exited before answering")
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.05)
-            times.append(time.perf_counter() - t0)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+        server = start_server(timeout=300)
+        times.append(server.startup_s)
+        server.stop()
     result = {
         "runs_s": [round(t, 2) for t in times],
         "median_s": round(statistics.median(times), 2),
@@ -230,22 +208,15 @@ def _setup_soak(p):
     p.add_argument("--json", action="store_true")
 
 
-def _rss_mb() -> float:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 @command("soak", "serve the app in-process and send it N mixed requests; report memory and hooks", _setup_soak)
 def run_soak(args) -> int:
-    os.environ.setdefault("CNNDEMO_OFFLINE", "1")
+    settings.export_default("CNNDEMO_OFFLINE", "1")
     from gradio_client import Client, handle_file
 
-    from ..ui import launch
+    from ...ui import launch
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    rss_start = _rss_mb()
+    port = free_port()
+    rss_start = proc_status_mb()
     demo = launch(port=port, prevent_thread_lock=True, quiet=True)
     url = demo.local_url
     client = Client(url, verbose=False)
@@ -269,10 +240,10 @@ def run_soak(args) -> int:
     for i in range(total):
         if i == args.warmup:
             gc.collect()
-            rss_base = _rss_mb()
+            rss_base = proc_status_mb()
             t0 = time.perf_counter()
         if i >= args.warmup and (i - args.warmup) % 50 == 0:
-            curve.append((i - args.warmup, round(_rss_mb(), 1)))
+            curve.append((i - args.warmup, round(proc_status_mb(), 1)))
         kind = i % len(calls)
         try:
             calls[kind](i // len(calls))
@@ -285,7 +256,7 @@ def run_soak(args) -> int:
                 errors.append(f"request {i} ({kind}): {e}")
     elapsed = time.perf_counter() - t0
     gc.collect()
-    rss_end = _rss_mb()
+    rss_end = proc_status_mb()
 
     sizes = cache.sizes()
     caches = {"explorations_mb": sizes["explorations"]["mb"], "explorations": sizes["explorations"]["entries"],
@@ -369,7 +340,7 @@ print(json.dumps({"s": time.perf_counter() - t0, "peak_mb": status('VmHWM') - be
 @command("bench-checkpoints", "time and peak memory of loading each hostile checkpoint against a valid one",
          _setup_bench_checkpoints)
 def run_bench_checkpoints(args) -> int:
-    from .. import hostile
+    from ... import hostile
 
     weights_mb = hostile.expected(args.model).total_bytes / 2**20
     rows = []
@@ -410,7 +381,7 @@ def run_bench_flood(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from ..classroom import _percentile, start_server
+    from .classroom import _percentile
 
     server = start_server()
     base = server.url.rstrip("/")

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import EXAMPLES_DIR as EXAMPLES
-
-ROOT = Path(__file__).resolve().parent.parent
+from ...paths import EXAMPLES_DIR as EXAMPLES
+from .server import Server, start_server
 
 # One lesson step: (label, api_name, keyword arguments; "@name" is an example file to upload).
 DEFAULT_LESSON: list[dict] = [
@@ -60,82 +55,6 @@ def _digit_file(folder: Path) -> Path:
     d.line([(70, 60), (210, 60), (120, 230)], fill="black", width=22)
     img.save(path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    port: int
-    startup_s: float
-    peak_rss_mb: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def rss_mb(self) -> float:
-        try:
-            pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            return 0.0
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def watch(self) -> None:
-        def loop():
-            while not self._stop.wait(0.2):
-                self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
-
-        threading.Thread(target=loop, daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def start_server(env: dict[str, str] | None = None, app_args: tuple[str, ...] = ("--offline",),
-                 timeout: float = 120, *, as_space: bool = False) -> Server:
-    """``python app.py`` on a free loopback port; returns once it answers HTTP 200.
-
-    ``as_space``: started the way a Hugging Face Space starts it (``SPACE_ID`` set, the port
-    in ``GRADIO_SERVER_PORT``, no address given), so it binds all interfaces by itself.
-    """
-    import http.client
-
-    port = free_port()
-    full_env = {**os.environ, **(env or {})}
-    if as_space:
-        full_env.update(SPACE_ID="check/cnn-zoo-lab", GRADIO_SERVER_PORT=str(port))
-        full_env.pop("GRADIO_SERVER_NAME", None)
-        address: list[str] = []
-    else:
-        address = ["--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), *address, *app_args],
-        cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with code {proc.returncode} before answering")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/")
-            if conn.getresponse().status == 200:
-                server = Server(proc, f"http://127.0.0.1:{port}/", port, time.monotonic() - t0)
-                server.watch()
-                return server
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the app did not answer within {timeout:.0f} s")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -260,7 +179,7 @@ def run_classroom(students: list[int], lesson: list[dict], *, env: dict[str, str
     with tempfile.TemporaryDirectory(prefix="cnndemo-classroom-") as tmp:
         files = {p.name: p for p in EXAMPLES.iterdir()}
         files["digit"] = _digit_file(Path(tmp))
-        server = start_server(env, app_args)
+        server = start_server(env, app_args, watch=True)
         try:
             if progress:
                 progress(f"warming up: one student runs the lesson at {server.url}")
