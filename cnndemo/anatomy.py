@@ -14,7 +14,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import memo
 from .specs import BlockSpec, BranchSpec, ModelSpec
+from .zoo import get_spec
 
 _SKIP = (nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -145,17 +147,18 @@ def _own_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-_TRACES: dict[str, tuple[StageRow, ...]] = {}
-
-
 def architecture(spec: ModelSpec) -> tuple[StageRow, ...]:
     """The shape trace of a zoo model, cached per architecture (weights do not change it).
 
     Runs on the meta device: shapes and parameter counts without memory or compute.
     """
-    if spec.key not in _TRACES:
-        _TRACES[spec.key] = tuple(shape_trace(spec.build_meta(), spec.input_size))
-    return _TRACES[spec.key]
+    return _architecture(spec.key)
+
+
+@memo(64, name="shape traces")
+def _architecture(key: str) -> tuple[StageRow, ...]:
+    spec = get_spec(key)
+    return tuple(shape_trace(spec.build_meta(), spec.input_size))
 
 
 def paper_names(spec: ModelSpec) -> dict[str, str]:
@@ -245,7 +248,6 @@ class Field:
         return f"{h}" if h == w else f"{h}x{w}"
 
 
-_FIELDS: dict[str, dict[str, Field]] = {}
 # torch.fx patches nn.Module.__call__ and __getattr__ for the whole process while it traces, and
 # restores what it found: two traces at once could leave a tracer's wrapper installed for good.
 _TRACE_LOCK = threading.Lock()
@@ -274,11 +276,13 @@ class _ThisThreadTracer(fx.Tracer):
 def receptive_fields(spec: ModelSpec) -> dict[str, Field]:
     """The receptive field and stride of every stage output, traced once per architecture
     (see ``_trace_fields``)."""
-    if spec.key not in _FIELDS:
-        with _TRACE_LOCK:
-            if spec.key not in _FIELDS:
-                _FIELDS[spec.key] = _trace_fields(spec)
-    return _FIELDS[spec.key]
+    return _receptive_fields(spec.key)
+
+
+@memo(64, name="receptive fields")
+def _receptive_fields(key: str) -> dict[str, Field]:
+    with _TRACE_LOCK:
+        return _trace_fields(get_spec(key))
 
 
 def _trace_fields(spec: ModelSpec) -> dict[str, Field]:

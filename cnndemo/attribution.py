@@ -6,21 +6,18 @@ need to be right on torchvision's GoogLeNet, Inception-v3 and ResNet. The copy c
 same logits, has its own lock (Captum hooks it), and leaves the model that serves predictions
 free for other users.
 
-Each map comes with two scores:
+Each map comes with the scores in ``scores.SCORES`` (sanity and deletion).
 
-- sanity (Adebayo et al. 2018): the Spearman rank correlation between the map and the same
-  method's map on a copy whose top layers are re-initialised. A map that barely changes does
-  not depend on what the network learned, and is flagged.
-- deletion: the target probability as the most-attributed pixels are replaced by the baseline
-  first, against a random order; the score is the area between the two curves (Captum ships
-  no deletion metric, so this one is computed here, in one batched pass per curve).
+A method is one ``Method`` entry in ``METHODS``: its Captum call, the images that call pushes
+through the network, the knobs it reads (``Knob``: the sliders, the API parameters, the CLI
+flags and their ranges are built from them), and the models it supports.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -28,11 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import BadRequest, NotFound
 from . import cancel
+from .cache import memo
 from .archs.module_relu import with_module_relus
 from .costs import module_flops
 from .pipeline import ImageLike, prepare, resolve, timed
 from .runtime import LoadedModel
+from .scores import SCORES, Deletion, Sanity, ScoreInput
 from .specs import ModelSpec
 from .weights import WeightsInfo
 from .zoo import get_spec
@@ -45,98 +45,90 @@ ProgressFn = Callable[[float | None, str], None]
 # 2.03 s at 32. 8 is the fastest, keeps one request's activation memory small, and gives the
 # progress bar a step every 8 IG steps.
 INTERNAL_BATCH = 8
-SANITY_THRESHOLD = 0.5
-SANITY_THRESHOLD_SOURCE = ("this app's choice: Adebayo et al. (2018) compare the maps visually and by rank "
-                           "correlation, and define no pass mark")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """The quality knobs, with defaults that finish in seconds on a 2-core CPU."""
+class Knob:
+    """A setting a method reads: its name (the ``Settings`` value, the API parameter and the CLI
+    flag ``--name``), its label, its range and default, and what it does."""
 
-    steps: int = 16  # Integrated Gradients
-    samples: int = 8  # SmoothGrad, GradientSHAP
-    noise: float = 0.15  # SmoothGrad / GradientSHAP noise, as a fraction of the input range
-    window: int = 32  # Occlusion window (pixels; at most a quarter of the input side)
-    stride: int = 24  # Occlusion stride (pixels; at most half the window)
-    internal_batch: int = INTERNAL_BATCH
+    name: str
+    label: str
+    low: float
+    high: float
+    default: float
+    help: str
+    integer: bool = True
+
+    def clamp(self, value) -> float:
+        v = min(max(float(value), self.low), self.high)
+        return int(round(v)) if self.integer else v
+
+    def check(self, value) -> float:
+        """``value`` if it is in range, else a ``BadRequest`` that gives the range."""
+        if not self.low <= float(value) <= self.high:
+            raise BadRequest(f"{self.name} ({self.label}) must be {self.low:g}-{self.high:g}; got {value:g}")
+        return int(value) if self.integer else float(value)
+
+    def describe(self) -> str:
+        return f"{self.help} ({self.low:g}-{self.high:g}, default {self.default:g})"
+
+
+def knobs() -> dict[str, Knob]:
+    """Every method's knobs, in method order (a knob shared by two methods appears once)."""
+    out: dict[str, Knob] = {}
+    for m in METHODS.values():
+        for k in m.knobs:
+            out.setdefault(k.name, k)
+    return out
+
+
+class Settings:
+    """One request's settings: a value for every method's knob (``knobs()``), the noise level of
+    the noisy methods and the batch of perturbed inputs per pass. Immutable; unknown names refuse."""
+
+    __slots__ = ("_values",)
+    # Not knobs: fixed by the app (the noise level, as a fraction of the input's range).
+    FIXED = {"noise": 0.15, "internal_batch": INTERNAL_BATCH}
+
+    def __init__(self, **values):
+        defaults = {**{k.name: k.default for k in knobs().values()}, **self.FIXED}
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise BadRequest(f"unknown attribution settings {', '.join(unknown)}; known: {', '.join(defaults)}")
+        object.__setattr__(self, "_values", {**defaults, **values})
+
+    def __getattr__(self, name: str):
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Settings are immutable; use replace()")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Settings) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._values.items())))
+
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+    def values(self) -> dict:
+        return dict(self._values)
+
+    def replace(self, **changes) -> Settings:
+        return Settings(**{**self._values, **changes})
 
     def clamp(self) -> Settings:
-        return Settings(
-            steps=int(min(max(self.steps, 2), 256)),
-            samples=int(min(max(self.samples, 1), 64)),
-            noise=float(min(max(self.noise, 0.0), 1.0)),
-            window=int(min(max(self.window, 2), 128)),
-            stride=int(min(max(self.stride, 1), 128)),
-            internal_batch=int(min(max(self.internal_batch, 1), 64)),
-        )
-
-
-@dataclass(frozen=True)
-class Sanity:
-    """Spearman rank correlation (tie-aware) of |map| with the re-initialised model's |map|.
-
-    ``rank_correlation`` and ``passed`` are None when undefined: a constant map (all zeros,
-    say) has no ranking to compare. ``untrained``: the network itself has random weights, so
-    both maps describe noise and the verdict says nothing about the method.
-    """
-
-    rank_correlation: float | None
-    passed: bool | None
-    randomized: tuple[str, ...]
-    untrained: bool = False
-
-    @property
-    def verdict(self) -> str:
-        if self.rank_correlation is None:
-            return "undefined: one of the two maps is constant, so it ranks no pixel above another"
-        v = "passes" if self.passed else "fails: the map barely changes when the top layers are re-initialised"
-        if self.untrained:
-            v += " (but the network is untrained: both maps describe noise)"
-        return v
-
-    def to_json(self) -> dict:
-        rho = None if self.rank_correlation is None else round(self.rank_correlation, 4)
-        return {"rank_correlation": rho, "passed": self.passed, "verdict": self.verdict,
-                "threshold": SANITY_THRESHOLD, "threshold_source": SANITY_THRESHOLD_SOURCE,
-                "untrained_network": self.untrained, "randomized_layers": list(self.randomized)}
-
-
-@dataclass(frozen=True)
-class Deletion:
-    fractions: tuple[float, ...]
-    probs: tuple[float, ...]
-    random_probs: tuple[float, ...]
-    auc: float
-    random_auc: float
-    flat: bool = False  # the map is constant: it orders no pixel before another
-    untrained: bool = False
-
-    @property
-    def score(self) -> float | None:
-        """(random AUC - attribution AUC) / initial probability: > 0 means the map found pixels
-        that matter more than random ones. None (undefined) for a constant map, or when the
-        class had no probability to lose."""
-        p0 = self.probs[0]
-        if self.flat or p0 <= 0:
-            return None
-        return (self.random_auc - self.auc) / p0
-
-    @property
-    def verdict(self) -> str:
-        if self.flat:
-            return "undefined: the map is constant, so it ranks no pixel above another"
-        if self.score is None:
-            return "undefined: the class starts at probability 0"
-        v = "the map's pixels matter more than random ones" if self.score > 0 else "no better than random pixels"
-        if self.untrained:
-            v += " (but the network is untrained: the curve describes noise)"
-        return v
-
-    def to_json(self) -> dict:
-        score = None if self.score is None else round(self.score, 4)
-        return {"auc": round(self.auc, 6), "random_auc": round(self.random_auc, 6), "score": score,
-                "verdict": self.verdict, "untrained_network": self.untrained}
+        """Every knob within its declared range (the sliders' and the CLI's), the batch within 1-64."""
+        ks = knobs()
+        v = {name: ks[name].clamp(value) if name in ks else value for name, value in self._values.items()}
+        v["noise"] = float(min(max(v["noise"], 0.0), 1.0))
+        v["internal_batch"] = int(min(max(v["internal_batch"], 1), 64))
+        return Settings(**v)
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,8 +144,15 @@ class Attribution:
     weights: WeightsInfo
     seen: object  # PIL image the network saw
     settings: Settings
-    sanity: Sanity | None = None
-    deletion: Deletion | None = None
+    scores: dict = field(default_factory=dict)  # by ``scores.SCORES`` key: Sanity, Deletion, ...
+
+    @property
+    def sanity(self) -> Sanity | None:
+        return self.scores.get("sanity")
+
+    @property
+    def deletion(self) -> Deletion | None:
+        return self.scores.get("deletion")
 
     @property
     def heat(self) -> np.ndarray:
@@ -170,8 +169,7 @@ class Attribution:
             "layer": self.layer,
             "weights": self.weights.kind,
             "ms": round(self.ms, 1),
-            "sanity": self.sanity.to_json() if self.sanity else None,
-            "deletion": self.deletion.to_json() if self.deletion else None,
+            **{key: self.scores[key].to_json() if key in self.scores else None for key in SCORES},
         }
 
 
@@ -206,7 +204,7 @@ def randomized_model(lm: LoadedModel) -> nn.Module:
 MAX_TARGET_CHARS = 200  # the longest ImageNet class name has 121
 
 
-@functools.lru_cache(maxsize=None)
+@memo(64, name="lowered labels")
 def _lowered(key: str) -> tuple[str, ...]:
     return tuple(label.lower() for label in get_spec(key).labels())
 
@@ -219,11 +217,11 @@ def resolve_target(spec: ModelSpec, target: int | str | None, logits: torch.Tens
     if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.strip().isdigit()):
         idx = int(target)
         if not 0 <= idx < len(labels):
-            raise ValueError(f"target index {idx} is out of range 0-{len(labels) - 1}")
+            raise BadRequest(f"target index {idx} is out of range 0-{len(labels) - 1}")
         return idx
     name = str(target).strip()
     if len(name) > MAX_TARGET_CHARS:
-        raise ValueError(f"a target class is a name or an index of at most {MAX_TARGET_CHARS} characters "
+        raise BadRequest(f"a target class is a name or an index of at most {MAX_TARGET_CHARS} characters "
                          f"(got {len(name):,})")
     if name.endswith(")") and "(" in name:  # "golden retriever (207)" as shown in the UI
         inner = name[name.rindex("(") + 1 : -1]
@@ -236,9 +234,9 @@ def resolve_target(spec: ModelSpec, target: int | str | None, logits: torch.Tens
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise ValueError(f"no class named like {name!r}")
+        raise BadRequest(f"no class named like {name!r}")
     shown = ", ".join(f"{labels[i]} ({i})" for i in hits[:5])
-    raise ValueError(f"{name!r} matches {len(hits)} classes, e.g. {shown}: be more specific")
+    raise BadRequest(f"{name!r} matches {len(hits)} classes, e.g. {shown}: be more specific")
 
 
 def layer_choices(spec: ModelSpec) -> list[str]:
@@ -261,9 +259,9 @@ def resolve_layer(spec: ModelSpec, model: nn.Module, layer: str | None) -> tuple
         block = spec.block(block_name)
         branch = next((br for br in block.branches if br.name == branch_name), None)
         if branch is None:
-            raise KeyError(f"{block_name} has no branch {branch_name!r}")
+            raise NotFound(f"{block_name} has no branch {branch_name!r}")
         if not branch.tap_paths:
-            raise ValueError(
+            raise BadRequest(
                 f"{name} has no module of its own (it is computed functionally from the block input), "
                 "so Grad-CAM has nothing to hook: choose the whole block or another branch"
             )
@@ -273,7 +271,7 @@ def resolve_layer(spec: ModelSpec, model: nn.Module, layer: str | None) -> tuple
     try:
         model.get_submodule(path)
     except AttributeError:
-        raise KeyError(f"{spec.name} has no layer {name!r}; try one of: {', '.join(layer_choices(spec)[:8])} ...") from None
+        raise NotFound(f"{spec.name} has no layer {name!r}; try one of: {', '.join(layer_choices(spec)[:8])} ...") from None
     return name, (path,)
 
 
@@ -332,19 +330,16 @@ def _expected_passes(method: str, s: Settings, x: torch.Tensor) -> int:
     return max(1, math.ceil(fwd / s.internal_batch) + math.ceil(grad / s.internal_batch))
 
 
-DELETION_STEPS = 10
-
-
 def estimated_tflop(spec: ModelSpec, method: str, s: Settings, x: torch.Tensor, *, scores: bool) -> float:
     """Arithmetic one attribution request asks for: a backward pass counts twice a forward.
 
-    With scores: the method runs again on the re-initialised copy (sanity), and two deletion
-    curves of ``DELETION_STEPS + 1`` images each are evaluated.
+    With scores: each score's images (``Score.images``: the sanity check runs the method again,
+    the deletion score evaluates two curves).
     """
     fwd, grad = images_per_call(method, s, x)
     images = 1 + fwd + 3 * grad
     if scores:
-        images += fwd + 3 * grad + 2 * (DELETION_STEPS + 1)
+        images += sum(sc.images(fwd, grad) for sc in SCORES.values())
     scale = (x.shape[-2] * x.shape[-1]) / (spec.input_size[1] * spec.input_size[2])
     return module_flops(spec.key)[0] * scale * images / 1e12
 
@@ -360,17 +355,11 @@ def check_budget(spec: ModelSpec, method: str, settings: Settings | None = None,
     cancel.check_budget(request_tflop(spec, method, settings, scores=scores), what)
 
 
-_QUIET = []
-
-
 def _quiet_captum() -> None:
-    """Captum announces every hook it sets; those notices are expected here, so hide them once."""
-    if not _QUIET:
-        import warnings
-
-        for msg in ("Input Tensor .* did not already require gradients", "Setting .*hooks", "Setting forward, backward hooks"):
-            warnings.filterwarnings("ignore", message=msg, category=UserWarning)
-        _QUIET.append(True)
+    """Captum announces every hook it sets; those notices are expected here, so hide them.
+    (``warnings.filterwarnings`` puts each filter once: calling it again changes nothing.)"""
+    for msg in ("Input Tensor .* did not already require gradients", "Setting .*hooks", "Setting forward, backward hooks"):
+        warnings.filterwarnings("ignore", message=msg, category=UserWarning)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -414,6 +403,9 @@ class Method:
     run: Callable[[Call], torch.Tensor]
     passes: Callable[[Settings, torch.Tensor], tuple[int, int]] = _one_backward  # (forward only, forward + backward)
     noisy: bool = False  # reads Settings.noise (as a fraction of the input's range)
+    knobs: tuple[Knob, ...] = ()  # the settings it reads: sliders, API parameters and CLI flags come from them
+    # Why it cannot explain a model (None: it can). Run before any work, shown as the refusal.
+    supports: Callable[[ModelSpec], str | None] = lambda spec: None
 
 
 def _ig(c: Call) -> torch.Tensor:
@@ -447,7 +439,7 @@ def _gradcam(c: Call) -> torch.Tensor:
 
 def _guided_gradcam(c: Call) -> torch.Tensor:
     if len(c.layer_paths) != 1:
-        raise ValueError("Guided Grad-CAM needs a single layer; choose the block, or a branch with one output")
+        raise BadRequest("Guided Grad-CAM needs a single layer; choose the block, or a branch with one output")
     return ca().GuidedGradCam(c.model, c.model.get_submodule(c.layer_paths[0])).attribute(
         c.x, target=c.target, interpolate_mode="bilinear"
     )
@@ -476,33 +468,64 @@ def _gradient_shap(c: Call) -> torch.Tensor:
     )
 
 
+STEPS = Knob("steps", "Integrated Gradients steps", 4, 128, 16, "Integrated Gradients steps")
+SAMPLES = Knob("samples", "SmoothGrad / GradientSHAP samples", 1, 32, 8, "SmoothGrad / GradientSHAP samples")
+WINDOW = Knob("window", "Occlusion window (px)", 4, 96, 32, "occlusion window in pixels")
+STRIDE = Knob("stride", "Occlusion stride (px)", 2, 64, 24, "occlusion stride in pixels")
+
+
+def _relu_modules_only(method: str, allowed: tuple[type, ...] = (nn.ReLU,)) -> Callable[[ModelSpec], str | None]:
+    """A ``supports`` for methods that change the backward pass of ReLU modules only (Guided
+    Backprop, Guided Grad-CAM): any other activation module would pass its gradients unguided,
+    and the map would silently be a plain gradient there. ``with_module_relus`` makes the
+    functional ReLUs of torchvision's models modules; other activations cannot be converted."""
+
+    def supports(spec: ModelSpec) -> str | None:
+        others = sorted({type(m).__name__ for m in spec.build_meta().modules()
+                         if isinstance(m, ACTIVATIONS) and not isinstance(m, allowed)})
+        if not others:
+            return None
+        return (f"{method} changes the gradient of ReLU modules only, and {spec.name} also uses "
+                f"{', '.join(others)}: those would pass their gradients unguided. Use another method")
+
+    return supports
+
+
+# Activation modules a network may use: anything here but nn.ReLU refuses the guided methods.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU,
+               nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.Sigmoid, nn.Tanh)
+
+
 METHODS: dict[str, Method] = {
     m.key: m
     for m in (
         Method("ig", "Integrated Gradients", "pixel", False,
                "gradients averaged along a straight path from a baseline image to the input",
-               _ig, lambda s, x: (0, s.steps)),
+               _ig, lambda s, x: (0, s.steps), knobs=(STEPS,)),
         Method("saliency", "Saliency", "pixel", False,
                "absolute gradient of the class score with respect to each pixel", _saliency),
         Method("smoothgrad", "SmoothGrad", "pixel", False,
                "saliency averaged over noisy copies of the input (NoiseTunnel)",
-               _smoothgrad, lambda s, x: (0, s.samples), noisy=True),
+               _smoothgrad, lambda s, x: (0, s.samples), noisy=True, knobs=(SAMPLES,)),
         Method("gradcam", "Grad-CAM", "cam", True,
                "a layer's activations weighted by their mean gradient, upsampled to the image", _gradcam),
         Method("guided_gradcam", "Guided Grad-CAM", "pixel", True,
-               "Grad-CAM times Guided Backprop: where, and which edges", _guided_gradcam, lambda s, x: (0, 2)),
+               "Grad-CAM times Guided Backprop: where, and which edges", _guided_gradcam, lambda s, x: (0, 2),
+               supports=_relu_modules_only("Guided Grad-CAM")),
         Method("occlusion", "Occlusion", "pixel", False,
-               "how much the class score drops when a window of the image is hidden", _occlusion, _occlusion_passes),
+               "how much the class score drops when a window of the image is hidden", _occlusion, _occlusion_passes,
+               knobs=(WINDOW, STRIDE)),
         Method("guided_backprop", "Guided Backprop", "pixel", False,
                "gradients with negative signals stopped at every ReLU on the way back",
-               lambda c: ca().GuidedBackprop(c.model).attribute(c.x, target=c.target)),
+               lambda c: ca().GuidedBackprop(c.model).attribute(c.x, target=c.target),
+               supports=_relu_modules_only("Guided Backprop")),
         Method("deeplift", "DeepLift", "pixel", False,
                "differences from a baseline propagated with DeepLift's rescale rules",
                lambda c: ca().DeepLift(c.model).attribute(c.x, baselines=c.base, target=c.target),
                lambda s, x: (0, 2)),
         Method("gradient_shap", "GradientSHAP", "pixel", False,
                "expected gradients x (input - baseline) over noisy baselines (SHAP approximation)",
-               _gradient_shap, lambda s, x: (0, s.samples), noisy=True),
+               _gradient_shap, lambda s, x: (0, s.samples), noisy=True, knobs=(SAMPLES,)),
     )
 }
 
@@ -512,7 +535,17 @@ def get_method(key: str) -> Method:
     try:
         return METHODS[key]
     except KeyError:
-        raise KeyError(f"unknown method {key!r}; choose one of: {', '.join(METHODS)}") from None
+        raise NotFound(f"unknown method {key!r}; choose one of: {', '.join(METHODS)}") from None
+
+
+def supported(method: Method, spec: ModelSpec) -> str | None:
+    """Why ``method`` cannot explain ``spec`` (None: it can); asked once per pair."""
+    return _supported(method.key, spec.key)
+
+
+@memo(256, name="method support")
+def _supported(method: str, model: str) -> str | None:
+    return get_method(method).supports(get_spec(model))
 
 
 def run_method(
@@ -550,6 +583,9 @@ def attribute(
     meta = get_method(method)
     lm = resolve(model)
     spec = lm.spec
+    refusal = supported(meta, spec)
+    if refusal:
+        raise BadRequest(refusal)
     s = (settings or Settings()).clamp()
     check_budget(spec, method, s, scores=scores)
     inp = prepare(image, lm)
@@ -576,7 +612,8 @@ def add_scores(
     *,
     progress: ProgressFn | None = None,
 ) -> Attribution:
-    """``a`` with its sanity and deletion scores (another run of the method, and two curves).
+    """``a`` with every score in ``scores.SCORES`` (sanity: another run of the method on the
+    re-initialised copy; deletion: two curves).
 
     ``image``: the image ``a`` was computed on; pass the ``pipeline.Input`` to skip decoding it again.
     """
@@ -588,77 +625,17 @@ def add_scores(
         m = attribution_model(lm)
         if get_method(a.method).uses_layer:
             _, m_paths = resolve_layer(lm.spec, m, a.layer)
-        if progress:
-            progress(None, "sanity check: the same method on a copy with re-initialised top layers")
-        sanity = sanity_check(lm, a.method, x, a.target, m_paths, a.settings, a.heat)
-        if progress:
-            progress(None, "deletion curve: removing the most attributed pixels first")
-        deletion = deletion_curve(m, x, a.target, a.heat, _baseline(lm.spec, x), batch=a.settings.internal_batch)
-    return replace(a, sanity=sanity, deletion=replace(deletion, untrained=not lm.weights.trained))
 
+        def rerun(other: nn.Module) -> np.ndarray:
+            with _ForwardCounter(other, _expected_passes(a.method, a.settings, x), "sanity check", None):
+                out = run_method(other, lm.spec, a.method, x, a.target, layer_paths=m_paths, settings=a.settings)
+            return out if out.ndim == 2 else out.sum(0)
 
-# ----------------------------------------------------------------------------- scores
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman's rank correlation with tied values given their average rank (scipy), so two
-    mostly-zero maps are compared by where their non-zero pixels are, not by pixel position.
-    None when either map is constant: a correlation is undefined there."""
-    from scipy.stats import spearmanr  # scipy.stats takes 1.4 s to import: not at start-up
-
-    a, b = np.ravel(a), np.ravel(b)
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    return float(spearmanr(a, b).statistic)
-
-
-def sanity_check(
-    lm: LoadedModel, method: str, x: torch.Tensor, target: int, paths: tuple[str, ...], s: Settings, heat: np.ndarray
-) -> Sanity:
-    """Rank correlation of |map| with the same method's |map| on the re-initialised copy."""
-    rnd = randomized_model(lm)
-    with _ForwardCounter(rnd, _expected_passes(method, s, x), "sanity check", None):
-        other = run_method(rnd, lm.spec, method, x, target, layer_paths=paths, settings=s)
-    other_heat = other if other.ndim == 2 else other.sum(0)
-    rho = spearman(np.abs(heat), np.abs(other_heat))
-    return Sanity(rho, None if rho is None else abs(rho) < SANITY_THRESHOLD, lm.spec.top_layers,
-                  untrained=not lm.weights.trained)
-
-
-@torch.no_grad()
-def deletion_curve(
-    model: nn.Module, x: torch.Tensor, target: int, heat: np.ndarray, baseline: torch.Tensor,
-    *, steps: int = DELETION_STEPS, batch: int = INTERNAL_BATCH, seed: int = 0,
-) -> Deletion:
-    """Target probability as pixels are replaced by the baseline, most attributed first vs random."""
-    h, w = x.shape[-2:]
-    n = h * w
-    rnd = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    # Most attributed first; pixels with equal attribution go in the random order's sequence,
-    # not top-left first. So a constant map deletes exactly as the random order does.
-    place_in_random = np.empty(n, dtype=np.int64)
-    place_in_random[rnd.numpy()] = np.arange(n)
-    magnitude = np.abs(heat).ravel()
-    order = torch.from_numpy(np.lexsort((place_in_random, -magnitude)).copy())
-    fractions = [i / steps for i in range(steps + 1)]
-
-    def masked(perm: torch.Tensor) -> torch.Tensor:
-        imgs = []
-        for f in fractions:
-            mask = torch.zeros(n, device=x.device)
-            mask[perm[: int(round(f * n))].to(x.device)] = 1.0
-            mask = mask.view(1, 1, h, w)
-            imgs.append(x * (1 - mask) + baseline * mask)
-        return torch.cat(imgs)
-
-    def probs(batch_x: torch.Tensor) -> list[float]:
-        out = []
-        for i in range(0, len(batch_x), batch):
-            cancel.check()
-            out += torch.softmax(model(batch_x[i : i + batch]).float(), 1)[:, target].tolist()
-        return out
-
-    p_attr, p_rand = probs(masked(order)), probs(masked(rnd))
-    auc = float(np.trapezoid(p_attr, fractions))
-    rauc = float(np.trapezoid(p_rand, fractions))
-    return Deletion(tuple(fractions), tuple(p_attr), tuple(p_rand), auc, rauc, flat=bool(np.ptp(magnitude) == 0))
+        inp = ScoreInput(m, x, a.target, a.heat, _baseline(lm.spec, x), a.settings.internal_batch, rerun,
+                         lambda: randomized_model(lm), lm.spec.top_layers, lm.weights.trained)
+        results = {}
+        for key, score in SCORES.items():
+            if progress:
+                progress(None, score.progress)
+            results[key] = score.run(inp)
+    return replace(a, scores=results)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import platform
 import statistics
@@ -20,7 +21,7 @@ import weakref
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -28,18 +29,22 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .errors import BadRequest
 from . import cancel
+from .cache import memo
 from .paths import BENCH_DIR
 from .pipeline import sync
 from .costs import forward_flops, module_flops
 from .runtime import build_random, pick_device
 from .zoo import ZOO, get_spec
 
+log = logging.getLogger("cnndemo")
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@lru_cache(maxsize=1)
+@memo(1, name="cpu name")
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -212,14 +217,14 @@ class Setting:
 def check_setting(st: Setting, device: torch.device) -> None:
     """Refuse, with the reason, a setting that cannot be measured honestly on ``device``."""
     if st.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        raise BadRequest(f"precision must be one of {', '.join(PRECISIONS)}")
     if st.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
     if st.precision == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is a GPU setting: most CPUs have no fast float16 kernels, so the "
+        raise BadRequest("fp16 is a GPU setting: most CPUs have no fast float16 kernels, so the "
                          "figure would measure emulation; on the CPU use fp32 or bf16")
     if st.mode == "cudagraph" and device.type != "cuda":
-        raise ValueError(CUDAGRAPH_NEEDS_CUDA)
+        raise BadRequest(CUDAGRAPH_NEEDS_CUDA)
 
 
 def _quantile(sorted_ms: list[float], q: float) -> float:
@@ -557,7 +562,7 @@ def scaling(key: str, *, device: str = "auto", batches=SCALING_BATCHES, resoluti
     resolution (batch 1). All settings are timed interleaved, ``runs`` passes each, and each
     point carries its p10-p90 spread."""
     if runs < 3:
-        raise ValueError("a curve needs at least 3 timed passes per point (one sample shows no spread)")
+        raise BadRequest("a curve needs at least 3 timed passes per point (one sample shows no spread)")
     dev = pick_device(device)
     model = prepare(key, dev)
     spec = get_spec(key)
@@ -609,7 +614,8 @@ def reference_files() -> list[dict]:
             data = json.loads(p.read_text())
             data["file"] = p.name
             out.append(data)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:  # shown without it, and said in the log
+            log.warning("benchmark reference %s is unreadable and was left out: %s", p, e)
             continue
     return sorted(out, key=lambda d: d.get("environment", {}).get("date", ""), reverse=True)
 

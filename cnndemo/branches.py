@@ -14,13 +14,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .errors import BadRequest, NotFound
 from . import anatomy, cancel
-from .cache import LRU
+from .cache import LRU, memo
 from .pipeline import ImageLike, Input, load_for, prepare, resolve, timed, timed_forward
 from .predict import Prediction, top_classes
 from .runtime import LoadedModel
 from .specs import BlockSpec, ModelSpec
 from .taps import Ablation, RawBlock, run_with_taps
+from .zoo import get_spec
 
 TOP_CHANNELS = 8
 
@@ -118,10 +120,6 @@ class Exploration:
 
 # ----------------------------------------------------------------------------- static info
 
-_INFO: dict[str, tuple[BlockInfo, ...]] = {}
-_INFO_LOCK = threading.Lock()
-
-
 def _channel_ranges(block: BlockSpec, branches: list[torch.Tensor]) -> list[tuple[int, int] | None]:
     if block.merge != "concat":
         return [None] * len(branches)
@@ -137,9 +135,12 @@ def block_infos(spec: ModelSpec) -> tuple[BlockInfo, ...]:
 
     Computed on the meta device, so it needs no weights, memory or compute.
     """
-    with _INFO_LOCK:
-        if spec.key in _INFO:
-            return _INFO[spec.key]
+    return _block_infos(spec.key)
+
+
+@memo(64, name="block descriptions")
+def _block_infos(key: str) -> tuple[BlockInfo, ...]:
+    spec = get_spec(key)
     model = spec.build_meta()
     _, raw = run_with_taps(model, spec.meta_input(), spec.blocks)
     infos = []
@@ -172,9 +173,7 @@ def block_infos(spec: ModelSpec) -> tuple[BlockInfo, ...]:
                 branches,
             )
         )
-    with _INFO_LOCK:
-        _INFO[spec.key] = tuple(infos)
-    return _INFO[spec.key]
+    return tuple(infos)
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -283,12 +282,12 @@ def ablate(
     spec = lm.spec
     bspec = spec.block(block)
     if bspec.merge == "single":
-        raise ValueError(f"{spec.name} has no parallel branches to knock out in {block}")
+        raise BadRequest(f"{spec.name} has no parallel branches to knock out in {block}")
     if branch not in [b.name for b in bspec.branches]:
         names = ", ".join(b.name for b in bspec.branches)
-        raise KeyError(f"{block} has no branch {branch!r}; branches: {names}")
+        raise NotFound(f"{block} has no branch {branch!r}; branches: {names}")
     if mode not in ("zero", "mean"):
-        raise ValueError(f"unknown ablation mode {mode!r}: use zero or mean")
+        raise BadRequest(f"unknown ablation mode {mode!r}: use zero or mean")
     x = prepare(image, lm).x
     abl = Ablation(block, branch, mode)
     labels = spec.labels()

@@ -1,7 +1,12 @@
-"""Bounded in-process caches, and one public way to empty them all (tests, a memory soak)."""
+"""Bounded in-process caches, and one public way to empty them all (tests, a memory soak).
+
+One style: ``LRU`` for values a caller stores, ``memo`` for a function's results. Both are
+thread-safe, bounded, named (``sizes()`` reports them) and emptied by ``reset_all``.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -28,12 +33,12 @@ class LRU:
     def __len__(self) -> int:
         return len(self.data)
 
-    def get(self, key):
+    def get(self, key, default=None):
         with self.lock:
             if key in self.data:
                 self.data.move_to_end(key)
                 return self.data[key][0]
-        return None
+        return default
 
     def put(self, key, value):
         n = self.weigh(value)
@@ -52,6 +57,43 @@ class LRU:
         with self.lock:
             self.data.clear()
             self.bytes = 0
+
+
+_MISSING = object()
+
+
+def memo(size: int = 64, *, name: str):
+    """Remember a function's results by its (hashable) arguments in a named ``LRU`` of ``size``
+    entries. A result is computed once: callers asking for the same missing one wait for it.
+    ``fn.cache_clear()`` empties it (as ``functools.lru_cache`` does)."""
+
+    def wrap(fn):
+        store = LRU(size, name=name)
+        guard = threading.Lock()
+        computing: dict = {}  # key -> the lock of the call computing it
+
+        @functools.wraps(fn)
+        def cached(*args, **kwargs):
+            key = (args, tuple(sorted(kwargs.items())))
+            value = store.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+            with guard:
+                lock = computing.setdefault(key, threading.Lock())
+            with lock:
+                value = store.get(key, _MISSING)
+                if value is _MISSING:
+                    value = fn(*args, **kwargs)
+                    store.put(key, value)
+            with guard:
+                computing.pop(key, None)
+            return value
+
+        cached.cache_clear = store.clear
+        cached.cache = store  # keeps it alive (the registry holds it weakly)
+        return cached
+
+    return wrap
 
 
 def sizes() -> dict[str, dict]:

@@ -19,6 +19,7 @@ import threading
 from typing import Iterator
 
 from . import settings
+from .errors import BadRequest
 
 _TOKEN: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("cnndemo_cancel", default=None)
 
@@ -35,7 +36,7 @@ class Cancelled(Exception):
     """The client went away (or cancelled); the work stopped early and has no result."""
 
 
-class OverBudget(ValueError):
+class OverBudget(BadRequest):
     """The settings ask for more work than one request may do; the message gives both figures."""
 
 

@@ -10,7 +10,6 @@ compute, no weights needed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -18,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .anatomy import architecture, branch_params, describe_branch
+from .cache import memo
 from .specs import ModelSpec
 from .weights import Accuracy
 from .zoo import get_spec
@@ -64,14 +64,14 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]
     return int(counter.get_total_flops()), per
 
 
-@lru_cache(maxsize=None)
+@memo(64, name="module FLOPs")
 def module_flops(key: str) -> tuple[int, dict[str, int]]:
     """(total FLOPs, FLOPs per module path) of a zoo model at its own input size, counted once."""
     spec = get_spec(key)
     return count_flops(spec.build_meta(), spec.meta_input())
 
 
-@lru_cache(maxsize=64)
+@memo(64, name="forward FLOPs")
 def forward_flops(key: str, height: int, width: int) -> int:
     """FLOPs of one batch-1 forward at ``height`` x ``width`` (counted on the meta device)."""
     spec = get_spec(key)
@@ -129,7 +129,7 @@ _FREE_OPS = {torch.ops.aten.view.default, torch.ops.aten.t.default, torch.ops.at
              torch.ops.aten.permute.default, torch.ops.aten.transpose.int, torch.ops.aten.reshape.default}
 
 
-@lru_cache(maxsize=None)
+@memo(64, name="operations per forward")
 def ops_per_forward(key: str) -> int:
     """Tensor operations one batch-1 forward dispatches (counted on the meta device)."""
     spec = get_spec(key)
@@ -140,7 +140,7 @@ def ops_per_forward(key: str) -> int:
     return counter.ops
 
 
-@lru_cache(maxsize=None)
+@memo(64, name="model stats")
 def model_stats(key: str) -> ModelStats:
     spec = get_spec(key)
     model = spec.build_meta()

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from .errors import BadRequest
+
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 LABELS = tuple(str(d) for d in range(10))
@@ -22,7 +24,7 @@ MIN_CONTRAST = 0.12
 MIN_INK_PIXELS = 4
 
 
-class EmptyDrawing(ValueError):
+class EmptyDrawing(BadRequest):
     """There is no ink to read."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import settings
+from .errors import BadRequest
 
 # A 224 x 224 centre crop of a 4000 x 3 strip would resize it to 256 x 341,333 first.
 MAX_ASPECT = 25.0
@@ -29,7 +30,7 @@ ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 DRAFT_SIDE = 1024
 
 
-class ImageError(ValueError):
+class ImageError(BadRequest):
     """The input is not an image we can use; the message says why, for a person."""
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import BadRequest
 from . import settings
 from . import weights as W
 from .specs import ModelSpec
@@ -54,7 +55,7 @@ def pick_device(name: str | None = None) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("CUDA was asked for, but torch sees no CUDA device here")
+        raise BadRequest("CUDA was asked for, but torch sees no CUDA device here")
     return torch.device(name)
 
 

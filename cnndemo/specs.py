@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .errors import NotFound
+
 if TYPE_CHECKING:
     from .weights import WeightSource
 
@@ -116,7 +118,7 @@ class ModelSpec:
             if b.name == name:
                 return b
         known = ", ".join(b.name for b in self.blocks) or "none"
-        raise KeyError(f"{self.name} has no block {name!r}; blocks: {known}")
+        raise NotFound(f"{self.name} has no block {name!r}; blocks: {known}")
 
     def build(self) -> nn.Module:
         """A fresh, randomly initialised module in eval mode."""

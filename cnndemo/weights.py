@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import cancel, settings
+from .errors import UserError
 from .paths import WEIGHTS_DIR as BUNDLED_DIR
 
 ProgressFn = Callable[[float | None, str], None]
@@ -39,7 +40,7 @@ RETRY_AFTER_S = 300.0
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """A human-readable reason why weights could not be used."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision import models as tvm
 
+from .errors import NotFound
 from .archs.bn_inception import BLOCKS as BN_BLOCKS
 from .archs.bn_inception import bn_inception
 from .archs.mnist import D2L_TABLE, d2l_googlenet, mnist_inception, mnist_resnet
@@ -544,4 +545,4 @@ def get_spec(key: str) -> ModelSpec:
     try:
         return ZOO[key]
     except KeyError:
-        raise KeyError(f"unknown model {key!r}; choose one of: {', '.join(ZOO)}") from None
+        raise NotFound(f"unknown model {key!r}; choose one of: {', '.join(ZOO)}") from None

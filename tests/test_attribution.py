@@ -19,8 +19,8 @@ from cnndemo.attribution import (
     layer_choices,
     randomized_model,
     resolve_target,
-    spearman,
 )
+from cnndemo.scores import spearman
 from cnndemo.runtime import STORE, build_random
 from cnndemo.taps import hook_count
 from cnndemo.zoo import ZOO
@@ -156,7 +156,7 @@ def test_spearman_is_tie_aware_and_undefined_for_constant_maps():
 
 
 def _deletion(heat, model=None):
-    from cnndemo.attribution import deletion_curve
+    from cnndemo.scores import deletion_curve
 
     torch.manual_seed(0)
     model = model or torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
@@ -177,7 +177,7 @@ def test_deletion_ties_follow_the_random_order_and_flat_maps_score_nothing():
 
 
 def test_sanity_verdicts_say_when_they_mean_nothing():
-    from cnndemo.attribution import Sanity
+    from cnndemo.scores import Sanity
 
     assert "undefined" in Sanity(None, None, ("fc",)).verdict
     assert Sanity(None, None, ("fc",)).to_json()["rank_correlation"] is None

@@ -57,7 +57,7 @@ def test_architecture_figures_are_right_while_predictions_run_beside_them(monkey
     try:
         started.wait()
         costs.module_flops.cache_clear()
-        monkeypatch.setattr(anatomy, "_FIELDS", {})
+        anatomy._receptive_fields.cache_clear()
         beside = {k: _figures(k) for k in keys}
     finally:
         stop.set()

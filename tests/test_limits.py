@@ -315,12 +315,12 @@ def test_malformed_payloads_get_a_sentence_naming_the_parameter(server, api, dat
 
 def test_session_state_expires_and_sessions_are_capped():
     import app
-    from cnndemo.ui import guard
+    from cnndemo import settings
 
     config = app.demo.get_config_file()
     states = [c for c in config["components"] if c["type"] == "state"]
-    assert states and all(c["props"]["time_to_live"] == guard.STATE_TTL_S for c in states)
-    assert guard.SESSION_CAPACITY < 10_000  # Gradio's default would hold ~3.3 GB of sessions
+    assert states and all(c["props"]["time_to_live"] == settings.get().state_ttl_s == 1800 for c in states)
+    assert settings.get().sessions < 10_000  # Gradio's default would hold ~3.3 GB of sessions
 
 
 def test_lab_networks_never_share_a_cache_name(monkeypatch):

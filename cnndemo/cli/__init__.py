@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from . import explore, digits, attributions, compare, space, diagnostics  # noqa: F401 (each registers its commands)
 from .. import settings
+from ..errors import UserError
 from .common import COMMANDS, emit
 
 
@@ -43,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except KeyboardInterrupt:
         return 130
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (UserError, KeyError, ValueError, RuntimeError) as e:
+        # The library's refusals are a sentence; anything else is a bug, shown with its traceback.
+        if not isinstance(e, UserError):
+            traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         if getattr(args, "json", False):
             emit({"error": str(msg)})

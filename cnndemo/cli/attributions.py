@@ -8,23 +8,19 @@ import numpy as np
 from PIL import Image
 
 from .. import render
-from ..attribution import METHODS, Settings, attribute
-from ..images import ImageError
-from ..weights import WeightsError
+from ..attribution import METHODS, Settings, attribute, knobs
+from ..errors import UserError
 from .common import command, emit, fail, load_model, model_arg
 
 
 def _setup_attribute(p):
-    d = Settings()
     model_arg(p)
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--target", default=None, help="class index or name (default: the top prediction)")
     p.add_argument("--layer", default=None, help="Grad-CAM layer: a block (inception4d) or a branch (inception4d/3x3)")
     p.add_argument("--weights", metavar="FILE", help="your own state_dict")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"Integrated Gradients steps (default {d.steps})")
-    p.add_argument("--samples", type=int, default=d.samples, help=f"SmoothGrad / GradientSHAP samples (default {d.samples})")
-    p.add_argument("--window", type=int, default=d.window, help=f"Occlusion window in pixels (default {d.window})")
-    p.add_argument("--stride", type=int, default=d.stride, help=f"Occlusion stride in pixels (default {d.stride})")
+    for k in knobs().values():  # one flag per method knob, from its declaration
+        p.add_argument(f"--{k.name}", type=int if k.integer else float, default=k.default, help=k.describe())
     p.add_argument("--no-scores", action="store_true", help="skip the sanity and deletion scores")
     p.add_argument("--out", type=Path, help="PNG: overlay and signed map side by side")
     p.add_argument("--npy", type=Path, help="raw attribution (C x H x W; H x W for Grad-CAM)")
@@ -34,12 +30,12 @@ def _setup_attribute(p):
 
 @command("attribute", "an attribution map (Captum) with its sanity and deletion scores", _setup_attribute)
 def run_attribute(args) -> int:
-    settings = Settings(steps=args.steps, samples=args.samples, window=args.window, stride=args.stride)
     try:
+        settings = Settings(**{k.name: k.check(getattr(args, k.name)) for k in knobs().values()})
         model = load_model(args.model, args.weights)
         a = attribute(args.image, model, args.method, target=args.target, layer=args.layer,
                       settings=settings, scores=not args.no_scores)
-    except (ImageError, WeightsError, KeyError, ValueError) as e:
+    except UserError as e:
         return fail(args, e)
     out = a.to_json()
     out["image"] = args.image

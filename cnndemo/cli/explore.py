@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..errors import NotFound, UserError
 from .. import render
 from .. import weights as W
 from ..branches import ablate, block_infos, explore
@@ -154,7 +155,7 @@ def run_branches(args) -> int:
         ex = explore(args.image, model)
         block = ex.blocks.get(args.block)
         if block is None:
-            raise KeyError(f"{model.spec.name} has no block {args.block!r}; blocks: {', '.join(ex.blocks)}")
+            raise NotFound(f"{model.spec.name} has no block {args.block!r}; blocks: {', '.join(ex.blocks)}")
         out = {
             "image": args.image,
             "model": model.key,
@@ -165,7 +166,7 @@ def run_branches(args) -> int:
         if args.ablate:
             res = ablate(args.image, model, args.block, args.ablate, mode=args.mode)
             out.update(res.to_json())
-    except (ImageError, WeightsError, KeyError, ValueError) as e:
+    except UserError as e:
         return fail(args, e)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 import re
 
 import gradio as gr
@@ -11,13 +13,16 @@ import pandas as pd
 
 from .. import render
 from ..branches import explore
-from ..attribution import (METHODS, SANITY_THRESHOLD, Settings, add_scores, attribute, check_budget, get_method,
-                           layer_choices, request_tflop)
-from ..cancel import work_budget_tflop, check_budget as check_budget_total
+from ..attribution import (METHODS, Settings, add_scores, attribute, check_budget, get_method, knobs, layer_choices,
+                           request_tflop)
+from ..cancel import Cancelled, work_budget_tflop, check_budget as check_budget_total
+from ..errors import UserError
 from ..pipeline import prepare
+from ..scores import SANITY_THRESHOLD
 from ..zoo import DEFAULT_MODEL, ZOO
 from .serving import download_path
-from .common import MODEL_GROUP, by_name, examples, get_model, gr_progress, image_input, model_choices, user_errors, weights_banner, weights_kind
+from .common import (MODEL_GROUP, by_name, examples, get_model, gr_progress, image_input, log, model_choices, user_errors,
+                     weights_banner, weights_kind)
 
 SCORE_HELP = (
     "**Sanity** (Adebayo et al. 2018): rank correlation between this map and the same method's map "
@@ -27,7 +32,6 @@ SCORE_HELP = (
     "random order; a positive score means the map found pixels that matter more than random ones."
 )
 
-DEFAULT = Settings()
 ALT_OVERLAY = ("How strongly each pixel drove the explained class, as a heat map over the image (bright: strong); "
                "the method and target are in its title, the scores in the text beside it")
 ALT_SIGNED = "The same attribution with its sign: pixels for the class in orange, against it in purple"
@@ -117,23 +121,16 @@ def _save(img, a, suffix: str) -> str:
     return str(path)
 
 
-def _settings(steps, samples, window, stride) -> Settings:
-    return Settings(steps=int(steps), samples=int(samples), window=int(window), stride=int(stride))
-
-
 def attribute_steps(
     image: str | None,
     model: str,
     method: str = "ig",
     target: str | None = None,
     layer: str | None = None,
-    steps: float = DEFAULT.steps,
-    samples: float = DEFAULT.samples,
-    window: float = DEFAULT.window,
-    stride: float = DEFAULT.stride,
     checkpoint: dict | None = None,
     look: str | None = None,
     progress=gr.Progress(),
+    **knob_values,
 ):
     """An attribution map (which pixels drove the prediction) with its sanity and deletion scores.
 
@@ -143,16 +140,14 @@ def attribute_steps(
         method: {methods}.
         target: a class index or name; empty for the top prediction.
         layer: the Grad-CAM layer (a block, or block/branch); empty for the model's default.
-        steps: Integrated Gradients steps (4-128).
-        samples: SmoothGrad / GradientSHAP samples (1-32).
-        window: occlusion window in pixels.
-        stride: occlusion stride in pixels.
+        {knobs}
     """
     if not image:
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint, progress)
     layer = layer if (layer and get_method(method).uses_layer) else None
-    settings = _settings(steps, samples, window, stride)
+    ks = knobs()
+    settings = Settings(**{name: ks[name].clamp(value) for name, value in knob_values.items()})
     # The map is shown before its scores; refuse now if map and scores together are over budget.
     check_budget(lm.spec, method, settings, scores=True)
     inp = prepare(image, lm)  # decoded once, for the map and for its scores
@@ -170,7 +165,39 @@ def attribute_steps(
            "scores": scores_markdown(a), "deletion": deletion_frame(a)}
 
 
-attribute_steps.__doc__ = attribute_steps.__doc__.format(methods=", ".join(METHODS))
+def with_knob_parameters(fn, after: str = "layer"):
+    """``fn`` (taking the knob values as ``**knob_values``) as the handler Gradio calls: one
+    parameter per knob (``attribution.knobs()``, in method order) right after ``after``, with the
+    knob's default, documented from its declaration. The API's parameters, the sliders and the
+    input checks (each slider's range) all come from the methods' ``knobs``."""
+    ks = list(knobs().values())
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = [p.name for p in params].index(after) + 1
+    knob_params = [inspect.Parameter(k.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=k.default,
+                                     annotation=float) for k in ks]
+    signature = sig.replace(parameters=params[:at] + knob_params + params[at:])
+
+    def split(args, kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        return values, {k.name: values.pop(k.name) for k in ks}
+
+    if inspect.isgeneratorfunction(fn):
+        def handler(*args, **kwargs):
+            values, knob_values = split(args, kwargs)
+            yield from fn(**values, **knob_values)
+    else:
+        def handler(*args, **kwargs):
+            values, knob_values = split(args, kwargs)
+            return fn(**values, **knob_values)
+    functools.update_wrapper(handler, fn)
+    del handler.__wrapped__  # Gradio reads the signature below, not fn's
+    handler.__signature__ = signature
+    handler.__doc__ = (fn.__doc__ or "").format(
+        methods=", ".join(METHODS), knobs="\n        ".join(f"{k.name}: {k.describe()}." for k in ks))
+    return handler
 
 
 @user_errors
@@ -205,9 +232,15 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
             a = attribute(inp, lm, key, target=target or None, layer=layer if meth.uses_layer else None, scores=False)
             items.append(a)
             titles.append(f"{meth.name}\n{a.label} · {a.ms:.0f} ms")
-        except (ValueError, KeyError) as e:
+        except Cancelled:
+            raise
+        except UserError as e:  # this method refuses this model, layer or target: said in its cell
             items.append(None)
             titles.append(f"{meth.name}: refused\n{e}")
+        except Exception as e:  # a bug in one method: its cell says so, the log has the traceback
+            log.error("%s failed in the all-methods grid", meth.name, exc_info=e)
+            items.append(None)
+            titles.append(f"{meth.name}: failed\n{type(e).__name__}: {str(e)[:80]}")
     return render.attribution_grid(items, titles, cols=3, look=render.Look.parse(look))
 
 
@@ -271,14 +304,11 @@ def _shared_target_update(image, models: list[str] | None):
     return gr.Dropdown(choices=target_choices(image, models[0]) if models else [], value=None)
 
 
-def knobs():
-    d = DEFAULT
+def knob_sliders() -> list[gr.Slider]:
+    """One slider per method knob, from its declaration (range, default, label)."""
     with gr.Accordion("Quality knobs", open=False):
-        steps = gr.Slider(4, 128, value=d.steps, step=1, label="Integrated Gradients steps")
-        samples = gr.Slider(1, 32, value=d.samples, step=1, label="SmoothGrad / GradientSHAP samples")
-        window = gr.Slider(4, 96, value=d.window, step=1, label="Occlusion window (px)")
-        stride = gr.Slider(2, 64, value=d.stride, step=1, label="Occlusion stride (px)")
-    return steps, samples, window, stride
+        return [gr.Slider(k.low, k.high, value=k.default, step=1 if k.integer else None, label=k.label)
+                for k in knobs().values()]
 
 
 def build(checkpoint_state: gr.State, look: gr.State) -> dict:
@@ -293,7 +323,7 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
                                      label="Grad-CAM layer (a block, or one branch of it)", allow_custom_value=True)
             c["target"] = gr.Dropdown([], value=None, allow_custom_value=True,
                                       filterable=True, label="Target class (empty: the top prediction; or type any class name or index)")
-            c["knobs"] = knobs()
+            c["knobs"] = knob_sliders()
             with gr.Row():
                 c["run"] = gr.Button("Explain", variant="primary", elem_id="attr-run")
                 c["grid_btn"] = gr.Button("All methods at once")
@@ -331,7 +361,7 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
                                   interactive=False, label="class explained per model")
 
     knob_list = list(c["knobs"])
-    run, outputs = by_name(attribute_steps, c, RESULTS)
+    run, outputs = by_name(with_knob_parameters(attribute_steps), c, RESULTS)
     c["run"].click(
         user_errors(run),
         [c["image"], c["model"], c["method"], c["target"], c["layer"], *knob_list, checkpoint_state, look],
@@ -377,12 +407,10 @@ def compact_panel(explore: dict, checkpoint_state: gr.State, look: gr.State) -> 
             signed = gr.Image(label="signed map", show_label=False, interactive=False, buttons=["download"], alt_text=ALT_SIGNED)
         scores = gr.Markdown()
         gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
-    d = DEFAULT
     shown = {"overlay": overlay, "signed": signed, "scores": scores}
 
     def compact(image, model, meth, checkpoint, look, progress=gr.Progress()):
-        for out in attribute_steps(image, model, meth, None, None, d.steps, d.samples, d.window, d.stride,
-                                   checkpoint, look, progress=progress):
+        for out in attribute_steps(image, model, meth, None, None, checkpoint, look, progress=progress):
             yield {k: out[k] for k in shown}
 
     handler, outputs = by_name(compact, shown, shown)

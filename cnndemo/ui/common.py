@@ -8,16 +8,14 @@ import html
 import inspect
 import logging
 import threading
-import traceback
 
 import gradio as gr
 
 from ..cancel import Cancelled
-from ..digits import EmptyDrawing
-from ..images import ImageError
+from ..errors import UserError
 from ..runtime import STORE, LoadedModel
 from .. import prefetch
-from ..weights import WeightsError, WeightsInfo, availability, is_offline
+from ..weights import WeightsInfo, availability, is_offline
 from ..zoo import FAMILIES, ZOO
 from .serving import EXAMPLES_DIR, cancellable, guard_files, image_input  # noqa: F401 (re-exported)
 
@@ -32,11 +30,10 @@ def _as_gr_error(e: Exception, where: str) -> gr.Error:
         return e
     if isinstance(e, Cancelled):
         return gr.Error("The request was cancelled before it finished.", print_exception=False)
-    if isinstance(e, (ImageError, WeightsError, EmptyDrawing)):
+    if isinstance(e, UserError):  # the library's own refusals: a sentence for the user
         return gr.Error(str(e), print_exception=False)
-    if isinstance(e, (KeyError, ValueError)):
-        return gr.Error(str(e.args[0] if e.args else e), print_exception=False)
-    log.error("unexpected error in %s: %s", where, traceback.format_exc())
+    # Anything else is a bug: its traceback goes to the log, the user is told it was one.
+    log.error("unexpected error in %s", where, exc_info=e)
     return gr.Error(f"Internal error ({type(e).__name__}): {e}")
 
 

@@ -13,6 +13,7 @@ from .. import anatomy, render
 from ..branches import ablate, block_infos, explore
 from ..cache import LRU
 from ..digits import PHOTO_WARNING
+from ..errors import UserError
 from ..zoo import DEFAULT_MODEL, ZOO
 from .common import (
     MODEL_GROUP,
@@ -21,6 +22,7 @@ from .common import (
     get_model,
     guard_files,
     image_input,
+    log,
     model_choices,
     user_errors,
     weights_banner,
@@ -100,7 +102,9 @@ def on_checkpoint(file: str | None, model: str):
     state = {"key": model, "path": file, "name": Path(file).name}
     try:
         lm = get_model(model, state)
-    except Exception as e:
+    except Exception as e:  # refused (a UserError says why), or a bug: logged with its traceback
+        if not isinstance(e, UserError):
+            log.error("loading a checkpoint failed", exc_info=e)
         gr.Warning(str(e))
         return None, f"**Refused:** {html.escape(str(e))}", weights_banner(None, model)
     msg = f"Loaded **{html.escape(state['name'])}** into {lm.spec.name} for this session only."

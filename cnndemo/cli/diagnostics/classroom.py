@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from ...attribution import knobs
 from ...paths import EXAMPLES_DIR as EXAMPLES
 from .server import Server, start_server
 
@@ -28,7 +29,7 @@ DEFAULT_LESSON: list[dict] = [
      "args": {"image": "@cat.jpg", "model": "googlenet", "block": "inception4c", "branch": "3x3", "mode": "zero"}},
     {"step": "run Integrated Gradients", "api": "/attribute",
      "args": {"image": "@cat.jpg", "model": "googlenet", "method": "ig", "target": None, "layer": None,
-              "steps": 16, "samples": 8, "window": 32, "stride": 24}},
+              **{k.name: k.default for k in knobs().values()}}},
     {"step": "draw a digit", "api": "/digits", "args": {"image": "@digit"}},
 ]
 PREDICT_LESSON: list[dict] = [DEFAULT_LESSON[0]]
