@@ -8,7 +8,6 @@ by a hook that lives only for that call; the shared model is never modified.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -20,7 +19,7 @@ from .cache import LRU, memo
 from .pipeline import ImageLike, Input, load_for, prepare, resolve, timed, timed_forward
 from .predict import Prediction, top_classes
 from .runtime import LoadedModel
-from .specs import BlockSpec, ModelSpec
+from .specs import BlockSpec, ModelSpec, SpecError
 from .taps import Ablation, RawBlock, run_with_taps
 from .zoo import get_spec
 
@@ -146,6 +145,10 @@ def _block_infos(key: str) -> tuple[BlockInfo, ...]:
     infos = []
     for block in spec.blocks:
         rb = raw[block.name]
+        merged = tuple(block.combine(rb.branches).shape)
+        if merged != tuple(rb.output.shape):  # the branches do not tile the block's output
+            raise SpecError(f"{spec.key}/{block.name}: its branches, merged ({block.merge}), give {merged}, "
+                            f"but the block outputs {tuple(rb.output.shape)}: a branch is missing or mis-tapped")
         ranges = _channel_ranges(block, rb.branches)
         branches = tuple(
             BranchInfo(

@@ -7,7 +7,7 @@ builds, loads, hooks and explains models reads these records and never branches 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -51,24 +51,65 @@ class BranchSpec:
         return self.modules[-1:]
 
 
-Merge = Literal["concat", "add_relu", "single"]
+@dataclass(frozen=True)
+class Merge:
+    """How a block makes its output from its branch outputs: ``combine`` (what the block's
+    forward does), how many branches it takes, and its label in the block diagram."""
+
+    label: str
+    combine: Callable[[Sequence[torch.Tensor]], torch.Tensor]
+    min_branches: int
+    max_branches: int | None = None
+
+
+# Every merge a block may declare. A new kind of block (an inverted residual "add" without a
+# ReLU, say) adds its entry here; a BlockSpec naming a kind not here is refused at import.
+MERGES: dict[str, Merge] = {
+    "concat": Merge("concatenate along channels", lambda bs: torch.cat(list(bs), 1), 2),
+    "add_relu": Merge("add, then ReLU", lambda bs: torch.relu(bs[0] + bs[1]), 2, 2),
+    "single": Merge("one path: no merge", lambda bs: bs[0], 1, 1),
+}
+
+
+class SpecError(NotFound):
+    """A spec that cannot describe a real block or model (raised when the zoo is built)."""
 
 
 @dataclass(frozen=True)
 class BlockSpec:
     """A multi-branch block: where it is, how its branches combine, and the branches in order.
 
-    ``merge`` says how the block output is made from the branch outputs: ``concat`` along
-    channels (Inception, Fire), ``add_relu`` (ResNet: relu(residual + shortcut)), or
-    ``single`` for a plain stage with one path (VGG's conv stages).
+    ``merge`` names an entry of ``MERGES``: ``concat`` along channels (Inception, Fire),
+    ``add_relu`` (ResNet: relu(residual + shortcut)), or ``single`` for a plain stage with one
+    path (VGG's conv stages). Checked when the spec is made: the merge is known, it takes this
+    many branches, and the branch names are distinct. That the branches' channels tile the
+    block's output is checked on the meta device when the block is first described
+    (``branches.block_infos``).
     """
 
     name: str
     path: str
     kind: str
     branches: tuple[BranchSpec, ...]
-    merge: Merge = "concat"
+    merge: str = "concat"
     shared: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.merge not in MERGES:
+            raise SpecError(f"block {self.name!r}: unknown merge {self.merge!r}; known: {', '.join(MERGES)} "
+                            "(add a new one to specs.MERGES)")
+        m = MERGES[self.merge]
+        n = len(self.branches)
+        if n < m.min_branches or (m.max_branches is not None and n > m.max_branches):
+            want = m.min_branches if m.max_branches == m.min_branches else f"{m.min_branches} or more"
+            raise SpecError(f"block {self.name!r}: a {self.merge} merge takes {want} branches, not {n}")
+        names = [b.name for b in self.branches]
+        if len(set(names)) != n:
+            raise SpecError(f"block {self.name!r}: branch names repeat: {names}")
+
+    def combine(self, branches: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The block's output from its branch outputs, as its forward makes it."""
+        return MERGES[self.merge].combine(branches)
 
 
 @dataclass(frozen=True)
@@ -95,7 +136,6 @@ class ModelSpec:
     inputs: InputSpec
     labels: Callable[[], tuple[str, ...]]
     paper: Paper
-    reference: str = ""
     blocks: tuple[BlockSpec, ...] = ()
     gradcam_layer: str | None = None
     notes: tuple[str, ...] = ()
@@ -119,6 +159,17 @@ class ModelSpec:
                 return b
         known = ", ".join(b.name for b in self.blocks) or "none"
         raise NotFound(f"{self.name} has no block {name!r}; blocks: {known}")
+
+    def __post_init__(self):
+        names = [b.name for b in self.blocks]
+        if len(set(names)) != len(names):
+            raise SpecError(f"{self.key}: block names repeat")
+        if self.default_block is not None and self.default_block not in names:
+            raise SpecError(f"{self.key}: default_block {self.default_block!r} is not one of its blocks")
+        if self.blocks and self.default_block is None:
+            raise SpecError(f"{self.key}: a model with blocks names the one every view opens with (default_block)")
+        if not self.family:
+            raise SpecError(f"{self.key}: no family (the model menus group by it)")
 
     def build(self) -> nn.Module:
         """A fresh, randomly initialised module in eval mode."""

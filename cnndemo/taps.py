@@ -34,15 +34,6 @@ class RawBlock:
     branches: list[torch.Tensor]
 
 
-def merge(block: BlockSpec, branches: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Recompute a block's output from its branch outputs, as the block's forward does."""
-    if block.merge == "concat":
-        return torch.cat(list(branches), 1)
-    if block.merge == "add_relu":
-        return torch.relu(branches[0] + branches[1])
-    return branches[0]
-
-
 def knock_out(t: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "zero":
         return torch.zeros_like(t)
@@ -96,7 +87,7 @@ def run_with_taps(
             idx = [br.name for br in block.branches].index(ablation.branch)
             branches = list(branches)
             branches[idx] = knock_out(branches[idx], ablation.mode)
-            replaced = merge(block, branches)
+            replaced = block.combine(branches)
             out = replaced
         captured[block.name] = RawBlock(block, out, branches)
         return replaced

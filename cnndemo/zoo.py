@@ -19,13 +19,13 @@ from .digits import MNIST_MEAN, MNIST_STD, DigitTransform
 from .specs import BlockSpec, BranchSpec, InputSpec, ModelSpec, Paper
 from .weights import BundledWeights, TorchvisionWeights
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _photo_inputs(weights_enum, size: int, min_side: int = 32) -> InputSpec:
-    # torchvision's own preset for these weights (resize, centre crop, normalise).
-    return InputSpec((3, size, size), IMAGENET_MEAN, IMAGENET_STD, weights_enum.transforms(), min_side=min_side)
+def _photo_inputs(weights_enum, min_side: int | None = None) -> InputSpec:
+    """What torchvision's Weights enum already knows: its preset (resize, centre crop,
+    normalise), the crop size, mean and std, and the smallest input side (``meta["min_size"]``)."""
+    preset = weights_enum.transforms()
+    size = preset.crop_size[0]
+    side = min_side if min_side is not None else weights_enum.meta["min_size"][0]
+    return InputSpec((3, size, size), tuple(preset.mean), tuple(preset.std), preset, min_side=side)
 
 
 def _digit_inputs(size: int) -> InputSpec:
@@ -375,11 +375,11 @@ _R50 = tvm.ResNet50_Weights.IMAGENET1K_V2
 _VGG = tvm.VGG16_Weights.IMAGENET1K_V1
 _SQ = tvm.SqueezeNet1_0_Weights.IMAGENET1K_V1
 
-def _imagenet(enum, size: int, *, published: bool = True, min_side: int = 32, **fields) -> ModelSpec:
-    """A photo model read as the torchvision weights ``enum`` were trained: their preset and
-    categories (and the weights themselves, when ``published``)."""
+def _imagenet(enum, *, published: bool = True, min_side: int | None = None, **fields) -> ModelSpec:
+    """A photo model read as the torchvision weights ``enum`` were trained: their preset, input
+    size and categories (and the weights themselves, when ``published``)."""
     return ModelSpec(weights=TorchvisionWeights(enum) if published else None,
-                     inputs=_photo_inputs(enum, size, min_side), labels=_categories(enum), **fields)
+                     inputs=_photo_inputs(enum, min_side), labels=_categories(enum), **fields)
 
 
 def _digit_net(key: str, size: int, **fields) -> ModelSpec:
@@ -393,14 +393,13 @@ ZOO: dict[str, ModelSpec] = {
     s.key: s
     for s in (
         _imagenet(
-            _G, 224,
+            _G,
             key="googlenet",
             name="GoogLeNet (Inception v1)",
             description="The 2014 ImageNet winner: nine Inception blocks of parallel 1x1, 3x3 and pooling paths.",
             family="Inception",
             builder=_googlenet,
             paper=_PAPERS["googlenet"],
-            reference="seeds 002, 003 (d2l GoogLeNet); torchvision models.googlenet",
             blocks=_googlenet_blocks(),
             gradcam_layer="inception5b",
             default_block="inception4c",
@@ -412,14 +411,13 @@ ZOO: dict[str, ModelSpec] = {
             ),
         ),
         _imagenet(
-            _G, 224, published=False,
+            _G, published=False, min_side=32,  # its own stem: GoogLeNet's min_size does not describe it
             key="bn_inception",
             name="BN-Inception (Inception v2)",
             description="GoogLeNet with BatchNorm after every conv and 5x5 paths replaced by two 3x3 convs.",
             family="Inception",
             builder=bn_inception,
             paper=_PAPERS["bn"],
-            reference="seed 000 (GoogLeNet InceptionV2), built here from its channel table",
             blocks=_bn_inception_blocks(),
             gradcam_layer="inception5b",
             default_block="inception4c",
@@ -432,14 +430,13 @@ ZOO: dict[str, ModelSpec] = {
             ),
         ),
         _imagenet(
-            _V3, 299, min_side=75,  # its stem's strides and pools need 75 px
+            _V3,
             key="inception_v3",
             name="Inception-v3",
             description="Factorised convolutions (1x7 + 7x1, split 3x3) and grid reductions, read at 299x299.",
             family="Inception",
             builder=_inception_v3,
             paper=_PAPERS["v3"],
-            reference="seed 004 (common ImageNet models); torchvision models.inception_v3",
             blocks=_inception_v3_blocks(),
             gradcam_layer="Mixed_7c",
             default_block="Mixed_6c",
@@ -451,28 +448,26 @@ ZOO: dict[str, ModelSpec] = {
             ),
         ),
         _imagenet(
-            _R50, 224,
+            _R50,
             key="resnet50",
             name="ResNet-50",
             description="16 bottleneck blocks, each adding a learned residual to an identity or projection shortcut.",
             family="Residual",
             builder=_resnet50,
             paper=_PAPERS["resnet"],
-            reference="seed 004 (common ImageNet models); torchvision models.resnet50",
             blocks=_bottleneck_blocks((3, 4, 6, 3)),
             gradcam_layer="layer4",
             default_block="layer3.0",
             top_layers=("fc", "layer4.2"),
         ),
         _imagenet(
-            _VGG, 224,
+            _VGG,
             key="vgg16",
             name="VGG-16",
             description="Thirteen 3x3 convs in five plain stages: deep, simple, and very large.",
             family="Plain",
             builder=_vgg16,
             paper=_PAPERS["vgg"],
-            reference="seed 004 (common ImageNet models); torchvision models.vgg16",
             blocks=_vgg_stages(),
             gradcam_layer="features.29",
             default_block="stage4",
@@ -480,14 +475,13 @@ ZOO: dict[str, ModelSpec] = {
             notes=("VGG-16 has no parallel branches: the branch views show its five conv stages.",),
         ),
         _imagenet(
-            _SQ, 224,
+            _SQ,
             key="squeezenet1_0",
             name="SqueezeNet 1.0",
             description="AlexNet-level accuracy from 1.2M parameters: Fire modules squeeze, then expand 1x1 and 3x3.",
             family="Compact",
             builder=_squeezenet1_0,
             paper=_PAPERS["squeezenet"],
-            reference="seed 004 (common ImageNet models); torchvision models.squeezenet1_0",
             blocks=_fire_blocks(),
             gradcam_layer="features.12",
             default_block="fire5",
@@ -499,7 +493,6 @@ ZOO: dict[str, ModelSpec] = {
             description="Two convs, each followed by a four-branch Inception module; trained here on MNIST.",
             builder=mnist_inception,
             paper=_PAPERS["mnist"],
-            reference="seed 001 (CNN advanced: GoogLeNet Inception module)",
             blocks=_mnist_inception_blocks(),
             gradcam_layer="incept2",
             default_block="incept1",
@@ -511,7 +504,6 @@ ZOO: dict[str, ModelSpec] = {
             description="Two convs, each followed by a residual block relu(x + F(x)); trained here on MNIST.",
             builder=mnist_resnet,
             paper=_PAPERS["mnist"],
-            reference="seed 001 (CNN advanced: residual network)",
             blocks=_mnist_resnet_blocks(),
             gradcam_layer="rblock2",
             default_block="rblock1",
@@ -522,7 +514,6 @@ ZOO: dict[str, ModelSpec] = {
             description="The d2l GoogLeNet: five stages, nine Inception blocks, 1 channel at 96x96; trained here.",
             builder=d2l_googlenet,
             paper=_PAPERS["d2l"],
-            reference="seeds 002, 003 (d2l GoogLeNet)",
             blocks=_d2l_blocks(),
             gradcam_layer="b5.1",
             default_block="inception4c",
@@ -530,7 +521,14 @@ ZOO: dict[str, ModelSpec] = {
     )
 }
 
-FAMILIES = ("Inception", "Residual", "Plain", "Compact", "Digits")
+
+
+def families() -> tuple[str, ...]:
+    """The model families, in zoo order (the menus group by them): a new family is simply a new
+    ``family`` value in ``ZOO``."""
+    return tuple(dict.fromkeys(s.family for s in ZOO.values()))
+
+
 IMAGENET_KEYS = tuple(k for k, s in ZOO.items() if s.inputs.kind == "photo")
 DIGIT_KEYS = tuple(k for k, s in ZOO.items() if s.inputs.kind == "digit")
 # Models whose weights are published online (fetch-weights and the background prefetch get them).

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..runtime import STORE, LoadedModel
 from .. import prefetch
 from ..weights import WeightsInfo, availability, is_offline
-from ..zoo import FAMILIES, ZOO
+from ..zoo import ZOO, families
 from .serving import EXAMPLES_DIR, cancellable, guard_files, image_input  # noqa: F401 (re-exported)
 
 log = logging.getLogger("cnndemo")
@@ -157,7 +157,7 @@ def requests_running() -> int:
 def model_choices(kind: str | None = None) -> list[tuple[str, str]]:
     """Dropdown choices grouped by family: ('Inception · GoogLeNet (Inception v1)', 'googlenet')."""
     out = []
-    for fam in FAMILIES:
+    for fam in families():
         for spec in ZOO.values():
             if spec.family == fam and (kind is None or spec.inputs.kind == kind):
                 out.append((f"{fam} · {spec.name}", spec.key))

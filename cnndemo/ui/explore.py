@@ -14,6 +14,7 @@ from ..branches import ablate, block_infos, explore
 from ..cache import LRU
 from ..digits import PHOTO_WARNING
 from ..errors import UserError
+from ..specs import MERGES
 from ..zoo import DEFAULT_MODEL, ZOO
 from .common import (
     MODEL_GROUP,
@@ -202,8 +203,7 @@ def block_diagram(key: str, block: str, selected: str | None = None) -> str:
             f"<div class='cz-bname'>{html.escape(b.name)}</div>{layers}"
             f"<div class='cz-shape'>→ {' × '.join(map(str, b.shape))}<br>{ch}</div></button>"
         )
-    merge = {"concat": "concatenate along channels", "add_relu": "add, then ReLU",
-             "single": "one path: no merge"}.get(info.merge, info.merge)
+    merge = MERGES[info.merge].label
     shared = (f"<div class='cz-shared'>shared: {html.escape(info.shared)}</div>" if info.shared else "")
     return (
         f"<div class='cz-diagram' role='group' aria-label='block diagram of {html.escape(info.name)}'>"
