@@ -27,6 +27,7 @@ from torch import nn
 
 from .errors import BadRequest, NotFound
 from . import cancel
+from .cancel import ProgressFn
 from .cache import memo
 from .archs.module_relu import with_module_relus
 from .costs import module_flops
@@ -36,8 +37,6 @@ from .scores import SCORES, Deletion, Sanity, ScoreInput
 from .specs import ModelSpec
 from .weights import WeightsInfo
 from .zoo import get_spec
-
-ProgressFn = Callable[[float | None, str], None]
 
 # Batch of perturbed inputs per forward/backward (IG steps, SmoothGrad samples, occlusion
 # windows, deletion images). Measured with `python -m cnndemo bench-attribution --sweep-batch`

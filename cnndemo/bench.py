@@ -31,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import BadRequest
 from . import cancel
+from .cancel import ProgressFn
 from .cache import memo
 from .paths import BENCH_DIR
 from .pipeline import sync
@@ -478,7 +479,6 @@ def noise_note(results: list[dict], others_running: int = 0) -> str | None:
             ". Compare settings by their bars, not their exact values, or measure again when the machine is idle.")
 
 
-ProgressFn = Callable[[float | None, str], None]
 
 
 def run_benchmark(
@@ -643,11 +643,3 @@ def estimated_seconds(tflop: float, device: str, models: int = 1) -> tuple[float
         return None
     rate, name = ref
     return tflop * 1e12 / rate + models, name
-
-
-def results_file_name(env: dict) -> str:
-    name = env.get("device_name", env.get("device", "device"))
-    slug = "".join(ch.lower() if ch.isalnum() else "-" for ch in name).strip("-")
-    while "--" in slug:
-        slug = slug.replace("--", "-")
-    return f"{env.get('device', 'cpu')}-{slug[:60]}.json"

@@ -16,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import settings
 from .errors import BadRequest
+
+# Progress of long work: (fraction done or None, what is happening now). Every long call takes one.
+ProgressFn = Callable[[float | None, str], None]
 
 _TOKEN: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("cnndemo_cancel", default=None)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import BadRequest
 from . import settings
+from .cancel import ProgressFn
 from . import weights as W
 from .specs import ModelSpec
 from .zoo import get_spec
@@ -119,7 +120,7 @@ def _random_info(spec: ModelSpec, reason: str) -> W.WeightsInfo:
 
 
 def load_published(
-    spec: ModelSpec, module: nn.Module, progress: W.ProgressFn | None = None
+    spec: ModelSpec, module: nn.Module, progress: ProgressFn | None = None
 ) -> W.WeightsInfo:
     """Load the spec's published or bundled weights into ``module``; random (and why) if none."""
     src = spec.weights
@@ -165,7 +166,7 @@ class ModelStore:
         key: str,
         *,
         checkpoint: str | Path | None = None,
-        progress: W.ProgressFn | None = None,
+        progress: ProgressFn | None = None,
     ) -> LoadedModel:
         """The model ``key`` with its published weights, or with the user's ``checkpoint``.
 

@@ -29,10 +29,9 @@ import torch
 from torch import nn
 
 from . import cancel, settings
+from .cancel import ProgressFn
 from .errors import UserError
 from .paths import WEIGHTS_DIR as BUNDLED_DIR
-
-ProgressFn = Callable[[float | None, str], None]
 
 # After a failed download, do not try the network again for this model for a while.
 RETRY_AFTER_S = 300.0

@@ -259,7 +259,8 @@ def test_live_compare_rows_show_mode_and_share_of_peak():
 
     import asyncio
 
-    rows, note, _bubble, data = asyncio.run(run_compare(["squeezenet1_0"], "cpu", [1, 2], "bf16", False, False, 3))
+    out = asyncio.run(run_compare(["squeezenet1_0"], "cpu", [1, 2], "bf16", False, False, 3))
+    rows, note, data = out["results"], out["note"], out["json"]
     live = [dict(zip(RESULT_HEADERS, r)) for r in rows if r[0] == "live"]
     assert [r["batch"] for r in live] == [1, 2] and all(r["mode"] == "eager" for r in live)
     assert all(r["precision"] == "bf16 CL" for r in live)  # cast half precision runs channels_last

@@ -152,15 +152,16 @@ def test_the_block_share_chart_keeps_the_block_order_and_the_diagram_colours():
     assert chart.sort == names and names != sorted(names)
     assert [chart.color_map[n] for n in names] == branch_colours_hex()[:len(names)]
     # The endpoint itself keeps returning the plain table (an update object would change its API).
-    table = asyncio.run(show_branches(six, "mnist_inception", "incept1"))[2]
+    table = asyncio.run(show_branches(six, "mnist_inception", "incept1"))["share_plot"]
     assert list(table["branch"]) == names
 
 
 def test_cross_model_attribution_can_explain_one_shared_target():
     from cnndemo.ui.attributions import run_compare
 
-    grid, rows = asyncio.run(run_compare(str(ROOT / "assets/examples/cat.jpg"), ["squeezenet1_0", "resnet50"],
-                                         "gradcam", target="281", progress=lambda *a, **k: None))
+    out = asyncio.run(run_compare(str(ROOT / "assets/examples/cat.jpg"), ["squeezenet1_0", "resnet50"],
+                                  "gradcam", target="281", progress=lambda *a, **k: None))
+    grid, rows = out["cmp_grid"], out["cmp_table"]
     assert grid.size[0] > 600
     assert {r[1] for r in rows} == {"tabby"}  # both explain class 281, whatever their own top-1
 

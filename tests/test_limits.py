@@ -339,5 +339,5 @@ def test_lab_networks_never_share_a_cache_name(monkeypatch):
     names = set()
     for _ in range(30):
         *_, last = digits.train_lab.__wrapped__("mnist_resnet", 1, 64, 0.05, 500, None)
-        names.add(last[-1]["mnist_resnet"].weights.ident)
+        names.add(last["session"]["mnist_resnet"].weights.ident)
     assert len(names) == 30

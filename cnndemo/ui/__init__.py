@@ -62,30 +62,38 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Digits", id="digits") as digits_tab:
                 digits.build(look)
         start_used = gr.BrowserState(False, storage_key="cnndemo-start-used")
+        ticker = gr.Timer(2.0, active=False)
         # The panel starts shown; page load only ever hides it (a late answer never brings back a
         # panel that "hide" closed meanwhile).
         demo.load(lambda used: gr.Column(visible=False) if used else gr.skip(), [start_used], [start["panel"]],
                   api_visibility="private", queue=False)
-        demo.load(start_panel.refresh, None, [start["steps"], start["go"]], api_visibility="private", queue=False)
-        start["go"].click(start_panel.go, [ex["model"]], [ex["model"], tabs], api_visibility="private",
-                          queue=False).then(start_panel.image, None, [ex["image"]], api_visibility="private",
-                                            queue=False).then(None, js=start_panel.SCROLL_TO_RESULT_JS,
-                                                              api_visibility="private")
+        # The page's components by name, for the handlers that fill several of them.
+        page = {**start, "model": ex["model"], "image": ex["image"], "tabs": tabs, "start_used": start_used,
+                "status": status, "ticker": ticker}
+        refresh, refreshed = by_name(start_panel.refresh, page, ("steps", "go"))
+        demo.load(refresh, None, refreshed, api_visibility="private", queue=False)
+        go, gone = by_name(start_panel.go, page, ("model", "tabs"))
+        first_image, first_image_outputs = by_name(start_panel.image, page, ("image",))
+        start["go"].click(go, [ex["model"]], gone, api_visibility="private", queue=False).then(
+            first_image, None, first_image_outputs, api_visibility="private", queue=False).then(
+            None, js=start_panel.SCROLL_TO_RESULT_JS, api_visibility="private")
         # Used to the end (a branch knocked out) or dismissed: the panel goes, for good in this browser.
-        gr.on([ex["ablate"].click, start["close"].click], lambda: (gr.Column(visible=False), True), None,
-              [start["panel"], start_used], api_visibility="private", queue=False)
+        hide, hidden = by_name(lambda: {"panel": gr.Column(visible=False), "start_used": True}, page,
+                               ("panel", "start_used"))
+        gr.on([ex["ablate"].click, start["close"].click], hide, None, hidden, api_visibility="private", queue=False)
         # One image across Explore and Attributions: the tab opened shows the image last given.
         attr_tab.select(carry_image, [ex["image"], att["image"]], [att["image"]], api_visibility="private", queue=False)
         explore_tab.select(carry_image, [att["image"], ex["image"]], [ex["image"]], api_visibility="private", queue=False)
         # The Sketchpad opens with no tool selected; pick the brush so a class can draw at once.
         digits_tab.select(None, None, None, js=digits.SELECT_BRUSH_JS, api_visibility="private")
         # While weights are fetched in the background, the status line refreshes itself.
-        ticker = gr.Timer(2.0, active=False)
-        demo.load(weights_status, None, [status, ticker], api_visibility="private")
-        ticker.tick(weights_status, None, [status, ticker], api_visibility="private")
+        line, line_outputs = by_name(weights_status, page, ("status", "ticker"))
+        demo.load(line, None, line_outputs, api_visibility="private")
+        ticker.tick(line, None, line_outputs, api_visibility="private")
         load, loaded = by_name(compare.on_load, cmp, compare.LOADED)
         demo.load(load, None, loaded, api_visibility="private")
-        demo.load(lambda: explore.on_load(ex), None, [ex["arch"], ex["diagram"]], api_visibility="private")
+        load_explore, loaded_explore = by_name(explore.on_load, ex, ("arch", "diagram"))
+        demo.load(load_explore, [ex["model"]], loaded_explore, api_visibility="private")
     # Classroom tuning (README): network-running events at once, and how long the queue may grow
     # before new requests are turned away.
     demo.queue(max_size=settings.get().queue_max, default_concurrency_limit=settings.get().workers)

@@ -277,7 +277,8 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
     cols = 3 if len(items) > 4 else len(items)
     shared = f"shared target: {items[0].label} ({items[0].target})" if target else "each model explains its own top-1"
     title = f"{get_method(method).name} · {shared}"
-    return render.attribution_grid(items, titles, cols=cols, title=title, look=render.Look.parse(look)), rows
+    return {"cmp_grid": render.attribution_grid(items, titles, cols=cols, title=title, look=render.Look.parse(look)),
+            "cmp_table": rows}
 
 
 RESULTS = ("overlay", "signed", "scores", "deletion", "json", "files", "banner")
@@ -373,9 +374,9 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
         run_all_methods, [c["image"], c["model"], c["target"], c["layer"], checkpoint_state, look], [c["grid"]],
         api_name="attribute_grid", concurrency_id=MODEL_GROUP,
     )
+    compared, compared_outputs = by_name(run_compare, c, ("cmp_grid", "cmp_table"))
     c["cmp_run"].click(
-        run_compare, [c["image"], c["cmp_models"], c["cmp_method"], c["cmp_target"], look],
-        [c["cmp_grid"], c["cmp_table"]],
+        compared, [c["image"], c["cmp_models"], c["cmp_method"], c["cmp_target"], look], compared_outputs,
         api_name="attribute_compare", concurrency_id=MODEL_GROUP,
     )
     c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private")
@@ -383,9 +384,10 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     cleared, cleared_outputs = by_name(_cleared, c, (*RESULTS, "grid"))
     gr.on([c["model"].change, c["image"].change, c["method"].input, c["target"].input, c["layer"].input],
           cleared, [c["model"]], cleared_outputs, api_visibility="private", queue=False)
+    cmp_cleared, cmp_cleared_outputs = by_name(lambda: {"cmp_grid": None, "cmp_table": None}, c,
+                                               ("cmp_grid", "cmp_table"))
     gr.on([c["image"].change, c["cmp_models"].change, c["cmp_method"].input, c["cmp_target"].input],
-          lambda: (None, None), None,
-          [c["cmp_grid"], c["cmp_table"]], api_visibility="private", queue=False)
+          cmp_cleared, None, cmp_cleared_outputs, api_visibility="private", queue=False)
     gr.on([c["model"].change, c["image"].change], _target_update, [c["image"], c["model"], checkpoint_state],
           [c["target"]], api_visibility="private", concurrency_id=MODEL_GROUP)
     # The shared target's suggestions: the image's top-5 on the first model compared (the photo
@@ -418,5 +420,6 @@ def compact_panel(explore: dict, checkpoint_state: gr.State, look: gr.State) -> 
         user_errors(handler), [explore["image"], explore["model"], method, checkpoint_state, look], outputs,
         api_name="attribute_compact", api_visibility="private", concurrency_id=MODEL_GROUP,
     )
-    gr.on([explore["model"].change, explore["image"].change, method.input], lambda: (None, None, ""), None,
-          [overlay, signed, scores], api_visibility="private", queue=False)
+    cleared, cleared_outputs = by_name(lambda: {"overlay": None, "signed": None, "scores": ""}, shown, shown)
+    gr.on([explore["model"].change, explore["image"].change, method.input], cleared, None, cleared_outputs,
+          api_visibility="private", queue=False)

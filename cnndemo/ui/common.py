@@ -119,23 +119,29 @@ def by_name(fn, c: dict, names):
     ``(handler, outputs)``: pass both to the event.
     """
     components = {name: c[name] for name in names}
+    where = getattr(fn, "__qualname__", repr(fn))
 
     def convert(values: dict) -> dict:
+        if not isinstance(values, dict):  # one style: a handler never returns a tuple
+            raise TypeError(f"{where} must return {{name: value}}, not {type(values).__name__}")
+        unknown = set(values) - set(components)
+        if unknown:
+            raise KeyError(f"{where} returned outputs it does not declare: {sorted(unknown)}")
         return {components[name]: value for name, value in values.items()}
 
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
-        def gen_handler(*args, **kwargs):
+        def handler(*args, **kwargs):
             for values in fn(*args, **kwargs):
                 yield convert(values)
+    else:
 
-        return gen_handler, list(components.values())
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            return convert(fn(*args, **kwargs))
 
-    @functools.wraps(fn)
-    def handler(*args, **kwargs):
-        return convert(fn(*args, **kwargs))
-
+    handler.__by_name__ = tuple(names)
     return handler, list(components.values())
 
 
@@ -224,7 +230,7 @@ def weights_status():
     fetching = prefetch.status()
     if fetching.total:
         line = f"{prefetch.describe(fetching)}.  \n" + line
-    return line, gr.Timer(active=fetching.running)
+    return {"status": line, "ticker": gr.Timer(active=fetching.running)}
 
 
 def examples() -> list[str]:

@@ -14,7 +14,7 @@ from ..cancel import work_budget_tflop, check_budget
 from ..costs import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
 from ..runtime import pick_device
 from ..zoo import DEFAULT_MODEL, ZOO
-from .common import gr_progress, model_choices, requests_running, user_errors
+from .common import by_name, gr_progress, model_choices, requests_running, user_errors
 
 BENCH_GROUP = "bench"
 # Live measurements by settings: a second click on the same settings shows the same run.
@@ -278,7 +278,7 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
                                       f"{r['precision']}: {r['error']}" for r in refused)
     lat = _latency_b1(data)
     bubble = bubble_figure(lat, f"live: {env['device_name']}") if lat else None
-    return result_rows(data, "live") + reference_rows(), note, bubble, data
+    return {"results": result_rows(data, "live") + reference_rows(), "note": note, "bubble": bubble, "json": data}
 
 
 def _scaling_runs(model: str) -> int:
@@ -339,7 +339,7 @@ def run_scaling(model: str, progress=gr.Progress()):
                                  title=f"{name}: latency vs input resolution")
     note = (f"{name} on {data['device'].upper()}: every point is the median of {data['runs']} passes, all settings "
             "timed interleaved (round after round), with its p10-p90 spread as a bar.")
-    return by_batch, by_res, _noise_first(data, note), data
+    return {"by_batch": by_batch, "by_res": by_res, "scale_note": _noise_first(data, note), "scale_json": data}
 
 
 def anatomy_tables(model: str, block: str | None):
@@ -363,7 +363,8 @@ def anatomy_tables(model: str, block: str | None):
                  f"{s.params_saved:.0%} / {s.flops_saved:.0%}",
                  "-" if s.textbook_saved is None else f"{s.textbook_saved:.0%}", s.why]
                 for s in savings]
-    return stages, branches, sav_rows or [["-", "no such design choice in this model", "", "", "", "", ""]]
+    return {"stages": stages, "branch_costs": branches,
+            "savings": sav_rows or [["-", "no such design choice in this model", "", "", "", "", ""]]}
 
 
 anatomy = user_errors(anatomy_tables)
@@ -443,26 +444,27 @@ def build() -> dict:
         column_widths=["11%", "13%", "20%", "19%", "9%", "8%", "20%"],
     )
 
+    measured, measured_outputs = by_name(run_compare, c, ("results", "note", "bubble", "json"))
     c["go"].click(
-        run_compare,
+        measured,
         [c["models"], c["device"], c["batches"], c["precision"], c["channels_last"], c["compile"], c["runs"]],
-        [c["results"], c["note"], c["bubble"], c["json"]],
-        api_name="compare", concurrency_id=BENCH_GROUP, concurrency_limit=1,
+        measured_outputs, api_name="compare", concurrency_id=BENCH_GROUP, concurrency_limit=1,
     )
     estimate_inputs = [c["models"], c["device"], c["batches"], c["compile"], c["runs"]]
     gr.on([c[k].change for k in ("models", "device", "batches", "compile", "runs")], user_errors(bench_estimate),
           estimate_inputs, [c["estimate"]], api_visibility="private", queue=False)
-    c["quick"].click(lambda: (QUICK["models"], QUICK["batches"], QUICK["runs"], QUICK["compile"]), None,
-                     [c["models"], c["batches"], c["runs"], c["compile"]], api_visibility="private", queue=False)
+    quick, quick_outputs = by_name(lambda: {k: QUICK[k] for k in ("models", "batches", "runs", "compile")}, c,
+                                   ("models", "batches", "runs", "compile"))
+    c["quick"].click(quick, None, quick_outputs, api_visibility="private", queue=False)
     c["scale_model"].change(user_errors(scaling_estimate), [c["scale_model"]], [c["scale_estimate"]],
                             api_visibility="private", queue=False)
-    c["scale_go"].click(run_scaling, [c["scale_model"]], [c["by_batch"], c["by_res"], c["scale_note"], c["scale_json"]],
-                        api_name="scaling", concurrency_id=BENCH_GROUP, concurrency_limit=1)
+    scaled, scaled_outputs = by_name(run_scaling, c, ("by_batch", "by_res", "scale_note", "scale_json"))
+    c["scale_go"].click(scaled, [c["scale_model"]], scaled_outputs, api_name="scaling", concurrency_id=BENCH_GROUP,
+                        concurrency_limit=1)
+    tables, table_outputs = by_name(anatomy, c, ("stages", "branch_costs", "savings"))
     c["an_model"].change(_blocks_update, [c["an_model"]], [c["an_block"]], api_visibility="private").then(
-        anatomy, [c["an_model"], c["an_block"]], [c["stages"], c["branch_costs"], c["savings"]],
-        api_name="anatomy_refresh", api_visibility="private")
-    c["an_block"].input(anatomy, [c["an_model"], c["an_block"]], [c["stages"], c["branch_costs"], c["savings"]],
-                        api_name="anatomy")
+        tables, [c["an_model"], c["an_block"]], table_outputs, api_name="anatomy_refresh", api_visibility="private")
+    c["an_block"].input(tables, [c["an_model"], c["an_block"]], table_outputs, api_name="anatomy")
     return c
 
 
@@ -473,11 +475,10 @@ LOADED = ("stats", "params_plot", "flops_plot", "reference", "results", "bubble"
 def on_load() -> dict:
     """Fill the Compare tab's static parts (cheap: counted once on the meta device, then cached)."""
     params, flops = cost_frames()
-    stages, branches, savings = anatomy_tables(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].blocks[0].name)
     gpu_rows, gpu_note = gpu_reference()
     return {"stats": stats_rows(), "params_plot": params, "flops_plot": flops, "reference": reference_markdown(),
-            "results": reference_rows(), "bubble": initial_bubble(), "stages": stages, "branch_costs": branches,
-            "savings": savings, "gpu_table": gpu_rows, "gpu_note": gpu_note,
+            "results": reference_rows(), "bubble": initial_bubble(),
+            **anatomy_tables(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].blocks[0].name), "gpu_table": gpu_rows, "gpu_note": gpu_note,
             "estimate": bench_estimate(LIVE_DEFAULT["models"], "auto", LIVE_DEFAULT["batches"], False,
                                        LIVE_DEFAULT["runs"]),
             "scale_estimate": scaling_estimate(DEFAULT_MODEL)}

@@ -227,12 +227,12 @@ def _lab_outputs(steps, epochs_done, session, msg):
         e = epochs_done[-1]
         msg += (f"  \nEpoch {e['epoch']}: loss {e['loss']:.3f}, train {e['train_acc']:.1f}%, held-out "
                 f"{e['test_acc']:.1f}%, {e['ex_per_s']:.0f} examples/s")
-    return loss, acc, msg, session
+    return {"t_plot": loss, "t_acc": acc, "t_msg": msg, "session": session}
 
 
 @user_errors
 def forget_session(session: dict | None):
-    return {}, "Back to the shipped weights."
+    return {"session": {}, "t_msg": "Back to the shipped weights."}
 
 
 def build(look: gr.State) -> dict:
@@ -299,9 +299,10 @@ def build(look: gr.State) -> dict:
         c["t_acc"] = gr.LinePlot(x="step", y="accuracy", color="curve", title="Accuracy (%)", height=320,
                                  y_lim=[0, 100], label="accuracy curve", elem_classes=["cz-plot"],
                                  color_title="measured on", elem_id="digits-acc")
-    c["t_go"].click(train_lab, [c["t_model"], c["t_epochs"], c["t_batch"], c["t_lr"], c["t_limit"], c["session"]],
-                    [c["t_plot"], c["t_acc"], c["t_msg"], c["session"]], api_name="train_digits",
-                    concurrency_id=TRAIN_GROUP, concurrency_limit=2)
-    c["t_forget"].click(forget_session, [c["session"]], [c["session"], c["t_msg"]], api_visibility="private")
+    trained, trained_outputs = by_name(train_lab, c, ("t_plot", "t_acc", "t_msg", "session"))
+    c["t_go"].click(trained, [c["t_model"], c["t_epochs"], c["t_batch"], c["t_lr"], c["t_limit"], c["session"]],
+                    trained_outputs, api_name="train_digits", concurrency_id=TRAIN_GROUP, concurrency_limit=2)
+    forgot, forgot_outputs = by_name(forget_session, c, ("session", "t_msg"))
+    c["t_forget"].click(forgot, [c["session"]], forgot_outputs, api_visibility="private")
     return c
 

@@ -60,7 +60,7 @@ def on_model_change(key: str, checkpoint: dict | None):
     info = None
     if checkpoint and checkpoint.get("key") == key:
         info = get_model(key, checkpoint).weights
-    return model_card(key), weights_banner(info, key)
+    return {"card": model_card(key), "banner": weights_banner(info, key)}
 
 
 @user_errors
@@ -72,7 +72,8 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
         model: a zoo key, e.g. "googlenet", "bn_inception", "inception_v3", "resnet50", "vgg16", "squeezenet1_0".
     """
     if not image:
-        return None, None, "Give the model an image: upload one, use the webcam, paste, or pick an example.", weights_banner(None, model), None
+        return {"label": None, "seen": None, "banner": weights_banner(None, model), "json": None,
+                "info": "Give the model an image: upload one, use the webcam, paste, or pick an example."}
     lm = get_model(model, checkpoint, progress)
     progress(0.9, desc=f"running {lm.spec.name}")
     ex = explore(image, lm)
@@ -85,7 +86,8 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
         + ("" if pred.cached else " (with every branch captured: the maps below need no second pass)") + ".  \n"
         f"**Input:** {notes}."
     )
-    return pred.as_label(), render.enlarged(ex.seen), info, weights_banner(lm.weights, model), pred.to_json()
+    return {"label": pred.as_label(), "seen": render.enlarged(ex.seen), "info": info,
+            "banner": weights_banner(lm.weights, model), "json": pred.to_json()}
 
 
 @user_errors
@@ -97,7 +99,8 @@ def on_checkpoint(file: str | None, model: str):
         model: the zoo key it was trained for.
     """
     if not file:
-        return None, "No checkpoint: the model uses its published weights (or random init).", weights_banner(None, model)
+        return {"checkpoint": None, "banner": weights_banner(None, model),
+                "ckpt_status": "No checkpoint: the model uses its published weights (or random init)."}
     from pathlib import Path
 
     state = {"key": model, "path": file, "name": Path(file).name}
@@ -107,9 +110,10 @@ def on_checkpoint(file: str | None, model: str):
         if not isinstance(e, UserError):
             log.error("loading a checkpoint failed", exc_info=e)
         gr.Warning(str(e))
-        return None, f"**Refused:** {html.escape(str(e))}", weights_banner(None, model)
+        return {"checkpoint": None, "ckpt_status": f"**Refused:** {html.escape(str(e))}",
+                "banner": weights_banner(None, model)}
     msg = f"Loaded **{html.escape(state['name'])}** into {lm.spec.name} for this session only."
-    return state, msg, weights_banner(lm.weights, model)
+    return {"checkpoint": state, "ckpt_status": msg, "banner": weights_banner(lm.weights, model)}
 
 
 def block_choices(key: str) -> list[str]:
@@ -135,7 +139,8 @@ def ablation_cleared(key: str):
         others = ", ".join(z.name for z in ZOO.values() if z.has_branches and z.inputs.kind == spec.inputs.kind)
         msg = (f"*{spec.name} has no parallel branches: each stage is a single path, so there is no "
                f"branch to knock out. Models with branches: {others}.*")
-    return None, None, msg, None, gr.Button(interactive=spec.has_branches)
+    return {"before": None, "after": None, "ablate_msg": msg, "ablate_json": None,
+            "ablate": gr.Button(interactive=spec.has_branches)}
 
 
 def results_pending(key: str, block: str | None, image: str | None, *, new_model: bool) -> dict:
@@ -173,7 +178,7 @@ def branches_pending(key: str, block: str, image: str | None) -> dict:
 @user_errors
 def on_block(key: str, block: str):
     branches = branch_choices(key, block)
-    return gr.Dropdown(choices=branches, value=branches[0])
+    return {"branch": gr.Dropdown(choices=branches, value=branches[0])}
 
 
 # Clicking a branch column of the diagram sends its name to the server (Gradio's HTML events).
@@ -253,7 +258,8 @@ def branches_result(image: str | None, model: str, block: str, checkpoint: dict 
     spec = ZOO[model]
     block = valid_block(model, block)
     if not image:
-        return None, "Give the model an image to see its branches.", None, None, None, None
+        return {"panel": None, "block_note": "Give the model an image to see its branches.", "share_plot": None,
+                "depth_plot": None, "branch_table": None, "branch_json": None}
     lm = get_model(model, checkpoint)
     ex = explore(image, lm)  # cached by the predict step: no second forward pass
     bm = ex.blocks[block]
@@ -278,14 +284,8 @@ def branches_result(image: str | None, model: str, block: str, checkpoint: dict 
         # for a file to download.
         "branches": bm.branches_json(path_key="kernel_path"),
     }
-    return (
-        _panel(ex, block, shape),
-        _block_note(spec, bm.info),
-        share,
-        render.shares_by_depth(ex, shape),
-        rows,
-        data,
-    )
+    return {"panel": _panel(ex, block, shape), "block_note": _block_note(spec, bm.info), "share_plot": share,
+            "depth_plot": render.shares_by_depth(ex, shape), "branch_table": rows, "branch_json": data}
 
 
 show_branches = user_errors(branches_result)
@@ -296,17 +296,17 @@ def branch_view(image: str | None, model: str, block: str, branch: str | None, c
     """The block diagram with ``branch`` selected, that branch's maps large, and the ablation's
     branch set to it: what a click on its column shows."""
     block = valid_block(model, block)
-    diagram = block_diagram(model, block, branch)
+    shown = {"diagram": block_diagram(model, block, branch), "branch_view": None, "branch": gr.skip()}
     if not image:
-        return diagram, None, gr.skip()
+        return shown
     ex = explore(image, get_model(model, checkpoint))
     bm = ex.blocks[block]
     # The clicked branch alone, with its 4 most active channels, about as tall as wide: readable on a phone.
     one = [b for b in bm.branches if b.info.name == branch]
     if not one:
-        return diagram, None, gr.skip()
+        return shown
     card = render.branch_card(bm, one[0], ex.seen, look=render.Look.parse(look))
-    return diagram, card, gr.Dropdown(value=branch)
+    return {**shown, "branch_view": card, "branch": gr.Dropdown(value=branch)}
 
 
 @user_errors
@@ -319,11 +319,11 @@ def on_look(image, model, block, branch, diagram, checkpoint, look):
     """The pictures on screen drawn again for a new look (theme or presenter mode). No network
     runs (the maps come from the cached exploration); a branch view is drawn only if one is shown."""
     if not image:
-        return gr.skip(), gr.skip(), gr.skip()
-    panel, _note, _share, depth, *_ = branches_result(image, model, block, checkpoint, look)
+        return {}
+    maps = branches_result(image, model, block, checkpoint, look)
     shown = "cz-selected" in str(diagram or "")
-    card = branch_view(image, model, block, branch, checkpoint, look)[1] if shown else gr.skip()
-    return panel, depth, card
+    card = branch_view(image, model, block, branch, checkpoint, look)["branch_view"] if shown else gr.skip()
+    return {"panel": maps["panel"], "depth_plot": maps["depth_plot"], "branch_view": card}
 
 
 @user_errors
@@ -349,19 +349,43 @@ def run_ablation(image: str | None, model: str, block: str, branch: str, mode: s
         f"(**{res.top1_delta:+.2%}**). The shared model is untouched: the change lives in a hook "
         "that existed only for this run."
     )
-    return res.before.as_label(), res.after.as_label(), msg, res.to_json()
+    return {"before": res.before.as_label(), "after": res.after.as_label(), "ablate_msg": msg, "ablate_json": res.to_json()}
 
 
-def on_load(c: dict) -> dict:
-    """The default model's architecture table and block diagram, filled when a page opens
-    (traced once, then cached) rather than while the app starts."""
-    key = c["model"].value
-    return {c["arch"]: architecture_rows(key), c["diagram"]: block_diagram(key, ZOO[key].default_block)}
+def on_load(key: str) -> dict:
+    """The model's architecture table and block diagram, filled when a page opens (traced once,
+    then cached) rather than while the app starts."""
+    return {"arch": architecture_rows(key), "diagram": block_diagram(key, ZOO[key].default_block)}
+
+
+def diagram_reset(image, model: str, block: str, ckpt) -> dict:
+    """A new block or image: the diagram drawn again with nothing selected."""
+    return {"diagram": block_diagram(model, block), "branch_view": None, "branch": gr.skip()}
+
+
+# The tab's outputs by name, in the order each endpoint returns them.
+PREDICTION = ("label", "seen", "info", "banner", "json")
+BRANCH_MAPS = ("panel", "block_note", "share_plot", "depth_plot", "branch_table", "branch_json")
+ABLATION = ("before", "after", "ablate_msg", "ablate_json")
+# Everything a new model or image makes stale (emptied first, see results_pending).
+SHOWN = ("label", "seen", "info", "json", *BRANCH_MAPS, "branch_view")
 
 
 def build(checkpoint_state: gr.State, look: gr.State) -> dict:
-    """Lay out the Explore tab; return its components for the other views to wire into."""
-    c: dict = {}
+    """Lay out the Explore tab, section by section, each wiring its own events; return its
+    components for the other views to wire into."""
+    c: dict = {"checkpoint": checkpoint_state, "look": look}
+    _prediction_section(c)
+    _architecture_section(c)
+    _branches_section(c)
+    _ablation_section(c)
+    _branch_events(c)
+    _chains(c)
+    return c
+
+
+def _prediction_section(c: dict) -> None:
+    """Model, image, examples, your own weights; top-5, what the network saw, timing."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             c["model"] = gr.Dropdown(
@@ -395,6 +419,13 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
                 c["info"] = gr.Markdown(label="timing and input notes", elem_id="explore-info")
             with gr.Accordion("Raw result (same JSON as the CLI)", open=False):
                 c["json"] = gr.JSON(label="prediction")
+    handler, outputs = by_name(on_checkpoint, c, ("checkpoint", "ckpt_status", "banner"))
+    c["ckpt_file"].change(handler, [c["ckpt_file"], c["model"]], outputs, api_name="load_checkpoint",
+                          concurrency_id=MODEL_GROUP)
+
+
+def _architecture_section(c: dict) -> None:
+    """The stage-by-stage table (filled when the page opens, and after a new model's prediction)."""
     with gr.Accordion("Architecture: stage by stage", open=False):
         gr.Markdown("Stages are named as torchvision builds them, with the paper's name beside where it differs "
                     "(VGG-16's conv5_3 is torchvision's features.28; ResNet's conv4_x is layer3). "
@@ -408,6 +439,10 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
             interactive=False,
             wrap=True,
         )
+
+
+def _branches_section(c: dict) -> None:
+    """The block picker, its diagram (click a branch), the branch maps, shares and table."""
     gr.Markdown("## Branches: what each parallel path of a block saw")
     with gr.Row(elem_classes=["cz-stack"]):
         c["block"] = gr.Dropdown(
@@ -446,6 +481,10 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     )
     with gr.Accordion("Branches as JSON (same as the CLI)", open=False):
         c["branch_json"] = gr.JSON(label="branches")
+
+
+def _ablation_section(c: dict) -> None:
+    """Knock one branch out and compare the top-5; cleared whenever what it named changes."""
     with gr.Accordion("Ablation: knock one branch out and re-run from that block on", open=True):
         with gr.Row():
             first = branch_choices(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].default_block)
@@ -457,85 +496,73 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
             c["after"] = gr.Label(num_top_classes=5, label="Top-5 with the branch knocked out")
         c["ablate_msg"] = gr.Markdown(label="ablation summary")
         c["ablate_json"] = gr.JSON(label="ablation", visible=False)
-    outputs = [c["label"], c["seen"], c["info"], c["banner"], c["json"]]
-    branch_outputs = [c["panel"], c["block_note"], c["share_plot"], c["depth_plot"], c["branch_table"], c["branch_json"]]
-    branch_inputs = [c["image"], c["model"], c["block"], checkpoint_state, look]
+    handler, outputs = by_name(run_ablation, c, ABLATION)
+    c["ablate"].click(handler, [c["image"], c["model"], c["block"], c["branch"], c["mode"], c["checkpoint"]],
+                      outputs, api_name="ablate", concurrency_id=MODEL_GROUP)
+    cleared, cleared_outputs = by_name(ablation_cleared, c, (*ABLATION, "ablate"))
+    gr.on([c["model"].change, c["image"].change, c["block"].input, c["branch"].input, c["mode"].input],
+          cleared, [c["model"]], cleared_outputs, api_visibility="private", queue=False)
+
+
+def _branch_events(c: dict) -> None:
+    """The diagram's clicks, a new block's maps, and pictures redrawn for a new look (they also set
+    the ablation's branch, so they are wired once both sections exist)."""
+    branch_inputs = [c["image"], c["model"], c["block"], c["checkpoint"]]
+    clicked, clicked_outputs = by_name(on_diagram_click, c, ("diagram", "branch_view", "branch"))
+    c["diagram"].click(clicked, [*branch_inputs, c["look"]], clicked_outputs, api_visibility="private",
+                       concurrency_id=MODEL_GROUP)
+    # A new block, model or image: the diagram is redrawn with nothing selected.
+    reset, reset_outputs = by_name(diagram_reset, c, ("diagram", "branch_view", "branch"))
+    gr.on([c["block"].input, c["image"].change], reset, branch_inputs, reset_outputs, api_visibility="private",
+          queue=False)
+    for_model, _ = by_name(lambda image, model, block, ckpt: diagram_reset(image, model, ZOO[model].default_block, ckpt),
+                           c, ("diagram", "branch_view", "branch"))
+    c["model"].change(for_model, branch_inputs, reset_outputs, api_visibility="private", queue=False)
+    pending, pending_outputs = by_name(branches_pending, c, (*BRANCH_MAPS, "branch_view"))
+    maps, maps_outputs = by_name(show_branches, c, BRANCH_MAPS)
+    picked, picked_outputs = by_name(on_block, c, ("branch",))
+    c["block"].input(
+        pending, [c["model"], c["block"], c["image"]], pending_outputs, api_visibility="private", queue=False,
+        show_progress="hidden",
+    ).then(
+        maps, [*branch_inputs, c["look"]], maps_outputs, api_name="branches", concurrency_id=MODEL_GROUP,
+    ).then(picked, [c["model"], c["block"]], picked_outputs, api_visibility="private")
+    redrawn, redrawn_outputs = by_name(on_look, c, ("panel", "depth_plot", "branch_view"))
+    c["look"].change(redrawn, [c["image"], c["model"], c["block"], c["branch"], c["diagram"], c["checkpoint"],
+                               c["look"]], redrawn_outputs, api_visibility="private", concurrency_id=MODEL_GROUP,
+                     show_progress="hidden")
+
+
+def _chains(c: dict) -> None:
+    """The chains that span the sections: a new image (or Predict) empties every result, predicts,
+    then draws the block's maps; a new model also shows its card and then its architecture."""
+    predicted, prediction_outputs = by_name(predict, c, PREDICTION)
+    maps, maps_outputs = by_name(show_branches, c, BRANCH_MAPS)
     # After every prediction, the branch maps of the block on screen (no API endpoint of its own).
-    then_branches = dict(fn=show_branches, inputs=branch_inputs, outputs=branch_outputs, api_visibility="private",
-                         concurrency_id=MODEL_GROUP)
+    then_branches = dict(fn=maps, inputs=[c["image"], c["model"], c["block"], c["checkpoint"], c["look"]],
+                         outputs=maps_outputs, api_visibility="private", concurrency_id=MODEL_GROUP)
     # Results are emptied first, in the same chain: an emptying that raced the prediction could
     # land after it and hide a finished result.
-    shown = ("label", "seen", "info", "json", "panel", "block_note", "share_plot", "depth_plot", "branch_table",
-             "branch_json", "branch_view")
     pending_inputs = [c["model"], c["block"], c["image"]]
     image_pending, outputs_i = by_name(lambda key, block, image: results_pending(key, block, image, new_model=False),
-                                       c, shown)
+                                       c, SHOWN)
     c["predict_event"] = gr.on(
         triggers=[c["run"].click, c["image"].change], fn=image_pending, inputs=pending_inputs, outputs=outputs_i,
         api_visibility="private", queue=False, show_progress="hidden",
     ).then(
-        fn=predict,
-        inputs=[c["image"], c["model"], checkpoint_state],
-        outputs=outputs,
-        api_name="predict",
-        concurrency_id=MODEL_GROUP,
+        fn=predicted, inputs=[c["image"], c["model"], c["checkpoint"]], outputs=prediction_outputs,
+        api_name="predict", concurrency_id=MODEL_GROUP,
     ).then(**then_branches)
-    diagram_io = dict(inputs=[c["image"], c["model"], c["block"], checkpoint_state],
-                      outputs=[c["diagram"], c["branch_view"], c["branch"]])
-    c["diagram"].click(on_diagram_click, [*diagram_io["inputs"], look], diagram_io["outputs"],
-                       api_visibility="private", concurrency_id=MODEL_GROUP)
-    # A new block, model or image: the diagram is redrawn with nothing selected.
-    gr.on([c["block"].input, c["image"].change],
-          lambda image, model, block, ckpt: (block_diagram(model, block), None, gr.skip()),
-          **diagram_io, api_visibility="private", queue=False)
-    c["model"].change(lambda image, model, block, ckpt: (block_diagram(model, ZOO[model].default_block), None, gr.skip()),
-                      **diagram_io, api_visibility="private", queue=False)
-    block_pending, block_outputs = by_name(branches_pending, c,
-                                           ("panel", "block_note", "share_plot", "depth_plot", "branch_table",
-                                            "branch_json", "branch_view"))
-    c["block"].input(
-        block_pending, [c["model"], c["block"], c["image"]], block_outputs, api_visibility="private", queue=False,
-        show_progress="hidden",
-    ).then(
-        show_branches,
-        branch_inputs,
-        branch_outputs,
-        api_name="branches",
-        concurrency_id=MODEL_GROUP,
-    ).then(on_block, [c["model"], c["block"]], [c["branch"]], api_visibility="private")
-    c["ablate"].click(
-        run_ablation,
-        [c["image"], c["model"], c["block"], c["branch"], c["mode"], checkpoint_state],
-        [c["before"], c["after"], c["ablate_msg"], c["ablate_json"]],
-        api_name="ablate",
-        concurrency_id=MODEL_GROUP,
-    )
-    gr.on([c["model"].change, c["image"].change, c["block"].input, c["branch"].input, c["mode"].input],
-          ablation_cleared, [c["model"]], [c["before"], c["after"], c["ablate_msg"], c["ablate_json"], c["ablate"]],
-          api_visibility="private", queue=False)
-    look.change(on_look, [c["image"], c["model"], c["block"], c["branch"], c["diagram"], checkpoint_state, look],
-                [c["panel"], c["depth_plot"], c["branch_view"]], api_visibility="private", concurrency_id=MODEL_GROUP,
-                show_progress="hidden")
-    c["ckpt_file"].change(
-        on_checkpoint,
-        [c["ckpt_file"], c["model"]],
-        [checkpoint_state, c["ckpt_status"], c["banner"]],
-        api_name="load_checkpoint",
-        concurrency_id=MODEL_GROUP,
-    )
     model_pending, outputs_m = by_name(lambda key, block, image: results_pending(key, block, image, new_model=True),
-                                       c, (*shown, "block", "branch"))
+                                       c, (*SHOWN, "block", "branch"))
+    card, card_outputs = by_name(on_model_change, c, ("card", "banner"))
     c["model"].change(
         model_pending, pending_inputs, outputs_m, api_visibility="private", queue=False, show_progress="hidden"
     ).then(
-        on_model_change, [c["model"], checkpoint_state], [c["card"], c["banner"]], api_visibility="private"
+        card, [c["model"], c["checkpoint"]], card_outputs, api_visibility="private"
     ).then(
-        predict,
-        [c["image"], c["model"], checkpoint_state],
-        outputs,
-        api_visibility="private",
+        predicted, [c["image"], c["model"], c["checkpoint"]], prediction_outputs, api_visibility="private",
         concurrency_id=MODEL_GROUP,
     ).then(**then_branches).then(
         user_errors(architecture_rows), [c["model"]], [c["arch"]], api_visibility="private"
     )
-    return c

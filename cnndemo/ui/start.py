@@ -105,7 +105,7 @@ def build() -> dict:
 
 def refresh():
     lesson = first_lesson()
-    return lesson.markdown, gr.Button(lesson.button)
+    return {"steps": lesson.markdown, "go": gr.Button(lesson.button)}
 
 
 def go(current_model: str):
@@ -114,12 +114,12 @@ def go(current_model: str):
     image's finished result a moment after it was shown."""
     lesson = first_lesson()
     model = gr.skip() if current_model == lesson.model else lesson.model
-    return model, gr.Tabs(selected="explore")
+    return {"model": model, "tabs": gr.Tabs(selected="explore")}
 
 
 def image():
     """Step 1, second half: the lesson's image."""
-    return str(first_lesson().image)
+    return {"image": str(first_lesson().image)}
 
 
 __all__ = ["Lesson", "build", "first_lesson", "go", "image", "refresh"]
