@@ -11,7 +11,7 @@ import torch
 from cnndemo import cache
 from cnndemo.branches import ablate, block_infos, explore
 from cnndemo.runtime import STORE, build_random
-from cnndemo.taps import hook_count, merge, run_with_taps
+from cnndemo.taps import hook_count, run_with_taps
 from cnndemo.zoo import ZOO
 from images_factory import gradient, save
 
@@ -28,7 +28,7 @@ def test_branches_reproduce_every_block_output_exactly(key):
     assert set(raw) == {b.name for b in spec.blocks}
     for block in spec.blocks:
         rb = raw[block.name]
-        rebuilt = merge(block, rb.branches)
+        rebuilt = block.combine(rb.branches)
         assert torch.equal(rebuilt, rb.output), f"{key}/{block.name}: branches do not rebuild the output"
         if block.merge == "concat":
             widths = [t.shape[1] for t in rb.branches]

@@ -4,7 +4,11 @@ and package-internal imports at module level (a lazy one hides a cycle or a slow
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from cnndemo.attribution import METHODS
 from cnndemo.cli.common import COMMANDS
@@ -104,3 +108,170 @@ def test_a_method_and_a_command_are_each_defined_in_one_place():
     # Every command is registered by the module of its view (or the diagnostics/space modules).
     for name, (setup, run, _help) in COMMANDS.items():
         assert run.__module__.startswith("cnndemo.cli.") and run.__module__ == setup.__module__, name
+
+
+# ----------------------------------------------------------------------------- extension points
+
+
+def test_no_module_reads_the_environment_except_settings():
+    readers = []
+    for mod, f in _modules().items():
+        if mod == "cnndemo.settings":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv", "unsetenv") \
+                    and isinstance(node.value, ast.Name) and node.value.id == "os":
+                readers.append(f"{mod}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+                    a.name in ("environ", "getenv") for a in node.names):
+                readers.append(f"{mod}:{node.lineno}")
+    assert readers == []
+
+
+def test_every_setting_is_in_the_readme_table():
+    from cnndemo import settings
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    missing = [name for name, _field, _default in settings.table() if f"| `{name}` |" not in readme]
+    assert missing == []
+
+
+def test_no_handler_returns_a_tuple():
+    """Every event that fills several outputs goes through ``by_name``: its function returns
+    ``{name: value}``, and the wrapper refuses anything else."""
+    import gradio as gr
+
+    from cnndemo.ui import build_demo
+    from cnndemo.ui.common import by_name
+
+    demo = build_demo()
+    plain = []
+    for bf in demo.fns.values():
+        if bf.fn is None or len(bf.outputs) < 2 or bf.fn.__module__.startswith("gradio"):
+            continue
+        f = bf.fn
+        while f is not None and not hasattr(f, "__by_name__"):
+            f = getattr(f, "__wrapped__", None)
+        if f is None:
+            plain.append(bf.name)
+    assert plain == []
+    with gr.Blocks():
+        c = {"a": gr.Textbox(), "b": gr.Textbox()}
+    handler, _ = by_name(lambda: ("x", "y"), c, ("a", "b"))
+    with pytest.raises(TypeError, match="must return"):
+        handler()
+
+
+def test_an_unknown_merge_kind_or_a_wrong_branch_count_is_refused_when_the_spec_is_made():
+    from cnndemo.specs import BlockSpec, BranchSpec, SpecError
+
+    two = (BranchSpec("residual", ("a",)), BranchSpec("shortcut"))
+    with pytest.raises(SpecError, match="unknown merge 'add'"):
+        BlockSpec("block", "block", "Inverted residual", two, merge="add")
+    with pytest.raises(SpecError, match="takes 2 branches"):
+        BlockSpec("block", "block", "Bottleneck", two + (BranchSpec("third", ("c",)),), merge="add_relu")
+    with pytest.raises(SpecError, match="repeat"):
+        BlockSpec("block", "block", "Inception", (two[0], two[0]))
+    # The zoo builds every spec at import: a block naming a merge the table lacks stops the import.
+    code = ("from cnndemo import specs; del specs.MERGES['add_relu']\n"
+            "try:\n    import cnndemo.zoo\nexcept specs.SpecError as e:\n    print('refused:', e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=120)
+    assert "refused: block 'layer1.0': unknown merge 'add_relu'" in out.stdout, out.stdout + out.stderr
+
+
+def test_branches_that_do_not_tile_the_block_output_are_refused(monkeypatch):
+    import dataclasses
+
+    from cnndemo.branches import block_infos
+    from cnndemo.specs import SpecError
+    from cnndemo.zoo import ZOO
+
+    spec = ZOO["mnist_inception"]
+    block = spec.block("incept1")
+    short = dataclasses.replace(block, branches=block.branches[:-1])  # one branch forgotten
+    broken = dataclasses.replace(spec, key="tiling_test", blocks=(short,), default_block="incept1")
+    monkeypatch.setitem(ZOO, "tiling_test", broken)
+    with pytest.raises(SpecError, match="tiling_test/incept1"):
+        block_infos(broken)
+
+
+def test_a_new_family_appears_in_the_model_menus(monkeypatch):
+    import dataclasses
+
+    import gradio as gr
+
+    from cnndemo.ui import explore
+    from cnndemo.ui.common import model_choices
+    from cnndemo.zoo import ZOO
+
+    new = dataclasses.replace(ZOO["mnist_resnet"], key="family_test", name="Tiny net", family="Mobile")
+    monkeypatch.setitem(ZOO, "family_test", new)
+    assert ("Mobile · Tiny net", "family_test") in model_choices()
+    assert ("Mobile · Tiny net", "family_test") in model_choices("digit")
+    with gr.Blocks():
+        c = explore.build(gr.State(None), gr.State("light"))
+    assert ("Mobile · Tiny net", "family_test") in [tuple(ch) for ch in c["model"].choices]
+
+
+def test_guided_methods_refuse_a_model_with_activations_they_cannot_guide(monkeypatch, tmp_path):
+    import dataclasses
+
+    from torch import nn
+
+    from cnndemo.archs.mnist import mnist_resnet
+    from cnndemo.attribution import METHODS, attribute, supported
+    from cnndemo.errors import BadRequest
+    from cnndemo.zoo import ZOO
+
+    def with_relu6():
+        m = mnist_resnet()
+        m.relu1 = nn.ReLU6()
+        return m
+
+    spec = dataclasses.replace(ZOO["mnist_resnet"], key="relu6_test", builder=with_relu6)
+    monkeypatch.setitem(ZOO, "relu6_test", spec)
+    assert "ReLU6" in supported(METHODS["guided_backprop"], spec)
+    assert "ReLU6" in supported(METHODS["guided_gradcam"], spec)
+    assert supported(METHODS["ig"], spec) is None
+    assert all(supported(m, ZOO[k]) is None for m in METHODS.values() for k in ZOO if k in ("googlenet", "mnist_resnet"))
+    six = PACKAGE.parent / "assets" / "examples" / "digits" / "six.png"
+    with pytest.raises(BadRequest, match="ReLU6"):
+        attribute(str(six), "relu6_test", "guided_backprop", scores=False)
+
+
+def test_a_method_with_a_new_knob_gets_its_slider_api_parameter_and_cli_flag(monkeypatch, capsys):
+    """One Method entry, declared here, and nothing else: the Attributions tab has its slider,
+    /attribute its parameter, the CLI its flag (range-checked), and the value reaches the method."""
+    import json
+
+    import gradio as gr
+
+    from cnndemo.attribution import METHODS, Knob, Method, Settings, ca
+    from cnndemo.cli import main
+    from cnndemo.ui import attributions
+
+    radius = Knob("radius", "Smoothing radius (px)", 1, 9, 3, "how far the map is smoothed")
+    seen = []
+
+    def run(c):
+        seen.append(c.settings.radius)
+        return ca().Saliency(c.model).attribute(c.x, target=c.target, abs=True)
+
+    monkeypatch.setitem(METHODS, "smooth_test", Method("smooth_test", "Smoothed saliency", "pixel", False,
+                                                       "saliency, smoothed", run, knobs=(radius,)))
+    assert Settings().radius == 3 and Settings(radius=5).radius == 5
+    with gr.Blocks() as demo:
+        attributions.build(gr.State(None), gr.State("light"))
+    sliders = [b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label == "Smoothing radius (px)"]
+    assert len(sliders) == 1 and (sliders[0].minimum, sliders[0].maximum, sliders[0].value) == (1, 9, 3)
+    params = demo.get_api_info()["named_endpoints"]["/attribute"]["parameters"]
+    names = [p["parameter_name"] for p in params]
+    assert names[:9] == ["image", "model", "method", "target", "layer", "steps", "samples", "window", "stride"]
+    assert "radius" in names and next(p for p in params if p["parameter_name"] == "radius")["parameter_default"] == 3
+
+    six = str(PACKAGE.parent / "assets" / "examples" / "digits" / "six.png")
+    assert main(["attribute", "--model", "mnist_resnet", "--method", "smooth_test", "--radius", "7", "--no-scores",
+                 "--json", six]) == 0
+    assert seen == [7] and json.loads(capsys.readouterr().out)["method"] == "smooth_test"
+    assert main(["attribute", "--model", "mnist_resnet", "--method", "smooth_test", "--radius", "12", "--json", six]) == 1
+    assert "radius" in capsys.readouterr().out and seen == [7]

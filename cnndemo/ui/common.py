@@ -129,7 +129,18 @@ def by_name(fn, c: dict, names):
             raise KeyError(f"{where} returned outputs it does not declare: {sorted(unknown)}")
         return {components[name]: value for name, value in values.items()}
 
-    if inspect.isgeneratorfunction(fn):
+    if inspect.isasyncgenfunction(fn):  # a cancellable generator (user_errors)
+
+        @functools.wraps(fn)
+        async def handler(*args, **kwargs):
+            async for values in fn(*args, **kwargs):
+                yield convert(values)
+    elif inspect.iscoroutinefunction(fn):  # a cancellable handler (user_errors)
+
+        @functools.wraps(fn)
+        async def handler(*args, **kwargs):
+            return convert(await fn(*args, **kwargs))
+    elif inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def handler(*args, **kwargs):
