@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import BadRequest, NotFound
 from . import cancel
+from .errors import BadRequest, NotFound
 from .cancel import ProgressFn
 from .cache import memo
 from .archs.module_relu import with_module_relus

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .errors import BadRequest
 from . import cancel
+from .errors import BadRequest
 from .cancel import ProgressFn
 from .cache import memo
 from .paths import BENCH_DIR

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .errors import BadRequest, NotFound
 from . import anatomy, cancel
+from .errors import BadRequest, NotFound
 from .cache import LRU, memo
 from .pipeline import ImageLike, Input, load_for, prepare, resolve, timed, timed_forward
 from .predict import Prediction, top_classes

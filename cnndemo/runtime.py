@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import BadRequest
 from . import settings
+from .errors import BadRequest
 from .cancel import ProgressFn
 from . import weights as W
 from .specs import ModelSpec

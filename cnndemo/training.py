@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from .errors import BadRequest, UserError
 from . import cancel
+from .errors import BadRequest, UserError
 from .digits import MNIST_MEAN, MNIST_STD, normalize_digit
 from .images import open_image
 from .pipeline import to_batch

@@ -275,3 +275,27 @@ def test_a_method_with_a_new_knob_gets_its_slider_api_parameter_and_cli_flag(mon
     assert seen == [7] and json.loads(capsys.readouterr().out)["method"] == "smooth_test"
     assert main(["attribute", "--model", "mnist_resnet", "--method", "smooth_test", "--radius", "12", "--json", six]) == 1
     assert "radius" in capsys.readouterr().out and seen == [7]
+
+
+def test_one_methods_failure_stays_in_its_cell_of_the_grid_and_leaves_a_traceback(monkeypatch, caplog):
+    import asyncio
+    import logging
+
+    from cnndemo.attribution import METHODS, Method
+    from cnndemo.ui import attributions
+
+    def broken(c):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(METHODS, "broken_test", Method("broken_test", "Broken", "pixel", False, "always fails", broken))
+    titles = []
+    real = attributions.render.attribution_grid
+    monkeypatch.setattr(attributions.render, "attribution_grid",
+                        lambda items, t, **kw: titles.extend(t) or real(items, t, **kw))
+    six = str(PACKAGE.parent / "assets" / "examples" / "digits" / "six.png")
+    with caplog.at_level(logging.ERROR, logger="cnndemo"):
+        grid = asyncio.run(attributions.run_all_methods(six, "mnist_resnet", progress=lambda *a, **k: None))
+    assert grid.size[0] > 300
+    assert next(t for t in titles if t.startswith("Broken")) == "Broken: failed\nRuntimeError: boom"
+    assert sum(t.startswith(("Integrated Gradients\n", "Saliency\n", "Occlusion\n")) for t in titles) == 3
+    assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)

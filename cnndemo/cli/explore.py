@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import NotFound, UserError
 from .. import render
 from .. import weights as W
+from ..errors import NotFound, UserError
 from ..branches import ablate, block_infos, explore
 from ..images import ImageError
 from ..predict import predict

@@ -156,19 +156,29 @@ def by_name(fn, c: dict, names):
     return handler, list(components.values())
 
 
-_RUNNING = [0]
-_RUNNING_LOCK = threading.Lock()
+class _Running:
+    """How many handlers are running right now, in this process."""
+
+    def __init__(self):
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def add(self, delta: int) -> None:
+        with self.lock:
+            self.count += delta
+
+
+_RUNNING = _Running()
 
 
 def _running(delta: int) -> None:
-    with _RUNNING_LOCK:
-        _RUNNING[0] += delta
+    _RUNNING.add(delta)
 
 
 def requests_running() -> int:
     """How many handlers are running right now, in this process (the caller included)."""
-    with _RUNNING_LOCK:
-        return _RUNNING[0]
+    with _RUNNING.lock:
+        return _RUNNING.count
 
 
 def model_choices(kind: str | None = None) -> list[tuple[str, str]]:

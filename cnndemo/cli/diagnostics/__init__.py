@@ -320,20 +320,17 @@ def _setup_bench_checkpoints(p):
 _LOAD_ONE = """
 import json, sys, time
 from pathlib import Path
+from cnndemo.cli.diagnostics.server import proc_status_mb as status
 from cnndemo.runtime import STORE
 from cnndemo.weights import WeightsError
-def status(field):
-    for line in Path('/proc/self/status').read_text().splitlines():
-        if line.startswith(field + ':'):
-            return int(line.split()[1]) / 1024
 Path('/proc/self/clear_refs').write_text('5')
-before = status('VmRSS')
+before = status('self', 'VmRSS')
 t0 = time.perf_counter()
 try:
     STORE.get(sys.argv[1], checkpoint=sys.argv[2]); error = None
 except WeightsError as e:
     error = str(e)
-print(json.dumps({"s": time.perf_counter() - t0, "peak_mb": status('VmHWM') - before, "error": error}))
+print(json.dumps({"s": time.perf_counter() - t0, "peak_mb": status('self', 'VmHWM') - before, "error": error}))
 """
 
 
