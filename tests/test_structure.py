@@ -299,3 +299,51 @@ def test_one_methods_failure_stays_in_its_cell_of_the_grid_and_leaves_a_tracebac
     assert next(t for t in titles if t.startswith("Broken")) == "Broken: failed\nRuntimeError: boom"
     assert sum(t.startswith(("Integrated Gradients\n", "Saliency\n", "Occlusion\n")) for t in titles) == 3
     assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_refusals_are_shown_as_they_are_and_bugs_leave_a_traceback_in_the_log(caplog):
+    import logging
+
+    from cnndemo.errors import BadRequest, NotFound
+    from cnndemo.ui.common import _as_gr_error
+
+    with caplog.at_level(logging.ERROR, logger="cnndemo"):
+        assert _as_gr_error(NotFound("no block 'x'"), "h").message == "no block 'x'"
+        assert _as_gr_error(BadRequest("steps must be 4-128"), "h").message == "steps must be 4-128"
+        assert caplog.records == []
+        try:
+            {}["missing"]
+        except KeyError as e:
+            shown = _as_gr_error(e, "some_handler")
+    assert shown.message.startswith("Internal error (KeyError)")
+    (record,) = caplog.records
+    assert "some_handler" in record.getMessage() and record.exc_info[0] is KeyError
+
+
+def test_an_unreadable_benchmark_reference_is_left_out_and_said_in_the_log(monkeypatch, tmp_path, caplog):
+    import json
+    import logging
+
+    from cnndemo import bench
+
+    (tmp_path / "good.json").write_text(json.dumps({"environment": {"date": "2026-01-01"}, "results": []}))
+    (tmp_path / "broken.json").write_text("{not json")
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="cnndemo"):
+        files = bench.reference_files()
+    assert [f["file"] for f in files] == ["good.json"]
+    assert any("broken.json" in r.getMessage() for r in caplog.records)
+
+
+def test_settings_are_read_from_the_environment_once_with_their_defaults():
+    from cnndemo import settings
+
+    s = settings.read({"CNNDEMO_WORKERS": "4", "CNNDEMO_OFFLINE": "yes", "CNNDEMO_QUEUE_PER_IP": "lots",
+                       "CNNDEMO_UPLOAD_QUOTA": "500mb", "CNNDEMO_WORK_BUDGET_TFLOP": "2.5"})
+    assert (s.workers, s.offline, s.queue_per_ip, s.work_budget_tflop) == (4, True, 16, 2.5)  # "lots" keeps 16
+    assert s.upload_quota_bytes == 500 * 2**20 and s.hops == 0 and s.max_image_bytes == 25 * 2**20
+    assert settings.read({"SPACE_ID": "a/b"}).hops == 1 and settings.read({"SPACE_ID": "a/b", "CNNDEMO_PROXY_HOPS": "2"}).hops == 2
+    assert settings.get() is settings.get()  # one record, read once
