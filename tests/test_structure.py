@@ -176,7 +176,7 @@ def test_an_unknown_merge_kind_or_a_wrong_branch_count_is_refused_when_the_spec_
     code = ("from cnndemo import specs; del specs.MERGES['add_relu']\n"
             "try:\n    import cnndemo.zoo\nexcept specs.SpecError as e:\n    print('refused:', e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=120)
-    assert "refused: block 'layer1.0': unknown merge 'add_relu'" in out.stdout, out.stdout + out.stderr
+    assert "refused: block " in out.stdout and "unknown merge 'add_relu'" in out.stdout, out.stdout + out.stderr
 
 
 def test_branches_that_do_not_tile_the_block_output_are_refused(monkeypatch):
