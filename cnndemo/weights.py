@@ -212,6 +212,8 @@ class WeightsInfo:
 
 # --------------------------------------------------------------------------- downloads
 
+# One download lock per file, and the downloads that failed recently (url -> (when, why)): both
+# are read and written by request threads and the background prefetch, under _locks_guard.
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _failures: dict[str, tuple[float, str]] = {}
@@ -311,9 +313,11 @@ def fetch(src: TorchvisionWeights, *, progress: ProgressFn | None = None, force:
             path = download(src.url, src.path, hash_prefix=src.hash_prefix, progress=progress)
         except WeightsError as e:
             msg = f"{problem}; fetching it again failed: {e}" if problem else str(e)
-            _failures[src.url] = (time.monotonic(), msg)
+            with _locks_guard:
+                _failures[src.url] = (time.monotonic(), msg)
             raise WeightsError(msg) from e
-        _failures.pop(src.url, None)
+        with _locks_guard:
+            _failures.pop(src.url, None)
         return path
 
 
@@ -339,7 +343,8 @@ def why_unavailable(source: WeightSource | None) -> str | None:
 def _recent_failure(url: str) -> tuple[str, float] | None:
     """(why, seconds until a retry) for a download of ``url`` that failed less than
     ``RETRY_AFTER_S`` ago; None otherwise."""
-    failed = _failures.get(url)
+    with _locks_guard:
+        failed = _failures.get(url)
     if failed is None:
         return None
     wait = RETRY_AFTER_S - (time.monotonic() - failed[0])
@@ -348,7 +353,8 @@ def _recent_failure(url: str) -> tuple[str, float] | None:
 
 def forget_failures() -> None:
     """Forget failed downloads, so the next request tries again at once (tests; a fixed network)."""
-    _failures.clear()
+    with _locks_guard:
+        _failures.clear()
 
 
 # --------------------------------------------------------------------------- state dicts
