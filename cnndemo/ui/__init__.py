@@ -92,8 +92,12 @@ def build_demo() -> gr.Blocks:
         ticker.tick(line, None, line_outputs, api_visibility="private")
         load, loaded = by_name(compare.on_load, cmp, compare.LOADED)
         demo.load(load, None, loaded, api_visibility="private")
+        # Drawn for the model on screen, twice: the first pass (the first one on this server traces the
+        # architecture, ~1 s) can land after a student has already picked another model; the second
+        # reads the model again once the first is done, from the caches, and draws that one.
         load_explore, loaded_explore = by_name(explore.on_load, ex, ("arch", "diagram"))
-        demo.load(load_explore, [ex["model"]], loaded_explore, api_visibility="private")
+        demo.load(load_explore, [ex["model"]], loaded_explore, api_visibility="private", queue=False).then(
+            load_explore, [ex["model"]], loaded_explore, api_visibility="private", queue=False)
     # Classroom tuning (README): network-running events at once, and how long the queue may grow
     # before new requests are turned away.
     demo.queue(max_size=settings.get().queue_max, default_concurrency_limit=settings.get().workers)

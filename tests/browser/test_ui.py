@@ -67,6 +67,12 @@ def test_predict_an_example(page, examples):
     page.wait_for_function("document.querySelector('#explore-top5').innerText.includes('%')"
                            " && document.body.innerText.includes('Untrained weights')"
                            " && document.querySelector('#explore-info').innerText.includes('SqueezeNet')")
+    # The block diagram is SqueezeNet's too: the page's first fill (the default model's diagram)
+    # never lands over the model picked at once.
+    page.wait_for_function("document.querySelector('#explore-block-note').innerText.includes('fire5')"
+                           " && !document.querySelector('#explore-block-note').innerText.includes('Computing')")
+    diagram = page.inner_text("#explore-diagram")
+    assert "expand1x1" in diagram and "inception4c" not in diagram, diagram
 
 
 def test_switching_blocks_changes_the_branch_maps(page, examples):
