@@ -104,7 +104,7 @@ class Settings:
             raise AttributeError(name) from None
 
     def __setattr__(self, name, value):
-        raise AttributeError("Settings are immutable; use replace()")
+        raise AttributeError("Settings are immutable")
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Settings) and self._values == other._values
@@ -115,12 +115,6 @@ class Settings:
     def __repr__(self) -> str:
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
 
-    def values(self) -> dict:
-        return dict(self._values)
-
-    def replace(self, **changes) -> Settings:
-        return Settings(**{**self._values, **changes})
-
     def clamp(self) -> Settings:
         """Every knob within its declared range (the sliders' and the CLI's), the batch within 1-64."""
         ks = knobs()
@@ -128,6 +122,11 @@ class Settings:
         v["noise"] = float(min(max(v["noise"], 0.0), 1.0))
         v["internal_batch"] = int(min(max(v["internal_batch"], 1), 64))
         return Settings(**v)
+
+
+def heat_of(attr: np.ndarray) -> np.ndarray:
+    """An attribution as an H x W signed map: a pixel method's channels summed, a CAM as it is."""
+    return attr if attr.ndim == 2 else attr.sum(0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,7 +155,7 @@ class Attribution:
     @property
     def heat(self) -> np.ndarray:
         """H x W signed map (channels summed) for display and scoring."""
-        return self.attr if self.attr.ndim == 2 else self.attr.sum(0)
+        return heat_of(self.attr)
 
     def to_json(self) -> dict:
         return {
@@ -627,8 +626,8 @@ def add_scores(
 
         def rerun(other: nn.Module) -> np.ndarray:
             with _ForwardCounter(other, _expected_passes(a.method, a.settings, x), "sanity check", None):
-                out = run_method(other, lm.spec, a.method, x, a.target, layer_paths=m_paths, settings=a.settings)
-            return out if out.ndim == 2 else out.sum(0)
+                return heat_of(run_method(other, lm.spec, a.method, x, a.target, layer_paths=m_paths,
+                                          settings=a.settings))
 
         inp = ScoreInput(m, x, a.target, a.heat, _baseline(lm.spec, x), a.settings.internal_batch, rerun,
                          lambda: randomized_model(lm), lm.spec.top_layers, lm.weights.trained)

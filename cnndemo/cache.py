@@ -80,13 +80,15 @@ def memo(size: int = 64, *, name: str):
                 return value
             with guard:
                 lock = computing.setdefault(key, threading.Lock())
-            with lock:
-                value = store.get(key, _MISSING)
-                if value is _MISSING:
-                    value = fn(*args, **kwargs)
-                    store.put(key, value)
-            with guard:
-                computing.pop(key, None)
+            try:
+                with lock:
+                    value = store.get(key, _MISSING)
+                    if value is _MISSING:
+                        value = fn(*args, **kwargs)
+                        store.put(key, value)
+            finally:  # a call that raised leaves no lock behind either
+                with guard:
+                    computing.pop(key, None)
             return value
 
         cached.cache_clear = store.clear

@@ -14,7 +14,7 @@ the slide read the entries; ``attribution.add_scores`` runs them all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -194,8 +194,7 @@ def deletion_curve(
 
 
 def deletion_score(s: ScoreInput) -> Deletion:
-    d = deletion_curve(s.model, s.x, s.target, s.heat, s.baseline, batch=s.batch)
-    return Deletion(d.fractions, d.probs, d.random_probs, d.auc, d.random_auc, flat=d.flat, untrained=not s.trained)
+    return replace(deletion_curve(s.model, s.x, s.target, s.heat, s.baseline, batch=s.batch), untrained=not s.trained)
 
 
 SCORES: dict[str, Score] = {

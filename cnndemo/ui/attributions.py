@@ -146,8 +146,7 @@ def attribute_steps(
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint, progress)
     layer = layer if (layer and get_method(method).uses_layer) else None
-    ks = knobs()
-    settings = Settings(**{name: ks[name].clamp(value) for name, value in knob_values.items()})
+    settings = Settings(**knob_values)  # clamped to each knob's range by check_budget and attribute
     # The map is shown before its scores; refuse now if map and scores together are over budget.
     check_budget(lm.spec, method, settings, scores=True)
     inp = prepare(image, lm)  # decoded once, for the map and for its scores

@@ -167,6 +167,10 @@ class _Running:
         with self.lock:
             self.count += delta
 
+    def value(self) -> int:
+        with self.lock:
+            return self.count
+
 
 _RUNNING = _Running()
 
@@ -177,8 +181,7 @@ def _running(delta: int) -> None:
 
 def requests_running() -> int:
     """How many handlers are running right now, in this process (the caller included)."""
-    with _RUNNING.lock:
-        return _RUNNING.count
+    return _RUNNING.value()
 
 
 def model_choices(kind: str | None = None) -> list[tuple[str, str]]:

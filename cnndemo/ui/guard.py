@@ -133,8 +133,8 @@ class UploadFolder:
     def __init__(self, path: Path, quota: int | None = None):
         self.path = Path(path)
         self.quota = settings.get().upload_quota_bytes if quota is None else quota
-        self.PARTIAL_AFTER_S = settings.get().partial_upload_s
-        self.SWEEP_EVERY_S = self.PARTIAL_AFTER_S / 5
+        self.partial_after_s = settings.get().partial_upload_s
+        self.sweep_every_s = self.partial_after_s / 5
         self._lock_file = None
         self._used = 0
         self._measured_at = -math.inf
@@ -202,9 +202,9 @@ class UploadFolder:
 
     def sweep_partials(self) -> int:
         """Remove Gradio's temporary upload files (``tmp*`` at the top of the folder) that no
-        upload has written to for ``PARTIAL_AFTER_S``: a client that went away half-way."""
+        upload has written to for ``partial_after_s``: a client that went away half-way."""
         removed = 0
-        cutoff = time.time() - self.PARTIAL_AFTER_S
+        cutoff = time.time() - self.partial_after_s
         for entry in self.path.glob("tmp*"):
             try:
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
@@ -234,7 +234,7 @@ class UploadFolder:
     def start_sweeper(self) -> None:
         def loop():
             while True:
-                time.sleep(self.SWEEP_EVERY_S)
+                time.sleep(self.sweep_every_s)
                 with contextlib.suppress(OSError):
                     self.sweep_partials()
 
