@@ -133,19 +133,25 @@ def open_image(
             ) from None
         except UnidentifiedImageError:
             kind = _sniff(data[:1024])
-            if data.startswith(b"\x89PNG\r\n\x1a\n"):
-                raise ImageError(f"{name} starts like a PNG but its data is corrupt") from None
-            if data.startswith(b"\xff\xd8"):
-                raise ImageError(f"{name} starts like a JPEG but its data is corrupt") from None
             what = f"it looks like {kind}" if kind else "its contents are not a known image format"
-            raise ImageError(
+            raise ImageError(_corrupt_signature(data, name) or (
                 f"{name} is not an image this app can read: {what}. "
-                "Use JPEG, PNG, WebP, BMP, GIF or TIFF."
-            ) from None
+                "Use JPEG, PNG, WebP, BMP, GIF or TIFF.")) from None
         except Exception as e:  # Pillow raises SyntaxError, ValueError, OSError for broken headers
-            raise ImageError(f"{name} could not be opened as an image: {e}") from None
+            # A PNG or JPEG signature followed by junk fails either way, depending on the junk
+            # ("Truncated File Read" for about 1 in 100 random tails): it is named the same.
+            raise ImageError(f"{_corrupt_signature(data, name) or f'{name} could not be opened as an image'}: {e}"
+                             ) from None
         fmt = im.format or "unknown"
     return _normalise(im, name, fmt, keep_alpha)
+
+
+def _corrupt_signature(data: bytes, name: str) -> str | None:
+    """'NAME starts like a PNG (JPEG) but its data is corrupt' when it does; None otherwise."""
+    for signature, fmt in ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8", "JPEG")):
+        if data.startswith(signature):
+            return f"{name} starts like a {fmt} but its data is corrupt"
+    return None
 
 
 def check_header(data: bytes, name: str = "the image") -> None:
