@@ -20,7 +20,8 @@ from ... import cache, settings
 from ...attribution import INTERNAL_BATCH, Settings, attribute
 from ...bench import measure, plain_loop_ms, prepare
 from ...branches import explore_tensor
-from .classroom import load_lesson, run_classroom
+from .classroom import run_classroom
+from ...lessons import load_lesson
 from .server import free_port, proc_status_mb, start_server
 from ...paths import CHECKOUT, EXAMPLES_DIR
 from ...pipeline import prepare as prepare_input, timed, timed_forward
@@ -286,9 +287,13 @@ def run_soak(args) -> int:
 def _setup_classroom(p):
     p.add_argument("--students", type=int, nargs="+", default=[10, 30, 60], help="class sizes, run in turn")
     p.add_argument("--lesson", default="default",
-                   help="default (predict, switch block, knock out, IG, draw a digit), predict, or a JSON file")
+                   help="default (predict, switch block, knock out, IG, draw a digit), photo (the same, every student on a "
+                        "photo and a drawing of their own: @photo, @drawing), predict, or a JSON file")
     p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings, e.g. CNNDEMO_WORKERS=2")
     p.add_argument("--rounds", type=int, default=1, help="repeat each class size this many times, pooled")
+    p.add_argument("--client", choices=("browser", "gradio"), default="browser",
+                   help="how each student talks to the app: as a browser does, over plain HTTP (default), or "
+                        "through gradio_client (~160 ms of CPU per call on the same cores)")
     p.add_argument("--time-limit", type=float, default=1200.0, help="stop starting new steps after this many seconds")
     p.add_argument("--json", action="store_true")
 
@@ -297,7 +302,7 @@ def _setup_classroom(p):
 def run_bench_classroom(args) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     out = run_classroom(args.students, load_lesson(args.lesson), env=env, time_limit=args.time_limit, rounds=args.rounds,
-                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+                        progress=lambda msg: print(msg, file=sys.stderr, flush=True), client=args.client)
     if args.json:
         emit(out)
         return 0
