@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from . import settings
 from .errors import BadRequest
@@ -24,8 +24,45 @@ from .errors import BadRequest
 # Progress of long work: (fraction done or None, what is happening now). Every long call takes one.
 ProgressFn = Callable[[float | None, str], None]
 
-_TOKEN: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("cnndemo_cancel", default=None)
 
+
+class Token(Protocol):
+    """What cancels work: a ``threading.Event`` per request, or ``Waiters`` for shared work."""
+
+    def is_set(self) -> bool: ...
+
+
+_TOKEN: contextvars.ContextVar[Token | None] = contextvars.ContextVar("cnndemo_cancel", default=None)
+
+
+def current() -> Token | None:
+    """The current request's token (None outside a cancellable call: nothing cancels it)."""
+    return _TOKEN.get()
+
+
+class Waiters:
+    """The token of work that several requests wait for: set once every one of them has
+    been cancelled. A waiter without a token (a command-line call) never goes away."""
+
+    def __init__(self):
+        self._tokens: list[Token] = []
+        self._forever = False
+        self._lock = threading.Lock()
+
+    def add(self, token: Token | None) -> None:
+        with self._lock:
+            if token is None:
+                self._forever = True
+            else:
+                self._tokens.append(token)
+
+    def waiting(self) -> int:
+        """How many requests still wait."""
+        with self._lock:
+            return sum(1 for t in self._tokens if not t.is_set()) + (1 if self._forever else 0)
+
+    def is_set(self) -> bool:
+        return self.waiting() == 0
 
 
 def work_budget_tflop() -> float:
@@ -51,7 +88,7 @@ def check() -> None:
 
 
 @contextlib.contextmanager
-def cancellable(token: threading.Event) -> Iterator[threading.Event]:
+def cancellable(token: Token) -> Iterator[Token]:
     """Run the body with ``token`` as the current cancellation token."""
     reset = _TOKEN.set(token)
     try:

@@ -43,6 +43,9 @@ class Settings:
     cpu_cores: int = 0  # 0: the affinity mask
     torch_threads: int = 0  # 0: cpu_cores
     workers: int = 2
+    heavy_workers: int = 1
+    results_cache: str = "256mb"
+    batch: str = "auto"  # auto: on with CUDA, off on a CPU
     queue_max: int = 64
     max_threads: int = 40
     max_upload: str = "120mb"
@@ -59,6 +62,7 @@ class Settings:
     server_name: str = ""
     server_port: int = 7860
     mcp: bool = False
+    warm: str = ""
 
     ENV = {
         "offline": "CNNDEMO_OFFLINE", "device": "CNNDEMO_DEVICE", "weights_url": "CNNDEMO_WEIGHTS_URL",
@@ -66,12 +70,13 @@ class Settings:
         "torch_home": "TORCH_HOME", "work_budget_tflop": "CNNDEMO_WORK_BUDGET_TFLOP",
         "max_image_mb": "CNNDEMO_MAX_IMAGE_MB", "max_megapixels": "CNNDEMO_MAX_MEGAPIXELS",
         "cpu_cores": "CPU_CORES", "torch_threads": "CNNDEMO_TORCH_THREADS", "workers": "CNNDEMO_WORKERS",
+        "heavy_workers": "CNNDEMO_HEAVY_WORKERS", "results_cache": "CNNDEMO_RESULTS_CACHE", "batch": "CNNDEMO_BATCH",
         "queue_max": "CNNDEMO_QUEUE_MAX", "max_threads": "CNNDEMO_MAX_THREADS", "max_upload": "CNNDEMO_MAX_UPLOAD",
         "queue_per_session": "CNNDEMO_QUEUE_PER_SESSION", "heavy_per_session": "CNNDEMO_HEAVY_PER_SESSION",
         "queue_per_ip": "CNNDEMO_QUEUE_PER_IP", "proxy_hops": "CNNDEMO_PROXY_HOPS",
         "state_ttl_s": "CNNDEMO_STATE_TTL", "sessions": "CNNDEMO_SESSIONS", "upload_quota": "CNNDEMO_UPLOAD_QUOTA",
         "partial_upload_s": "CNNDEMO_PARTIAL_UPLOAD_S", "upload_dir": "GRADIO_TEMP_DIR", "space_id": "SPACE_ID",
-        "server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT", "mcp": "CNNDEMO_MCP",
+        "server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT", "mcp": "CNNDEMO_MCP", "warm": "CNNDEMO_WARM",
     }
 
     # ------------------------------------------------------------------ derived values
@@ -88,6 +93,17 @@ class Settings:
     @property
     def upload_quota_bytes(self) -> int:
         return parse_bytes(self.upload_quota)
+
+    @property
+    def heavy_lane(self) -> int:
+        """Long requests in progress at once (Gradio's limit for the heavy lane): those computing
+        (``heavy_workers``) and those waiting for a worker or for an identical request's result.
+        Half of Gradio's threads, so light events always find one."""
+        return max(self.heavy_workers, self.max_threads // 2)
+
+    @property
+    def results_cache_bytes(self) -> int:
+        return parse_bytes(self.results_cache)
 
     @property
     def upload_folder(self) -> Path:
