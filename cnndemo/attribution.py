@@ -31,9 +31,11 @@ from .cancel import ProgressFn
 from .cache import memo
 from .archs.module_relu import with_module_relus
 from .costs import module_flops
-from .pipeline import ImageLike, prepare, resolve, timed
+from .pipeline import ImageLike, Input, load_for, prepare, resolve, timed
 from .runtime import LoadedModel
 from .scores import SCORES, Deletion, Sanity, ScoreInput
+from .lanes import HEAVY, Lane
+from .shared import RESULTS
 from .specs import ModelSpec
 from .weights import WeightsInfo
 from .zoo import get_spec
@@ -285,18 +287,31 @@ def _baseline(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x)
 
 
+def _check_grad(grad):
+    cancel.check()  # returns None: the gradient is left as it is
+
+
+def _check_forward(_module, _inputs, output):
+    cancel.check()
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        output.register_hook(_check_grad)  # checked again when the backward pass gets here
+
+
 class _ForwardCounter:
     """Counts forward passes of a module to report progress, and stops a cancelled request
-    between two batches (every Captum method runs its batches through ``forward``)."""
+    within a fraction of a pass: the model's forward pass (every Captum method runs its
+    batches through it) and each of its top-level stages check, on the way forward and on the
+    way back (a pass over a batch of 16 GoogLeNet inputs takes seconds on 2 cores)."""
 
     def __init__(self, model: nn.Module, expected: int, label: str, progress: ProgressFn | None):
         self.model, self.expected, self.label, self.progress = model, max(1, expected), label, progress
         self.calls = 0
-        self.handle = None
+        self.handles: list = []
 
     def __enter__(self):
         cancel.check()
-        self.handle = self.model.register_forward_pre_hook(self._tick)
+        self.handles = [self.model.register_forward_pre_hook(self._tick),
+                        *(child.register_forward_hook(_check_forward) for child in self.model.children())]
         return self
 
     def _tick(self, _m, _inputs):
@@ -306,8 +321,8 @@ class _ForwardCounter:
             self.progress(min(self.calls / self.expected, 0.99), f"{self.label}: pass {self.calls} of ~{self.expected}")
 
     def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
+        for handle in self.handles:
+            handle.remove()
 
 
 def occlusion_window(s: Settings, x: torch.Tensor) -> tuple[int, int]:
@@ -564,6 +579,43 @@ def run_method(
     sigma = s.noise * float(x.max() - x.min()) if m.noisy else 0.0
     call = Call(model, x.detach().clone().requires_grad_(), target, _baseline(spec, x), sigma, layer_paths, s)
     return m.run(call).detach()[0].float().cpu().numpy()
+
+
+def request_key(image: ImageLike, model: LoadedModel, method: str, *, target: int | str | None = None,
+                layer: str | None = None, settings: Settings | None = None) -> tuple:
+    """What an attribution request computes, as a key for ``shared.RESULTS``: the model and
+    its weights, the pixels (of the image as opened, before the model's preprocessing), the
+    method, its settings (clamped, as they run), the target and the layer. Nothing about who
+    asked or how their file was named."""
+    wanted = None if target is None or not str(target).strip() else str(target).strip()
+    uses_layer = get_method(method).uses_layer
+    return ("attribution", model.ident, load_for(model.spec, image).digest, method, wanted,
+            layer if uses_layer else None, (settings or Settings()).clamp())
+
+
+def attribute_shared(image: ImageLike, model: LoadedModel, method: str, *, target: int | str | None = None,
+                     layer: str | None = None, settings: Settings | None = None, scores: bool = False,
+                     progress: ProgressFn | None = None, lane: Lane | None = HEAVY) -> Attribution:
+    """``attribute`` computed once for identical requests (``shared.RESULTS``): a request that
+    arrives while the same one runs waits for its result; a finished one is reused. With
+    ``scores``, the map and its scores are two shared steps (a map already computed is not
+    computed again for its scores). The computation holds a worker of ``lane`` (None: the
+    tiny maps of the digit networks, computed in the light lane)."""
+    opened = load_for(model.spec, image)
+    key = request_key(opened, model, method, target=target, layer=layer, settings=settings)
+    if scores and (done := RESULTS.peek((*key, "scored"))) is not None:
+        return done
+    inp = image if isinstance(image, Input) and image.model is model else None
+
+    def prepared() -> Input:  # the model's preprocessing runs only when something is computed
+        return inp or prepare(opened, model)
+
+    a = RESULTS.get(key, lambda p: attribute(prepared(), model, method, target=target, layer=layer, settings=settings,
+                                             scores=False, progress=p), progress=progress, lane=lane)
+    if scores:
+        a = RESULTS.get((*key, "scored"), lambda p: add_scores(a, prepared(), model, progress=p), progress=progress,
+                        lane=lane)
+    return a
 
 
 def attribute(

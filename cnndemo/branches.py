@@ -8,17 +8,19 @@ by a hook that lives only for that call; the shared model is never modified.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from . import anatomy, cancel
+from . import anatomy, cancel, settings
 from .errors import BadRequest, NotFound
-from .cache import LRU, memo
+from .cache import memo
 from .pipeline import ImageLike, Input, load_for, prepare, resolve, timed, timed_forward
 from .predict import Prediction, top_classes
 from .runtime import LoadedModel
+from .shared import RESULTS, SharedResults
 from .specs import BlockSpec, ModelSpec, SpecError
 from .taps import Ablation, RawBlock, run_with_taps
 from .zoo import get_spec
@@ -212,45 +214,137 @@ def _summarise_all(raw: dict[str, RawBlock], infos: dict[str, BlockInfo]) -> dic
     return out
 
 
-def exploration_bytes(ex: Exploration) -> int:
-    arrays = sum(b.mean_map.nbytes + b.top_maps.nbytes for bm in ex.blocks.values() for b in bm.branches)
-    w, h = ex.seen.size
-    return arrays + w * h * len(ex.seen.getbands())
-
-
-# Results of recent (image, model) pairs: what makes switching blocks free. Bounded in bytes
-# too, because a ResNet-50 exploration (56 x 56 maps in 16 blocks) is ~20x a digit net's.
-CACHE = LRU(64, max_bytes=48 * 2**20, weigh=exploration_bytes, name="explorations")
+# Results of recent (image, model) pairs: what makes switching blocks free, and what a class
+# predicting the same example computes once. Bounded in bytes, because a ResNet-50 exploration
+# (56 x 56 maps in 16 blocks) is ~20x a digit net's.
+EXPLORATIONS = SharedResults(48 * 2**20, name="explorations")
 
 
 def explore(
     image: ImageLike, model: LoadedModel | str, *, top: int = 5, use_cache: bool = True
 ) -> Exploration:
-    """Top-k plus every block's branch maps and shares, from one forward pass (cached)."""
+    """Top-k plus every block's branch maps and shares, from one forward pass (shared: the
+    same pixels on the same model and weights are computed once, whoever asks)."""
     lm = resolve(model)
     opened = load_for(lm.spec, image)
+
+    def compute(_progress=None) -> Exploration:
+        inp = prepare(image if isinstance(image, Input) else opened, lm)
+        pred, blocks, _ms = explore_tensor(lm, inp.x, top)
+        return Exploration(lm.key, lm.weights.ident, opened.digest, pred, inp.seen(), blocks, ())
+
+    if not use_cache:
+        return replace(compute(), input_notes=opened.notes)
     key = (opened.digest, lm.ident, top)
-    if use_cache and (hit := CACHE.get(key)) is not None:
-        # The cache is keyed by pixels, shared by every user: the notes about how *this* file
-        # was opened (first page of a TIFF, EXIF...) are this request's own.
+    # The result is keyed by pixels and shared by every user: the notes about how *this* file
+    # was opened (first page of a TIFF, EXIF...) are this request's own.
+    if (hit := EXPLORATIONS.peek(key)) is not None:
         return replace(hit, input_notes=opened.notes, prediction=replace(hit.prediction, cached=True))
-    inp = prepare(image if isinstance(image, Input) else opened, lm)
-    pred, blocks, _ms = explore_tensor(lm, inp.x, top)
-    result = Exploration(lm.key, lm.weights.ident, opened.digest, pred, inp.seen(), blocks, opened.notes)
-    if use_cache:
-        CACHE.put(key, result)
-    return result
+    return replace(EXPLORATIONS.get(key, compute), input_notes=opened.notes)
 
 
 def explore_tensor(lm: LoadedModel, x: torch.Tensor, top: int = 5) -> tuple[Prediction, dict[str, BlockMaps], float]:
-    """The one forward pass on a preprocessed batch: top-k, and every block's branch summaries."""
+    """The one forward pass on a preprocessed image (1 x C x H x W): top-k, and every block's
+    branch summaries. With batching on (``batching_on``), requests for the same model that
+    arrive while its forward pass runs go through the next pass together."""
+    if batching_on(lm.device):
+        return BATCHER.run(lm, x, top)
+    return _explore_batch(lm, [x], top)[0]
+
+
+def _explore_batch(lm: LoadedModel, xs: list[torch.Tensor], top: int):
+    """One forward pass over several images; each image's own prediction and summaries."""
     infos = {i.name: i for i in block_infos(lm.spec)}
+    x = xs[0] if len(xs) == 1 else torch.cat(xs)
     (logits, raw), ms, first_run = timed_forward(lm, x, lambda m, x: run_with_taps(m, x, lm.spec.blocks,
                                                                                    keep_outputs=False))
+    out = []
     with torch.inference_mode():
-        pred = Prediction(lm.key, lm.weights, top_classes(logits, lm.spec.labels(), top), ms, first_run)
-        blocks = _summarise_all(raw, infos)
-    return pred, blocks, ms
+        for i in range(len(xs)):
+            mine = {name: RawBlock(rb.spec, None, [t[i:i + 1] for t in rb.branches]) for name, rb in raw.items()}
+            pred = Prediction(lm.key, lm.weights, top_classes(logits[i:i + 1], lm.spec.labels(), top), ms, first_run,
+                              batch=len(xs))
+            out.append((pred, _summarise_all(mine, infos), ms))
+    return out
+
+
+def batching_on(device: torch.device) -> bool:
+    """``CNNDEMO_BATCH``: on, off, or auto (on with CUDA, where a batch costs about what one image
+    does; off on a CPU, where it measured slower: README, "Batching")."""
+    mode = settings.get().batch.lower()
+    return mode in ("on", "1", "true") or (mode == "auto" and device.type == "cuda")
+
+
+class Batcher:
+    """Concurrent forward passes on one model, run as one batch. No request waits for others
+    to arrive: whoever holds the model's lock runs every image that queued meanwhile (up to
+    ``max_batch``), so an idle server answers at once and a busy one batches by itself. If a
+    batch fails, each of its images is run alone, so one bad request fails only itself."""
+
+    def __init__(self, max_batch: int = 16):
+        self.max_batch = max_batch
+        self._pending: dict[tuple, list[_Queued]] = {}
+        self._guard = threading.Lock()
+
+    def run(self, lm: LoadedModel, x: torch.Tensor, top: int):
+        mine = _Queued(x)
+        key = (id(lm), tuple(x.shape), top)
+        with self._guard:
+            self._pending.setdefault(key, []).append(mine)
+        try:
+            while not mine.done.is_set():
+                if lm.lock.acquire(timeout=0.05):
+                    try:
+                        if not mine.done.is_set():
+                            self._run_pending(lm, key, top)
+                    finally:
+                        lm.lock.release()
+                cancel.check()
+        finally:
+            with self._guard:  # cancelled while queued: leave the queue
+                queued = self._pending.get(key, [])
+                if mine in queued:
+                    queued.remove(mine)
+        if mine.error is not None:
+            raise mine.error
+        return mine.result
+
+    def _run_pending(self, lm: LoadedModel, key: tuple, top: int) -> None:
+        with self._guard:
+            queued = self._pending.get(key, [])
+            batch, self._pending[key] = queued[:self.max_batch], queued[self.max_batch:]
+        if not batch:
+            return
+        try:
+            results: list = _explore_batch(lm, [q.x for q in batch], top)
+        except Exception as e:
+            results = [e] if len(batch) == 1 else [self._alone(lm, q.x, top) for q in batch]
+        for q, r in zip(batch, results):
+            if isinstance(r, Exception):
+                q.error = r
+            else:
+                q.result = r
+            q.done.set()
+
+
+    @staticmethod
+    def _alone(lm: LoadedModel, x: torch.Tensor, top: int):
+        """One image's result, or its error (after a batch failed: each request gets its own)."""
+        try:
+            return _explore_batch(lm, [x], top)[0]
+        except Exception as e:
+            return e
+
+
+class _Queued:
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self.result = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+BATCHER = Batcher()
 
 
 @dataclass(frozen=True)
@@ -291,15 +385,27 @@ def ablate(
         raise NotFound(f"{block} has no branch {branch!r}; branches: {names}")
     if mode not in ("zero", "mean"):
         raise BadRequest(f"unknown ablation mode {mode!r}: use zero or mean")
-    x = prepare(image, lm).x
-    abl = Ablation(block, branch, mode)
+    opened = load_for(spec, image)
+    key = ("ablation", opened.digest, lm.ident, block, branch, mode, top)
+    explored = EXPLORATIONS.peek((opened.digest, lm.ident, top))  # the intact pass, if a prediction made it
+    return RESULTS.get(key, lambda _progress: _ablate(prepare(image if isinstance(image, Input) else opened, lm).x,
+                                                      lm, Ablation(block, branch, mode), top,
+                                                      explored.prediction if explored else None))
+
+
+def _ablate(x: torch.Tensor, lm: LoadedModel, abl: Ablation, top: int, before: Prediction | None = None) -> AblationResult:
+    """``before``: the prediction of the intact network on ``x`` when it is known already (the
+    exploration a prediction left): then only the ablated pass runs."""
+    spec = lm.spec
+    bspec = spec.block(abl.block)
     labels = spec.labels()
     with cancel.holding(lm.lock), torch.inference_mode():
-        with timed(lm.device) as t_base:
-            base = lm.module(x)
+        if before is None:
+            with timed(lm.device) as t_base:
+                base = lm.module(x)
+            before = Prediction(lm.key, lm.weights, top_classes(base, labels, top), t_base.ms)
         with timed(lm.device) as t_knocked:
             knocked, _ = run_with_taps(lm.module, x, [bspec], ablation=abl)
-    before = Prediction(lm.key, lm.weights, top_classes(base, labels, top), t_base.ms)
     after = Prediction(lm.key, lm.weights, top_classes(knocked, labels, top), t_knocked.ms)
     top1 = before.top[0].index
     p_after = float(torch.softmax(knocked.float()[0], 0)[top1])

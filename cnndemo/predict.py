@@ -26,6 +26,7 @@ class Prediction:
     ms: float
     first_run: bool = False  # the model's first forward pass on this server: one-time set-up included
     cached: bool = False  # served from the result cache: ``ms`` is the time of the pass that made it
+    batch: int = 1  # images in the forward pass that computed it (concurrent requests batched together)
 
     def as_label(self) -> dict[str, float]:
         """For gr.Label: {label: probability}."""
@@ -41,6 +42,7 @@ class Prediction:
             ms=round(self.ms, 2),
             first_run=self.first_run,
             cached=self.cached,
+            batch=self.batch,
         )
         return out
 
@@ -51,10 +53,11 @@ class Prediction:
             when = "its first run on this server" if self.first_run else "an earlier request"
             return (f"no forward pass for this request: the same image on the same model was computed by {when} "
                     f"({self.ms:.1f} ms on {device} then)")
+        shared = f" for a batch of {self.batch} requests' images" if self.batch > 1 else ""
         if self.first_run:
-            return (f"forward pass {self.ms:.1f} ms on {device}, the model's first run on this server: one-time "
-                    "set-up included, later passes are faster")
-        return f"forward pass {self.ms:.1f} ms on {device}"
+            return (f"forward pass {self.ms:.1f} ms on {device}{shared}, the model's first run on this server: "
+                    "one-time set-up included, later passes are faster")
+        return f"forward pass {self.ms:.1f} ms on {device}{shared}"
 
 
 def top_classes(logits: torch.Tensor, labels: tuple[str, ...], k: int) -> tuple[TopClass, ...]:

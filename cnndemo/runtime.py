@@ -211,7 +211,9 @@ class ModelStore:
             expected = W.ExpectedTensors.of(module, ignored=spec.drop_keys)
             state = W.drop_prefixes(W.read_state_dict(path, expected, spec.name), spec.drop_keys)
             W.load_into(module, state, spec.name, assign=True)
-            info = W.WeightsInfo("custom", f"your checkpoint {path.name}", f"custom-{digest[:16]}")
+            # Named by content, not by file name: a second user who loads the same bytes gets this
+            # model (and the results computed with it) without the first user's file name.
+            info = W.WeightsInfo("custom", f"your checkpoint (sha256 {digest[:12]})", f"custom-{digest[:16]}")
             loaded = LoadedModel(spec, module.to(device).eval(), info, device)
             self._custom[k] = loaded
             while len(self._custom) > self._max_custom:
