@@ -7,6 +7,7 @@ it loads no model and touches no network. Launching happens only under `__main__
 from __future__ import annotations
 
 import argparse
+import logging
 
 from cnndemo import settings
 
@@ -27,18 +28,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also serve every named endpoint as an MCP tool (CNNDEMO_MCP=1; needs gradio[mcp])")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=in_space,
                    help="fetch the published weights in the background at start (default: on in a Space)")
-    return p.parse_args(argv)
+    p.add_argument("--warm", default=env.warm or None, metavar="LESSON",
+                   help="compute a lesson's steps at start, so the first student finds them ready: default, "
+                        "predict, or a lesson file (JSON; see README) (CNNDEMO_WARM)")
+    args = p.parse_args(argv)
+    if args.warm:
+        from cnndemo.lessons import load_lesson
+
+        try:
+            args.lesson = load_lesson(args.warm)
+        except (OSError, ValueError) as e:
+            p.error(f"--warm {args.warm}: {e}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # The app's own notes (a lesson warmed, an upload folder emptied, work stopped for a closed
+    # tab) go to the console; other libraries keep their own levels.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s cnndemo: %(message)s", "%H:%M:%S"))
+    logging.getLogger("cnndemo").addHandler(handler)
+    logging.getLogger("cnndemo").setLevel(logging.INFO)
     if args.offline:
         settings.configure(offline=True)
     if args.device:
         settings.configure(device=args.device)
     from cnndemo.ui import launch
 
-    launch(demo, host=args.host, port=args.port, share=args.share, mcp=args.mcp, prefetch=args.prefetch)
+    launch(demo, host=args.host, port=args.port, share=args.share, mcp=args.mcp, prefetch=args.prefetch,
+           warm=(args.warm, args.lesson) if args.warm else None)
 
 
 def _build():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import attributions, compare, digits, explore, start as start_panel
-from .common import CSS, EXAMPLES_DIR, LOOK_JS, MODEL_GROUP, PRESENTER_JS, by_name, tune_allocator, weights_status
+from . import attributions, compare, digits, explore, start as start_panel, warm as warm_lesson
+from .common import CSS, EXAMPLES_DIR, HEAVY_LANE, LIGHT, LOOK_JS, PRESENTER_JS, by_name, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
 from ..render import Look
 from ..runtime import configure_threads
@@ -13,10 +13,6 @@ from .. import settings
 from ..weights import is_offline
 from .serving import install_atomic_cache_writes
 from . import guard
-
-# Events that hold a worker for up to a minute: one at a time per browser session.
-HEAVY_APIS = {"attribute", "attribute_compact", "attribute_grid", "attribute_compare", "compare", "scaling", "train_digits"}
-
 
 def build_demo() -> gr.Blocks:
     """Build the Blocks app (not launched). Nothing here loads a model."""
@@ -98,10 +94,11 @@ def build_demo() -> gr.Blocks:
         load_explore, loaded_explore = by_name(explore.on_load, ex, ("arch", "diagram"))
         demo.load(load_explore, [ex["model"]], loaded_explore, api_visibility="private", queue=False).then(
             load_explore, [ex["model"]], loaded_explore, api_visibility="private", queue=False)
-    # Classroom tuning (README): network-running events at once, and how long the queue may grow
-    # before new requests are turned away.
+    # Classroom tuning (README): light events at once (the heavy lane sets its own limit), and how
+    # long the queue may grow before new requests are turned away.
     demo.queue(max_size=settings.get().queue_max, default_concurrency_limit=settings.get().workers)
-    guard.install_queue_limits(demo, {MODEL_GROUP, compare.BENCH_GROUP, digits.TRAIN_GROUP}, HEAVY_APIS)
+    guard.install_queue_limits(demo, {LIGHT, HEAVY_LANE}, HEAVY_LANE)
+    guard.install_disconnect_cancel(demo)
     guard.install_session_context(demo)
     guard.install_input_checks(demo)
     demo.cnndemo_uploads = uploads
@@ -114,11 +111,13 @@ def carry_image(source: str | None, current: str | None):
 
 
 def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           *, mcp: bool = False, prefetch: bool = False, **kwargs) -> gr.Blocks:
+           *, mcp: bool = False, prefetch: bool = False, warm: tuple[str, list[dict]] | None = None,
+           **kwargs) -> gr.Blocks:
     """Launch ``demo`` (built here if None) with the project's safety settings; return it.
 
     ``prefetch``: fetch the published weights in the background (a Space's disk is
-    ephemeral). ``mcp``: also serve every named endpoint as an MCP tool.
+    ephemeral). ``mcp``: also serve every named endpoint as an MCP tool. ``warm``: (name,
+    steps) of a lesson to compute once the server answers (``ui.warm``).
     """
     from starlette.middleware import Middleware
 
@@ -131,6 +130,9 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(guard.ClientGuard, uploads=uploads)]
     if prefetch and not is_offline():
         weights_prefetch.start()
+    if warm is not None:
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "", None) else host
+        warm_lesson.start(*warm, f"http://{local}:{port}/")
     if mcp:
         try:
             import mcp as _mcp  # noqa: F401  (gradio's MCP server needs it)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import inspect
+import io
 import re
 
 import gradio as gr
@@ -13,15 +14,17 @@ import pandas as pd
 
 from .. import render
 from ..branches import explore
-from ..attribution import (METHODS, Settings, add_scores, attribute, check_budget, get_method, knobs, layer_choices,
-                           request_tflop)
+from ..attribution import (METHODS, Settings, attribute_shared, check_budget, get_method, knobs, layer_choices,
+                           request_key, request_tflop)
 from ..cancel import Cancelled, work_budget_tflop, check_budget as check_budget_total
 from ..errors import UserError
 from ..pipeline import prepare
 from ..scores import SANITY_THRESHOLD
+from ..lanes import HEAVY
+from ..shared import RESULTS
 from ..zoo import DEFAULT_MODEL, ZOO
-from .serving import download_path
-from .common import (MODEL_GROUP, by_name, examples, get_model, gr_progress, image_input, log, model_choices, user_errors,
+from .serving import shared_download
+from .common import (LIGHT, by_name, heavy_lane, examples, get_model, gr_progress, image_input, log, model_choices, user_errors,
                      weights_banner, weights_kind)
 
 SCORE_HELP = (
@@ -112,13 +115,10 @@ def deletion_frame(a) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def _save(img, a, suffix: str) -> str:
-    path = download_path(_file_name(a.model, a.method, a.layer or "input", a.target, suffix))
-    if suffix.endswith(".npy"):
-        np.save(path, a.attr)
-    else:
-        img.save(path)
-    return str(path)
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 def attribute_steps(
@@ -150,18 +150,40 @@ def attribute_steps(
     # The map is shown before its scores; refuse now if map and scores together are over budget.
     check_budget(lm.spec, method, settings, scores=True)
     inp = prepare(image, lm)  # decoded once, for the map and for its scores
-    a = attribute(inp, lm, method, target=target or None, layer=layer,
-                  settings=settings, scores=False, progress=gr_progress(progress))
-    overlay, signed = render.attribution_views(a, render.Look.parse(look))
+    key = request_key(inp, lm, method, target=target, layer=layer, settings=settings)
     banner = weights_banner(lm.weights, model)
-    yield {"overlay": overlay, "signed": signed, "json": a.to_json(), "files": None, "banner": banner,
-           "scores": scores_markdown(a) + "  \n*Computing the sanity and deletion scores...*", "deletion": None}
-    a = add_scores(a, inp, lm, progress=gr_progress(progress))
-    big = download_path(slide_name(a))
-    slide(a).save(big)
-    files = [str(big), _save(overlay, a, "overlay.png"), _save(signed, a, "signed.png"), _save(None, a, "attr.npy")]
+    # Identical requests (a class on the teacher's example) share one computation and its pictures.
+    a = RESULTS.peek((*key, "scored"))
+    if a is None:
+        a = attribute_shared(inp, lm, method, target=target or None, layer=layer, settings=settings,
+                             progress=gr_progress(progress))
+        overlay, signed = _views(a, key, look)
+        yield {"overlay": overlay, "signed": signed, "json": a.to_json(), "files": None, "banner": banner,
+               "scores": scores_markdown(a) + "  \n*Computing the sanity and deletion scores...*", "deletion": None}
+        a = attribute_shared(inp, lm, method, target=target or None, layer=layer, settings=settings, scores=True,
+                             progress=gr_progress(progress))
+    overlay, signed = _views(a, key, look)
+    # Written once per result and offered to everyone who asked for it.
+    name = functools.partial(_file_name, a.model, a.method, a.layer or "input", a.target)
+    drawn = (*key, render.Look.parse(look))  # the two maps as this page draws them
+    files = [shared_download(key, slide_name(a), lambda: _png(slide(a))),
+             shared_download(drawn, name("overlay.png"), lambda: _png(overlay)),
+             shared_download(drawn, name("signed.png"), lambda: _png(signed)),
+             shared_download(key, name("attr.npy"), lambda: _npy(a.attr))]
     yield {"overlay": overlay, "signed": signed, "json": a.to_json(), "files": files, "banner": banner,
            "scores": scores_markdown(a), "deletion": deletion_frame(a)}
+
+
+def _views(a, key: tuple, look: str | None):
+    """The overlay and the signed map for this page's look, drawn once per result and look."""
+    shape = render.Look.parse(look)
+    return RESULTS.get(("views", *key, shape), lambda _p: render.attribution_views(a, shape))
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def with_knob_parameters(fn, after: str = "layer"):
@@ -213,14 +235,24 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
     if not image:
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint, progress)
-    # Planned up front: the methods run in order while the request's budget lasts; the rest
-    # are shown as skipped, with their cost.
-    left = work_budget_tflop()
-    costs = {key: request_tflop(lm.spec, key, None, scores=False) for key in METHODS}
     inp = prepare(image, lm)
+    shape = render.Look.parse(look)
+    # One grid per model, weights, pixels, target, layer, budget and look, drawn once for a class;
+    # each cell is also the shared result of that method's default request.
+    key = ("grid", lm.ident, inp.opened.digest, str(target or "").strip() or None, layer or None,
+           work_budget_tflop(), shape)
+    return RESULTS.get(key, lambda p: _all_methods(inp, target, layer, shape, p), progress=gr_progress(progress),
+                       lane=HEAVY)
+
+
+def _all_methods(inp, target, layer, shape, progress):
+    """The grid's cells, in method order, while the request's budget lasts: planned up front,
+    the rest are shown as skipped, with their cost."""
+    left = work_budget_tflop()
+    costs = {key: request_tflop(inp.spec, key, None, scores=False) for key in METHODS}
     items, titles = [], []
     for i, (key, meth) in enumerate(METHODS.items()):
-        progress(i / len(METHODS), desc=f"{meth.name} ({i + 1} of {len(METHODS)})")
+        progress(i / len(METHODS), f"{meth.name} ({i + 1} of {len(METHODS)})")
         if costs[key] > left:
             items.append(None)
             titles.append(f"{meth.name}: skipped\n~{costs[key]:.1f} TFLOP, over what is left of this\n"
@@ -228,7 +260,7 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
             continue
         left -= costs[key]
         try:
-            a = attribute(inp, lm, key, target=target or None, layer=layer if meth.uses_layer else None, scores=False)
+            a = attribute_shared(inp, inp.model, key, target=target or None, layer=layer if meth.uses_layer else None)
             items.append(a)
             titles.append(f"{meth.name}\n{a.label} · {a.ms:.0f} ms")
         except Cancelled:
@@ -240,7 +272,7 @@ def run_all_methods(image: str | None, model: str, target: str | None = None, la
             log.error("%s failed in the all-methods grid", meth.name, exc_info=e)
             items.append(None)
             titles.append(f"{meth.name}: failed\n{type(e).__name__}: {str(e)[:80]}")
-    return render.attribution_grid(items, titles, cols=3, look=render.Look.parse(look))
+    return render.attribution_grid(items, titles, cols=3, look=shape)
 
 
 @user_errors
@@ -268,7 +300,7 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
     for i, key in enumerate(models):
         progress(i / len(models), desc=f"{ZOO[key].name} ({i + 1} of {len(models)})")
         lm = get_model(key, None, progress)
-        a = attribute(image, lm, method, target=target or None, scores=False)
+        a = attribute_shared(image, lm, method, target=target or None)
         items.append(a)
         flag = "" if lm.weights.trained else " [random weights]"
         titles.append(f"{ZOO[key].name}{flag}\n{'target' if target else 'its top-1'}: {a.label} (p = {a.prob:.1%})")
@@ -280,7 +312,7 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
             "cmp_table": rows}
 
 
-RESULTS = ("overlay", "signed", "scores", "deletion", "json", "files", "banner")
+OUTPUTS = ("overlay", "signed", "scores", "deletion", "json", "files", "banner")
 
 
 def _cleared(model: str) -> dict:
@@ -361,26 +393,26 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
                                   interactive=False, label="class explained per model")
 
     knob_list = list(c["knobs"])
-    run, outputs = by_name(with_knob_parameters(attribute_steps), c, RESULTS)
+    run, outputs = by_name(with_knob_parameters(attribute_steps), c, OUTPUTS)
     c["run"].click(
         user_errors(run),
         [c["image"], c["model"], c["method"], c["target"], c["layer"], *knob_list, checkpoint_state, look],
         outputs,
         api_name="attribute",
-        concurrency_id=MODEL_GROUP,
+        **heavy_lane(),
     )
     c["grid_btn"].click(
         run_all_methods, [c["image"], c["model"], c["target"], c["layer"], checkpoint_state, look], [c["grid"]],
-        api_name="attribute_grid", concurrency_id=MODEL_GROUP,
+        api_name="attribute_grid", **heavy_lane(),
     )
     compared, compared_outputs = by_name(run_compare, c, ("cmp_grid", "cmp_table"))
     c["cmp_run"].click(
         compared, [c["image"], c["cmp_models"], c["cmp_method"], c["cmp_target"], look], compared_outputs,
-        api_name="attribute_compare", concurrency_id=MODEL_GROUP,
+        api_name="attribute_compare", **heavy_lane(),
     )
     c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private")
     # A map belongs to one model, image and setting: when any of them changes, it goes.
-    cleared, cleared_outputs = by_name(_cleared, c, (*RESULTS, "grid"))
+    cleared, cleared_outputs = by_name(_cleared, c, (*OUTPUTS, "grid"))
     gr.on([c["model"].change, c["image"].change, c["method"].input, c["target"].input, c["layer"].input],
           cleared, [c["model"]], cleared_outputs, api_visibility="private", queue=False)
     cmp_cleared, cmp_cleared_outputs = by_name(lambda: {"cmp_grid": None, "cmp_table": None}, c,
@@ -388,11 +420,11 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     gr.on([c["image"].change, c["cmp_models"].change, c["cmp_method"].input, c["cmp_target"].input],
           cmp_cleared, None, cmp_cleared_outputs, api_visibility="private", queue=False)
     gr.on([c["model"].change, c["image"].change], _target_update, [c["image"], c["model"], checkpoint_state],
-          [c["target"]], api_visibility="private", concurrency_id=MODEL_GROUP)
+          [c["target"]], api_visibility="private", concurrency_id=LIGHT)
     # The shared target's suggestions: the image's top-5 on the first model compared (the photo
     # models share ImageNet's classes; any other is typed).
     gr.on([c["image"].change, c["cmp_models"].change], _shared_target_update, [c["image"], c["cmp_models"]],
-          [c["cmp_target"]], api_visibility="private", concurrency_id=MODEL_GROUP)
+          [c["cmp_target"]], api_visibility="private", concurrency_id=LIGHT)
     return c
 
 
@@ -417,7 +449,7 @@ def compact_panel(explore: dict, checkpoint_state: gr.State, look: gr.State) -> 
     handler, outputs = by_name(compact, shown, shown)
     go.click(
         user_errors(handler), [explore["image"], explore["model"], method, checkpoint_state, look], outputs,
-        api_name="attribute_compact", api_visibility="private", concurrency_id=MODEL_GROUP,
+        api_name="attribute_compact", api_visibility="private", **heavy_lane(),
     )
     cleared, cleared_outputs = by_name(lambda: {"overlay": None, "signed": None, "scores": ""}, shown, shown)
     gr.on([explore["model"].change, explore["image"].change, method.input], cleared, None, cleared_outputs,

@@ -11,18 +11,29 @@ import threading
 
 import gradio as gr
 
+from .. import settings
 from ..cancel import Cancelled
 from ..errors import UserError
 from ..runtime import STORE, LoadedModel
+from ..shared import RESULTS
 from .. import prefetch
+from . import warm
 from ..weights import WeightsInfo, availability, is_offline
 from ..zoo import ZOO, families
 from .serving import EXAMPLES_DIR, cancellable, guard_files, image_input  # noqa: F401 (re-exported)
 
 log = logging.getLogger("cnndemo")
 
-# Events that run a network share this concurrency group (see README, "classroom tuning").
-MODEL_GROUP = "model"
+# The two lanes (README, "Lanes"): light events (a prediction, branch maps, an ablation, a digit)
+# never wait behind heavy ones (attributions, benchmarks, training). The heavy lane admits
+# ``settings.heavy_lane`` requests; of them ``lanes.HEAVY`` computes ``CNNDEMO_HEAVY_WORKERS`` at once.
+LIGHT = "light"
+HEAVY_LANE = "heavy"
+
+
+def heavy_lane() -> dict:
+    """The event arguments of a heavy event."""
+    return {"concurrency_id": HEAVY_LANE, "concurrency_limit": settings.get().heavy_lane}
 
 
 def _as_gr_error(e: Exception, where: str) -> gr.Error:
@@ -184,6 +195,12 @@ def requests_running() -> int:
     return _RUNNING.value()
 
 
+def picture(key: tuple, draw):
+    """A picture drawn once per ``key`` (what it shows and the page's look) and shared by every
+    request that shows the same: the same object is also encoded only once (``serving``)."""
+    return RESULTS.get(("picture", *key), lambda _progress: draw())
+
+
 def model_choices(kind: str | None = None) -> list[tuple[str, str]]:
     """Dropdown choices grouped by family: ('Inception · GoogLeNet (Inception v1)', 'googlenet')."""
     out = []
@@ -254,7 +271,10 @@ def weights_status():
     fetching = prefetch.status()
     if fetching.total:
         line = f"{prefetch.describe(fetching)}.  \n" + line
-    return {"status": line, "ticker": gr.Timer(active=fetching.running)}
+    lesson = warm.status()
+    if lesson is not None:
+        line = f"{warm.describe(lesson)}  \n" + line
+    return {"status": line, "ticker": gr.Timer(active=fetching.running or (lesson is not None and lesson.running))}
 
 
 def examples() -> list[str]:

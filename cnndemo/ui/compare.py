@@ -12,11 +12,11 @@ from ..bench import (benchmark_tflop, default_modes, estimated_seconds, noise_no
                      scaling, scaling_tflop)
 from ..cancel import work_budget_tflop, check_budget
 from ..costs import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
+from ..lanes import HEAVY
 from ..runtime import pick_device
 from ..zoo import DEFAULT_MODEL, ZOO
-from .common import by_name, gr_progress, model_choices, requests_running, user_errors
+from .common import by_name, gr_progress, heavy_lane, model_choices, requests_running, user_errors
 
-BENCH_GROUP = "bench"
 # Live measurements by settings: a second click on the same settings shows the same run.
 _LIVE = LRU(32, name="live benchmarks")
 
@@ -261,10 +261,10 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
     data = _LIVE.get(key)
     cached = data is not None
     if data is None:
-        data = _measured(lambda: run_benchmark(
-            models, device=device, batches=batches, precisions=(precision,), channels_last=True if channels_last else None,
-            modes=modes, runs=int(runs), warmup=warmup,
-            progress=gr_progress(progress)))
+        data = HEAVY.run(lambda: _measured(lambda: run_benchmark(
+            models, device=device, batches=batches, precisions=(precision,),
+            channels_last=True if channels_last else None, modes=modes, runs=int(runs), warmup=warmup,
+            progress=gr_progress(progress))), gr_progress(progress))
         _LIVE.put(key, data)
     env = data["environment"]
     note = (f"Measured live on **{env['device_name']}** ({env['device'].upper()}, {env['threads']} threads), "
@@ -329,7 +329,8 @@ def run_scaling(model: str, progress=gr.Progress()):
     runs = _scaling_runs(model)
     check_budget(scaling_tflop(model, runs), f"Scaling curves for {ZOO[model].name}",
                  hint="Pick a smaller model, or measure it with `python -m cnndemo bench` instead.")
-    data = _measured(lambda: scaling(model, runs=runs, progress=gr_progress(progress)))
+    data = HEAVY.run(lambda: _measured(lambda: scaling(model, runs=runs, progress=gr_progress(progress))),
+                     gr_progress(progress))
     name = ZOO[model].name
     by_batch = render.timing_curve(data["batch"], "batch", "ms_per_image", "p10", "p90", log_x=True,
                                    xlabel="batch size", ylabel="ms per image",
@@ -448,7 +449,7 @@ def build() -> dict:
     c["go"].click(
         measured,
         [c["models"], c["device"], c["batches"], c["precision"], c["channels_last"], c["compile"], c["runs"]],
-        measured_outputs, api_name="compare", concurrency_id=BENCH_GROUP, concurrency_limit=1,
+        measured_outputs, api_name="compare", **heavy_lane(),
     )
     estimate_inputs = [c["models"], c["device"], c["batches"], c["compile"], c["runs"]]
     gr.on([c[k].change for k in ("models", "device", "batches", "compile", "runs")], user_errors(bench_estimate),
@@ -459,8 +460,7 @@ def build() -> dict:
     c["scale_model"].change(user_errors(scaling_estimate), [c["scale_model"]], [c["scale_estimate"]],
                             api_visibility="private", queue=False)
     scaled, scaled_outputs = by_name(run_scaling, c, ("by_batch", "by_res", "scale_note", "scale_json"))
-    c["scale_go"].click(scaled, [c["scale_model"]], scaled_outputs, api_name="scaling", concurrency_id=BENCH_GROUP,
-                        concurrency_limit=1)
+    c["scale_go"].click(scaled, [c["scale_model"]], scaled_outputs, api_name="scaling", **heavy_lane())
     tables, table_outputs = by_name(anatomy, c, ("stages", "branch_costs", "savings"))
     c["an_model"].change(_blocks_update, [c["an_model"]], [c["an_block"]], api_visibility="private").then(
         tables, [c["an_model"], c["an_block"]], table_outputs, api_name="anatomy_refresh", api_visibility="private")

@@ -14,20 +14,21 @@ import pandas as pd
 from PIL import Image
 
 from .. import render
-from ..attribution import attribute
+from ..attribution import attribute_shared, request_key
 from ..branches import explore
 from ..digits import EmptyDrawing, disagreement, normalize_digit
 from ..images import open_image
 from ..runtime import STORE, LoadedModel
+from ..shared import RESULTS
 from ..training import load_digits, train, training_tflop
 from ..cancel import check_budget
+from ..lanes import HEAVY, lower_priority
 from ..weights import WeightsInfo
 from ..zoo import DIGIT_KEYS, DIGIT_SHOWCASE, ZOO
-from .common import MODEL_GROUP, by_name, guard_files, image_input, user_errors
+from .common import LIGHT, by_name, gr_progress, heavy_lane, picture, guard_files, image_input, user_errors
 from .. import settings
 from .guard import bound_blobs
 
-TRAIN_GROUP = "train"
 # The Sketchpad opens with no tool selected, and "Clear canvas" (and undo/redo) deselects the
 # brush, so the next stroke would draw nothing. Select the brush once the tab renders (wait for
 # the button, up to 10 s, instead of guessing a delay), and again after each of those buttons,
@@ -104,8 +105,8 @@ def _classify(value, session, look: str | None = None) -> dict:
     if img is None:
         return _message("Draw a digit on the canvas, or upload a photo of one.")
     opened = open_image(img, keep_alpha=True)  # opened once; every network below reuses it
-    try:
-        digit = normalize_digit(opened.image)
+    try:  # the same drawing (a teacher's, handed round) is normalised once
+        digit = RESULTS.get(("normalized digit", opened.digest), lambda _p: normalize_digit(opened.image))
     except EmptyDrawing as e:
         return _message(str(e))
     models = _models(session)
@@ -119,8 +120,14 @@ def _classify(value, session, look: str | None = None) -> dict:
                        "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)} for t in pred.top]}
     shown, shape = explored[DIGIT_SHOWCASE], render.Look.parse(look)
     for b in ZOO[DIGIT_SHOWCASE].blocks:
-        out[f"panel_{b.name}"] = render.block_panel(shown.blocks[b.name], shown.seen, tile=64, look=shape)
-    out["ig"] = render.attribution_overlay(attribute(opened, models[DIGIT_SHOWCASE], "ig", scores=False), shape)
+        out[f"panel_{b.name}"] = picture(
+            ("panel", shown.model, shown.weights_ident, shown.image_digest, b.name, shape, 64),
+            lambda b=b: render.block_panel(shown.blocks[b.name], shown.seen, tile=64, look=shape))
+    # Light work (a digit net's map takes milliseconds), shared by identical drawings.
+    showcase = models[DIGIT_SHOWCASE]
+    ig = attribute_shared(opened, showcase, "ig", lane=None)
+    out["ig"] = picture(("overlay", *request_key(opened, showcase, "ig"), shape),
+                        lambda: render.attribution_overlay(ig, shape))
     note = "  \n".join(
         f"**{ZOO[k].name}**: {models[k].weights.source}" + (" (trained in this session)" if k in (session or {}) else "")
         for k in DIGIT_KEYS
@@ -129,7 +136,7 @@ def _classify(value, session, look: str | None = None) -> dict:
                           for k in DIGIT_KEYS})
     if split:
         note = f"**⚠ {split}**  \n{note}"
-    out["seen"] = digit.resize((168, 168), Image.Resampling.NEAREST)
+    out["seen"] = picture(("digit", opened.digest), lambda: digit.resize((168, 168), Image.Resampling.NEAREST))
     out["note"] = note
     out["json"] = result
     return out
@@ -168,38 +175,40 @@ def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: floa
     session = dict(session or {})
     check_budget(training_tflop(key, epochs=int(epochs), limit=int(limit)), f"Training {ZOO[key].name}",
                  hint="Use fewer epochs or fewer training digits.")
-    data = _data()
-    updates: queue.Queue = queue.Queue()
-    box: dict = {}
+    with HEAVY.slot(gr_progress(progress)):  # one of the heavy lane's workers, waiting in line for it
+        data = _data()
+        updates: queue.Queue = queue.Queue()
+        box: dict = {}
 
-    def work():
-        try:
-            box["result"] = train(key, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
-                                  data=data, limit=int(limit), on_step=updates.put)
-        except Exception as e:  # reported to the user below
-            box["error"] = e
-        finally:
-            updates.put(None)
+        def work():
+            lower_priority()  # beside the light events, as every heavy computation runs
+            try:
+                box["result"] = train(key, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
+                                      data=data, limit=int(limit), on_step=updates.put)
+            except Exception as e:  # reported to the user below
+                box["error"] = e
+            finally:
+                updates.put(None)
 
-    # The thread carries this request's context: its cancellation token stops the training.
-    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
-    steps, epochs_done = [], []
-    last = 0.0
-    while True:
-        item = updates.get()
-        if item is None:
-            break
-        if "initial" in item:
-            epochs_done.append({"epoch": 0, **item["initial"]})
-        elif "epoch_done" in item:
-            epochs_done.append(item["epoch_done"])
-        else:
-            steps.append({"step": item["step"], "loss": item["loss"], "train accuracy %": item["train_acc"]})
-            progress(item["step"] / item["total_steps"], desc=f"epoch {item['epoch']}/{item['epochs']}: "
-                     f"loss {item['loss']:.3f}, {item['ex_per_s']:.0f} examples/s")
-        if time.monotonic() - last > 0.7:
-            last = time.monotonic()
-            yield _lab_outputs(steps, epochs_done, session, "training...")
+        # The thread carries this request's context: its cancellation token stops the training.
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
+        steps, epochs_done = [], []
+        last = 0.0
+        while True:
+            item = updates.get()
+            if item is None:
+                break
+            if "initial" in item:
+                epochs_done.append({"epoch": 0, **item["initial"]})
+            elif "epoch_done" in item:
+                epochs_done.append(item["epoch_done"])
+            else:
+                steps.append({"step": item["step"], "loss": item["loss"], "train accuracy %": item["train_acc"]})
+                progress(item["step"] / item["total_steps"], desc=f"epoch {item['epoch']}/{item['epochs']}: "
+                         f"loss {item['loss']:.3f}, {item['ex_per_s']:.0f} examples/s")
+            if time.monotonic() - last > 0.7:
+                last = time.monotonic()
+                yield _lab_outputs(steps, epochs_done, session, "training...")
     if "error" in box:
         raise box["error"]
     result = box["result"]
@@ -277,10 +286,10 @@ def build(look: gr.State) -> dict:
                        alt_text="Integrated Gradients over the digit: how strongly each pixel drove the top guess")
     sketch, sketch_outputs = by_name(classify_sketch, c, SHOWN)
     c["sketch"].change(user_errors(sketch), [c["sketch"], c["session"], look], sketch_outputs, trigger_mode="always_last",
-                       api_visibility="private", concurrency_id=MODEL_GROUP)
+                       api_visibility="private", concurrency_id=LIGHT)
     upload, upload_outputs = by_name(classify_upload, c, (*SHOWN, "json"))
     c["upload"].change(user_errors(upload), [c["upload"], c["session"], look], upload_outputs, api_name="digits",
-                       concurrency_id=MODEL_GROUP)
+                       concurrency_id=LIGHT)
 
     gr.Markdown("### Training lab\nTrain a fresh network on the 4,000 training digits, watch it learn, then try it "
                 "above. It lives in your session only; nobody else's model (and no file) changes.")
@@ -301,7 +310,7 @@ def build(look: gr.State) -> dict:
                                  color_title="measured on", elem_id="digits-acc")
     trained, trained_outputs = by_name(train_lab, c, ("t_plot", "t_acc", "t_msg", "session"))
     c["t_go"].click(trained, [c["t_model"], c["t_epochs"], c["t_batch"], c["t_lr"], c["t_limit"], c["session"]],
-                    trained_outputs, api_name="train_digits", concurrency_id=TRAIN_GROUP, concurrency_limit=2)
+                    trained_outputs, api_name="train_digits", **heavy_lane())
     forgot, forgot_outputs = by_name(forget_session, c, ("session", "t_msg"))
     c["t_forget"].click(forgot, [c["session"]], forgot_outputs, api_visibility="private")
     return c

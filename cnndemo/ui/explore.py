@@ -11,13 +11,12 @@ import pandas as pd
 from .. import anatomy, render
 
 from ..branches import ablate, block_infos, explore
-from ..cache import LRU
 from ..digits import PHOTO_WARNING
 from ..errors import UserError
 from ..specs import MERGES
 from ..zoo import DEFAULT_MODEL, ZOO
 from .common import (
-    MODEL_GROUP,
+    LIGHT,
     by_name,
     examples,
     get_model,
@@ -25,6 +24,7 @@ from .common import (
     image_input,
     log,
     model_choices,
+    picture,
     user_errors,
     weights_banner,
     weights_kind,
@@ -86,7 +86,8 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
         + ("" if pred.cached else " (with every branch captured: the maps below need no second pass)") + ".  \n"
         f"**Input:** {notes}."
     )
-    return {"label": pred.as_label(), "seen": render.enlarged(ex.seen), "info": info,
+    seen = picture(("seen", ex.model, ex.weights_ident, ex.image_digest), lambda: render.enlarged(ex.seen))
+    return {"label": pred.as_label(), "seen": seen, "info": info,
             "banner": weights_banner(lm.weights, model), "json": pred.to_json()}
 
 
@@ -168,11 +169,28 @@ def share_chart_style(key: str, block: str) -> dict:
                 colors_in_legend=[])  # the axis names each bar
 
 
+def depth_chart_style(key: str) -> dict:
+    """The shares-by-depth bars: blocks in forward order, each bar split by branch in the
+    diagram's colours. Set with the block chart's, before the values arrive (a native plot
+    keeps the colour domain it was first drawn with)."""
+    names = list(dict.fromkeys(b.name for block in ZOO[key].blocks for b in block.branches))
+    colours = render.branch_colours_hex()
+    return dict(sort=[b.name for b in ZOO[key].blocks],
+                color_map={n: colours[i % len(colours)] for i, n in enumerate(names)})
+
+
+def depth_frame(ex) -> pd.DataFrame:
+    """Each block's output energy split by branch, blocks in forward order (stacked bars)."""
+    return pd.DataFrame([{"block": name, "branch": b.info.name, "share": b.share}
+                         for name, bm in ex.blocks.items() for b in bm.branches])
+
+
 def branches_pending(key: str, block: str, image: str | None) -> dict:
     """The branch outputs emptied, saying which block's maps are on their way."""
     note = f"*Computing the maps of {html.escape(str(block))} ({ZOO[key].name})...*" if image else ""
     return {"panel": None, "block_note": note, "share_plot": gr.BarPlot(None, **share_chart_style(key, block)),
-            "depth_plot": None, "branch_table": None, "branch_json": None, "branch_view": None}
+            "depth_plot": gr.BarPlot(None, **depth_chart_style(key)), "branch_table": None, "branch_json": None,
+            "branch_view": None}
 
 
 @user_errors
@@ -218,17 +236,10 @@ def block_diagram(key: str, block: str, selected: str | None = None) -> str:
     )
 
 
-_PANELS = LRU(8, max_bytes=16 * 2**20, weigh=lambda im: im.size[0] * im.size[1] * 3, name="branch panels")
-
-
 def _panel(ex, block: str, look: render.Look):
-    """The rendered branch panel, cached per (image, model, weights, block, look)."""
-    key = (ex.model, ex.weights_ident, ex.image_digest, block, look)
-    panel = _PANELS.get(key)
-    if panel is None:
-        panel = render.block_panel(ex.blocks[block], ex.seen, look=look)
-        _PANELS.put(key, panel)
-    return panel
+    """The rendered branch panel, drawn once per (image, model, weights, block, look)."""
+    return picture(("panel", ex.model, ex.weights_ident, ex.image_digest, block, look),
+                   lambda: render.block_panel(ex.blocks[block], ex.seen, look=look))
 
 
 def _block_note(spec, info) -> str:
@@ -285,7 +296,8 @@ def branches_result(image: str | None, model: str, block: str, checkpoint: dict 
         "branches": bm.branches_json(path_key="kernel_path"),
     }
     return {"panel": _panel(ex, block, shape), "block_note": _block_note(spec, bm.info), "share_plot": share,
-            "depth_plot": render.shares_by_depth(ex, shape), "branch_table": rows, "branch_json": data}
+            "depth_plot": depth_frame(ex),
+            "branch_table": rows, "branch_json": data}
 
 
 show_branches = user_errors(branches_result)
@@ -305,7 +317,9 @@ def branch_view(image: str | None, model: str, block: str, branch: str | None, c
     one = [b for b in bm.branches if b.info.name == branch]
     if not one:
         return shown
-    card = render.branch_card(bm, one[0], ex.seen, look=render.Look.parse(look))
+    shape = render.Look.parse(look)
+    card = picture(("card", ex.model, ex.weights_ident, ex.image_digest, block, branch, shape),
+                   lambda: render.branch_card(bm, one[0], ex.seen, look=shape))
     return {**shown, "branch_view": card, "branch": gr.Dropdown(value=branch)}
 
 
@@ -323,7 +337,7 @@ def on_look(image, model, block, branch, diagram, checkpoint, look):
     maps = branches_result(image, model, block, checkpoint, look)
     shown = "cz-selected" in str(diagram or "")
     card = branch_view(image, model, block, branch, checkpoint, look)["branch_view"] if shown else gr.skip()
-    return {"panel": maps["panel"], "depth_plot": maps["depth_plot"], "branch_view": card}
+    return {"panel": maps["panel"], "branch_view": card}
 
 
 @user_errors
@@ -421,7 +435,7 @@ def _prediction_section(c: dict) -> None:
                 c["json"] = gr.JSON(label="prediction")
     handler, outputs = by_name(on_checkpoint, c, ("checkpoint", "ckpt_status", "banner"))
     c["ckpt_file"].change(handler, [c["ckpt_file"], c["model"]], outputs, api_name="load_checkpoint",
-                          concurrency_id=MODEL_GROUP)
+                          concurrency_id=LIGHT)
 
 
 def _architecture_section(c: dict) -> None:
@@ -470,9 +484,13 @@ def _branches_section(c: dict) -> None:
             elem_classes=["cz-plot"],
             **share_chart_style(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].default_block),
         )
-        # A matplotlib Figure, not a native plot: Gradio fixes a native plot's colour domain at
-        # its first render, so another model's branch names would not be drawn.
-        c["depth_plot"] = gr.Plot(label="shares by depth", show_label=False)
+        # Drawn by the browser (in the page's theme): the server sends a small table.
+        c["depth_plot"] = gr.BarPlot(
+            x="block", y="share", color="branch", title="Which branch dominates, block by block",
+            label="shares by depth", y_lim=[0, 1], height=320, x_label_angle=-45, y_title="share of block energy",
+            elem_id="explore-depth", elem_classes=["cz-plot"], color_title="branch",
+            **depth_chart_style(DEFAULT_MODEL),
+        )
     c["branch_table"] = gr.Dataframe(
         headers=["branch", "kernel path", "channels", "output shape", "parameters", "energy share"],
         label="branch table",
@@ -498,7 +516,7 @@ def _ablation_section(c: dict) -> None:
         c["ablate_json"] = gr.JSON(label="ablation", visible=False)
     handler, outputs = by_name(run_ablation, c, ABLATION)
     c["ablate"].click(handler, [c["image"], c["model"], c["block"], c["branch"], c["mode"], c["checkpoint"]],
-                      outputs, api_name="ablate", concurrency_id=MODEL_GROUP)
+                      outputs, api_name="ablate", concurrency_id=LIGHT)
     cleared, cleared_outputs = by_name(ablation_cleared, c, (*ABLATION, "ablate"))
     gr.on([c["model"].change, c["image"].change, c["block"].input, c["branch"].input, c["mode"].input],
           cleared, [c["model"]], cleared_outputs, api_visibility="private", queue=False)
@@ -510,7 +528,7 @@ def _branch_events(c: dict) -> None:
     branch_inputs = [c["image"], c["model"], c["block"], c["checkpoint"]]
     clicked, clicked_outputs = by_name(on_diagram_click, c, ("diagram", "branch_view", "branch"))
     c["diagram"].click(clicked, [*branch_inputs, c["look"]], clicked_outputs, api_visibility="private",
-                       concurrency_id=MODEL_GROUP)
+                       concurrency_id=LIGHT)
     # A new block, model or image: the diagram is redrawn with nothing selected.
     reset, reset_outputs = by_name(diagram_reset, c, ("diagram", "branch_view", "branch"))
     gr.on([c["block"].input, c["image"].change], reset, branch_inputs, reset_outputs, api_visibility="private",
@@ -525,11 +543,11 @@ def _branch_events(c: dict) -> None:
         pending, [c["model"], c["block"], c["image"]], pending_outputs, api_visibility="private", queue=False,
         show_progress="hidden",
     ).then(
-        maps, [*branch_inputs, c["look"]], maps_outputs, api_name="branches", concurrency_id=MODEL_GROUP,
+        maps, [*branch_inputs, c["look"]], maps_outputs, api_name="branches", concurrency_id=LIGHT,
     ).then(picked, [c["model"], c["block"]], picked_outputs, api_visibility="private")
-    redrawn, redrawn_outputs = by_name(on_look, c, ("panel", "depth_plot", "branch_view"))
+    redrawn, redrawn_outputs = by_name(on_look, c, ("panel", "branch_view"))
     c["look"].change(redrawn, [c["image"], c["model"], c["block"], c["branch"], c["diagram"], c["checkpoint"],
-                               c["look"]], redrawn_outputs, api_visibility="private", concurrency_id=MODEL_GROUP,
+                               c["look"]], redrawn_outputs, api_visibility="private", concurrency_id=LIGHT,
                      show_progress="hidden")
 
 
@@ -540,7 +558,7 @@ def _chains(c: dict) -> None:
     maps, maps_outputs = by_name(show_branches, c, BRANCH_MAPS)
     # After every prediction, the branch maps of the block on screen (no API endpoint of its own).
     then_branches = dict(fn=maps, inputs=[c["image"], c["model"], c["block"], c["checkpoint"], c["look"]],
-                         outputs=maps_outputs, api_visibility="private", concurrency_id=MODEL_GROUP)
+                         outputs=maps_outputs, api_visibility="private", concurrency_id=LIGHT)
     # Results are emptied first, in the same chain: an emptying that raced the prediction could
     # land after it and hide a finished result.
     pending_inputs = [c["model"], c["block"], c["image"]]
@@ -551,7 +569,7 @@ def _chains(c: dict) -> None:
         api_visibility="private", queue=False, show_progress="hidden",
     ).then(
         fn=predicted, inputs=[c["image"], c["model"], c["checkpoint"]], outputs=prediction_outputs,
-        api_name="predict", concurrency_id=MODEL_GROUP,
+        api_name="predict", concurrency_id=LIGHT,
     ).then(**then_branches)
     model_pending, outputs_m = by_name(lambda key, block, image: results_pending(key, block, image, new_model=True),
                                        c, (*SHOWN, "block", "branch"))
@@ -562,7 +580,7 @@ def _chains(c: dict) -> None:
         card, [c["model"], c["checkpoint"]], card_outputs, api_visibility="private"
     ).then(
         predicted, [c["image"], c["model"], c["checkpoint"]], prediction_outputs, api_visibility="private",
-        concurrency_id=MODEL_GROUP,
+        concurrency_id=LIGHT,
     ).then(**then_branches).then(
         user_errors(architecture_rows), [c["model"]], [c["arch"]], api_visibility="private"
     )

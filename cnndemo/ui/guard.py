@@ -12,6 +12,8 @@
   event reads them. Gradio's store is process-wide, unbounded, and keyed by an id the client
   chooses; this one is keyed by (session, id), caps each blob, each session and the total,
   and forgets what is not used within ``BLOB_TTL_S``.
+- ``install_disconnect_cancel``: a client that goes away (tab closed, connection dropped)
+  has its running work cancelled, as an explicit cancel would.
 - ``install_input_checks``: every input of every event is checked against its component
   (type, choices, range, length) before Gradio converts it, and a refusal names the
   parameter and what it accepts.
@@ -21,6 +23,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import fcntl
@@ -324,10 +327,10 @@ class ClientGuard:
 # ----------------------------------------------------------------------------- the queue
 
 
-def install_queue_limits(demo: gr.Blocks, groups: set[str], heavy: set[str]) -> None:
+def install_queue_limits(demo: gr.Blocks, groups: set[str], heavy: str) -> None:
     """Refuse an event (429, with the reason) when its client already holds ``queue_per_session``
-    events of ``groups`` (queued or running), ``heavy_per_session`` of the ``heavy`` endpoints
-    (by api_name), or its address ``queue_per_ip`` (``settings``). The client is the browser session; a
+    events of ``groups`` (queued or running), ``heavy_per_session`` of the ``heavy`` lane, or
+    its address ``queue_per_ip`` (``settings``). The client is the browser session; a
     request without one (``/gradio_api/call/...``) is its peer's address. Gradio's own
     queue-wide ``max_size`` stays as the last resort."""
     queue = demo._queue
@@ -349,7 +352,7 @@ def install_queue_limits(demo: gr.Blocks, groups: set[str], heavy: set[str]) -> 
         peer = (request.scope.get("client") or ("?",))[0]
         client = f"session:{body.session_hash}" if body.session_hash else f"address:{address or peer}"
         who = "You" if body.session_hash else "This client (no session)"
-        is_heavy = fn.api_name in heavy
+        is_heavy = fn.concurrency_id == heavy
         mine = [h for c, _a, h in owners.values() if c == client]
         limits = settings.get()
         if limits.queue_per_session > 0 and len(mine) >= limits.queue_per_session:
@@ -366,6 +369,30 @@ def install_queue_limits(demo: gr.Blocks, groups: set[str], heavy: set[str]) -> 
         return ok, event_id, state
 
     queue.push = push
+
+
+def install_disconnect_cancel(demo: gr.Blocks) -> None:
+    """Stop the work of a client that went away (tab closed, connection dropped) as an explicit
+    cancel does. Gradio notices the lost event stream and marks the client's running jobs as
+    no longer alive, but lets them run to the end; here their tasks are cancelled too, which
+    sets each request's ``cnndemo.cancel`` token (``serving.cancellable``). Work that an
+    identical request still waits for goes on for it (``shared``)."""
+    queue = demo._queue
+    stock = queue.clean_events
+
+    async def clean_events(*, session_hash: str | None = None, event_id: str | None = None) -> None:
+        gone = {job._id for jobs in queue.active_jobs if jobs for job in jobs
+                if job.session_hash == session_hash or job._id == event_id}
+        await stock(session_hash=session_hash, event_id=event_id)
+        if not gone:
+            return
+        for task in asyncio.all_tasks():
+            name = task.get_name()
+            if "<gradio-sep>" in name and name.rsplit("<gradio-sep>", 1)[1] in gone:
+                log.info("cancelling event %s: its client went away", name.rsplit("<gradio-sep>", 1)[1])
+                task.cancel()
+
+    queue.clean_events = clean_events
 
 
 def install_session_context(demo: gr.Blocks) -> None:
