@@ -80,6 +80,10 @@ class Lane:
             ctx = contextvars.copy_context()
             return self._executor().submit(ctx.run, fn).result()
 
+    def holding(self) -> bool:
+        """Whether the caller already holds one of this lane's workers."""
+        return bool(getattr(self._local, "mine", False) or self._held.get())
+
     def status(self) -> tuple[int, int]:
         """(running, waiting) right now."""
         with self._cond:

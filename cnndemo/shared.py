@@ -63,6 +63,7 @@ class _Flight:
     def __init__(self):
         self.waiters = cancel.Waiters()
         self.done = threading.Event()
+        self.started = threading.Event()  # its leader holds a worker and computes
         self.value: Any = _MISSING
         self.error: BaseException | None = None
         self.progress: tuple[float | None, str] | None = None
@@ -107,10 +108,19 @@ class SharedResults:
                 if value is not _MISSING:
                     return value
                 flight = self._flights.get(key)
+                # A request that holds a worker (the all-methods grid, running each method) never
+                # waits for a leader that is still waiting for a worker: that could be its own.
+                take_over = flight is not None and lane is not None and lane.holding() and not flight.started.is_set()
                 leader = flight is None
                 if leader:
                     flight = self._flights[key] = _Flight()
-                flight.waiters.add(cancel.current())
+                if not take_over:
+                    flight.waiters.add(cancel.current())
+            if take_over:
+                value = compute(progress)
+                self._count("computed")
+                self.cache.put(key, value)  # the waiting leader finds it when it gets its worker
+                return value
             if leader:
                 return self._compute(key, flight, compute, progress, lane)
             self._count("joined")
@@ -126,11 +136,19 @@ class SharedResults:
             if progress is not None:
                 progress(frac, desc)
 
-        try:
-            with cancel.cancellable(flight.waiters):
-                value = lane.run(lambda: compute(report), report) if lane else compute(report)
+        def run():
+            flight.started.set()
+            done = self.cache.get(key, _MISSING)  # computed meanwhile by a request that held a worker
+            if done is not _MISSING:
+                return done
+            value = compute(report)
             self._count("computed")
             self.cache.put(key, value)
+            return value
+
+        try:
+            with cancel.cancellable(flight.waiters):
+                value = lane.run(run, report) if lane else run()
             flight.value = value
             return value
         except BaseException as e:

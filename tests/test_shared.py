@@ -275,3 +275,36 @@ def test_a_failed_batch_gives_each_request_its_own_answer(setenv, monkeypatch, e
     for t in threads:
         t.join(30)
     assert sorted(out) == [0, 1, 2] and all(r[0].batch == 1 for r in out.values())
+
+
+def test_work_that_holds_the_only_worker_never_waits_for_a_request_waiting_for_it():
+    """The all-methods grid holds the heavy worker and asks for IG; a student's identical IG
+    arrived first and waits for that worker. Joining it would wait forever: the grid computes
+    it, and the student then finds it done."""
+    lane, results = Lane("test", 1), SharedResults(10 << 20)
+    computed: list[str] = []
+    student_waits, out = threading.Event(), {}
+
+    def ig(who):
+        def compute(_p):
+            computed.append(who)
+            return np.ones(10, np.float32)
+        return compute
+
+    def grid():
+        def all_methods():
+            wait_until(lambda: lane.status() == (1, 1), what="the student to wait for the worker")
+            student_waits.set()
+            return results.get("ig", ig("grid"), lane=lane)
+        out["grid"] = lane.run(all_methods)
+
+    g = threading.Thread(target=grid, daemon=True)
+    g.start()
+    wait_until(lambda: lane.status()[0] == 1)
+    s = threading.Thread(target=lambda: out.__setitem__("student", results.get("ig", ig("student"), lane=lane)),
+                         daemon=True)
+    s.start()
+    g.join(10)
+    s.join(10)
+    assert not g.is_alive() and not s.is_alive(), "deadlocked"
+    assert computed == ["grid"] and out["student"] is out["grid"]
