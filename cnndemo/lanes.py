@@ -112,7 +112,7 @@ class Lane:
                 cancel.check()
                 if progress is not None and ahead != told:
                     told = ahead
-                    progress(None, f"Waiting for a free worker: {ahead} long job{'s' if ahead != 1 else ''} ahead")
+                    progress(0.0, f"Waiting for a free worker: {ahead} long job{'s' if ahead != 1 else ''} ahead")
         except BaseException:
             with self._cond:
                 if ticket in self._line:
