@@ -9,6 +9,7 @@ than clamped, and CMYK, palette, 1-bit and grayscale images become RGB.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -44,9 +45,10 @@ class OpenedImage:
     original_mode: str
     notes: tuple[str, ...] = field(default=())
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
-        """Content hash of the decoded pixels (not of the file bytes)."""
+        """Content hash of the decoded pixels (not of the file bytes); hashed once per image
+        (a request keys its shared results, explorations and pictures by it several times)."""
         return pixel_digest(self.image)
 
 
