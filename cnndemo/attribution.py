@@ -605,10 +605,8 @@ def attribute_shared(image: ImageLike, model: LoadedModel, method: str, *, targe
     key = request_key(opened, model, method, target=target, layer=layer, settings=settings)
     if scores and (done := RESULTS.peek((*key, "scored"))) is not None:
         return done
-    inp = image if isinstance(image, Input) and image.model is model else None
-
     def prepared() -> Input:  # the model's preprocessing runs only when something is computed
-        return inp or prepare(opened, model)
+        return prepare(image, model, opened=opened)
 
     a = RESULTS.get(key, lambda p: attribute(prepared(), model, method, target=target, layer=layer, settings=settings,
                                              scores=False, progress=p), progress=progress, lane=lane)

@@ -17,7 +17,7 @@ import torch
 from . import anatomy, cancel, settings
 from .errors import BadRequest, NotFound
 from .cache import memo
-from .pipeline import ImageLike, Input, load_for, prepare, resolve, timed, timed_forward
+from .pipeline import ImageLike, load_for, prepare, resolve, timed, timed_forward
 from .predict import Prediction, top_classes
 from .runtime import LoadedModel
 from .shared import RESULTS, SharedResults
@@ -229,7 +229,7 @@ def explore(
     opened = load_for(lm.spec, image)
 
     def compute(_progress=None) -> Exploration:
-        inp = prepare(image if isinstance(image, Input) else opened, lm)
+        inp = prepare(image, lm, opened=opened)
         pred, blocks, _ms = explore_tensor(lm, inp.x, top)
         return Exploration(lm.key, lm.weights.ident, opened.digest, pred, inp.seen(), blocks, ())
 
@@ -388,7 +388,7 @@ def ablate(
     opened = load_for(spec, image)
     key = ("ablation", opened.digest, lm.ident, block, branch, mode, top)
     explored = EXPLORATIONS.peek((opened.digest, lm.ident, top))  # the intact pass, if a prediction made it
-    return RESULTS.get(key, lambda _progress: _ablate(prepare(image if isinstance(image, Input) else opened, lm).x,
+    return RESULTS.get(key, lambda _progress: _ablate(prepare(image, lm, opened=opened).x,
                                                       lm, Ablation(block, branch, mode), top,
                                                       explored.prediction if explored else None))
 

@@ -68,12 +68,13 @@ def to_batch(spec: ModelSpec, opened: OpenedImage, device: torch.device) -> torc
     return spec.inputs.transform(opened.image).unsqueeze(0).to(device)
 
 
-def prepare(image: ImageLike, model: LoadedModel | str) -> Input:
-    """Resolve the model, open the image for it and build its batch (reused when already done)."""
+def prepare(image: ImageLike, model: LoadedModel | str, *, opened: OpenedImage | None = None) -> Input:
+    """Resolve the model, open the image for it and build its batch (reused when already done).
+    ``opened``: ``image`` as ``load_for`` already opened it for this model (not opened again)."""
     lm = resolve(model)
     if isinstance(image, Input) and image.model is lm:
         return image
-    opened = load_for(lm.spec, image)
+    opened = opened or load_for(lm.spec, image)
     return Input(lm, opened, to_batch(lm.spec, opened, lm.device))
 
 
