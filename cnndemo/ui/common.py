@@ -16,6 +16,7 @@ from ..cancel import Cancelled
 from ..errors import UserError
 from ..runtime import STORE, LoadedModel
 from ..shared import RESULTS
+from .. import render
 from .. import prefetch
 from . import warm
 from ..weights import WeightsInfo, availability, is_offline
@@ -199,6 +200,13 @@ def picture(key: tuple, draw):
     """A picture drawn once per ``key`` (what it shows and the page's look) and shared by every
     request that shows the same: the same object is also encoded only once (``serving``)."""
     return RESULTS.get(("picture", *key), lambda _progress: draw())
+
+
+def branch_panel(ex, block: str, look, **draw):
+    """An exploration's branch panel for ``block`` (``draw``: ``render.block_panel``'s options),
+    drawn once per (image, model, weights, block, look, options) whichever tab shows it."""
+    return picture(("panel", ex.model, ex.weights_ident, ex.image_digest, block, look, *sorted(draw.items())),
+                   lambda: render.block_panel(ex.blocks[block], ex.seen, look=look, **draw))
 
 
 def model_choices(kind: str | None = None) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from ..cancel import check_budget
 from ..lanes import HEAVY, lower_priority
 from ..weights import WeightsInfo
 from ..zoo import DIGIT_KEYS, DIGIT_SHOWCASE, ZOO
-from .common import LIGHT, by_name, gr_progress, heavy_lane, picture, guard_files, image_input, user_errors
+from .common import LIGHT, branch_panel, by_name, gr_progress, heavy_lane, picture, guard_files, image_input, user_errors
 from .. import settings
 from .guard import bound_blobs
 
@@ -120,9 +120,7 @@ def _classify(value, session, look: str | None = None) -> dict:
                        "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)} for t in pred.top]}
     shown, shape = explored[DIGIT_SHOWCASE], render.Look.parse(look)
     for b in ZOO[DIGIT_SHOWCASE].blocks:
-        out[f"panel_{b.name}"] = picture(
-            ("panel", shown.model, shown.weights_ident, shown.image_digest, b.name, shape, 64),
-            lambda b=b: render.block_panel(shown.blocks[b.name], shown.seen, tile=64, look=shape))
+        out[f"panel_{b.name}"] = branch_panel(shown, b.name, shape, tile=64)
     # Light work (a digit net's map takes milliseconds), shared by identical drawings.
     showcase = models[DIGIT_SHOWCASE]
     ig = attribute_shared(opened, showcase, "ig", lane=None)

@@ -17,6 +17,7 @@ from ..specs import MERGES
 from ..zoo import DEFAULT_MODEL, ZOO
 from .common import (
     LIGHT,
+    branch_panel,
     by_name,
     examples,
     get_model,
@@ -236,12 +237,6 @@ def block_diagram(key: str, block: str, selected: str | None = None) -> str:
     )
 
 
-def _panel(ex, block: str, look: render.Look):
-    """The rendered branch panel, drawn once per (image, model, weights, block, look)."""
-    return picture(("panel", ex.model, ex.weights_ident, ex.image_digest, block, look),
-                   lambda: render.block_panel(ex.blocks[block], ex.seen, look=look))
-
-
 def _block_note(spec, info) -> str:
     head = f"**{info.name}** · {info.kind} · output {' × '.join(map(str, info.shape))} · {info.params:,} parameters"
     if not spec.has_branches:
@@ -295,7 +290,7 @@ def branches_result(image: str | None, model: str, block: str, checkpoint: dict 
         # for a file to download.
         "branches": bm.branches_json(path_key="kernel_path"),
     }
-    return {"panel": _panel(ex, block, shape), "block_note": _block_note(spec, bm.info), "share_plot": share,
+    return {"panel": branch_panel(ex, block, shape), "block_note": _block_note(spec, bm.info), "share_plot": share,
             "depth_plot": depth_frame(ex),
             "branch_table": rows, "branch_json": data}
 
