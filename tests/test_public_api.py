@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 from conftest import AppServer
+from cnndemo.cli.diagnostics.server import cpu_seconds
 from images_factory import bomb_png, gradient, save
 
 from cnndemo.ui.serving import NOT_UPLOADED
@@ -65,11 +65,6 @@ def upload(server, path: Path) -> dict:
 
 def error_text(payload) -> str:
     return payload.get("error", "") if isinstance(payload, dict) else str(payload)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- 1. file reads

@@ -9,6 +9,7 @@ timeout per call, and a deadline for the whole run.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import threading
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from ...lessons import Materials
-from .server import Server, start_server
+from .server import Server, cpu_seconds, local_get, start_server
 
 def _percentile(values: list[float], q: float) -> float:
     if not values:
@@ -24,15 +25,6 @@ def _percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
-def _cpu_s(pid: int | str = "self") -> float:
-    """User + system CPU seconds a process has used (``/proc/PID/stat``); 0.0 where unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def run_class(server: Server, lesson: list[dict], students: int, files: Materials,
@@ -43,7 +35,7 @@ def run_class(server: Server, lesson: list[dict], students: int, files: Material
     students' own CPU (this process) and the server's are reported apart: they share the cores."""
     records: list[dict] = []
     t_start = time.perf_counter()
-    cpu_client, cpu_server = _cpu_s(), _cpu_s(server.proc.pid)
+    cpu_client, cpu_server = cpu_seconds(), cpu_seconds(server.proc.pid)
     for r in range(rounds):
         if deadline is not None and time.monotonic() > deadline:
             break
@@ -51,8 +43,8 @@ def run_class(server: Server, lesson: list[dict], students: int, files: Material
                               first_student=first_student + r * students, client=client)
     wall = time.perf_counter() - t_start
     out = summarise(records, students, wall, server, rounds)
-    out["students_cpu_s"] = round(_cpu_s() - cpu_client, 1)
-    out["server_cpu_s"] = round(_cpu_s(server.proc.pid) - cpu_server, 1)
+    out["students_cpu_s"] = round(cpu_seconds() - cpu_client, 1)
+    out["server_cpu_s"] = round(cpu_seconds(server.proc.pid) - cpu_server, 1)
     return out
 
 
@@ -134,9 +126,7 @@ class GradioClientStudent:
 
 
 def _api_info(server: Server) -> dict:
-    import httpx
-
-    return httpx.get(server.url.rstrip("/") + "/gradio_api/info", timeout=60).json()["named_endpoints"]
+    return json.loads(local_get(server.port, "/gradio_api/info", timeout=60)[1])["named_endpoints"]
 
 
 def _one_class(server: Server, lesson: list[dict], students: int, files: Materials,

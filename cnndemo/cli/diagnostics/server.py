@@ -5,6 +5,7 @@ start-and-wait-for-HTTP-200, the server's resident memory, and a clean stop."""
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import subprocess
 import sys
@@ -46,6 +47,13 @@ def proc_status_mb(pid: int | str = "self", field_name: str = "VmRSS") -> float:
     except (OSError, ValueError, IndexError):
         pass
     return 0.0
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds a process has used so far (``/proc/PID/stat``). Raises
+    ``OSError`` once the process has gone: a figure of 0 would read as a quiet process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
