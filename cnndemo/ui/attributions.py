@@ -23,7 +23,7 @@ from ..scores import SANITY_THRESHOLD
 from ..lanes import HEAVY
 from ..shared import RESULTS
 from ..zoo import DEFAULT_MODEL, ZOO
-from .serving import shared_download
+from .serving import encode_picture, shared_download
 from .common import (LIGHT, by_name, heavy_lane, examples, get_model, gr_progress, image_input, log, model_choices, user_errors,
                      weights_banner, weights_kind)
 
@@ -166,9 +166,9 @@ def attribute_steps(
     # Written once per result and offered to everyone who asked for it.
     name = functools.partial(_file_name, a.model, a.method, a.layer or "input", a.target)
     drawn = (*key, render.Look.parse(look))  # the two maps as this page draws them
-    files = [shared_download(key, slide_name(a), lambda: _png(slide(a))),
-             shared_download(drawn, name("overlay.png"), lambda: _png(overlay)),
-             shared_download(drawn, name("signed.png"), lambda: _png(signed)),
+    files = [shared_download(key, slide_name(a), lambda: encode_picture(slide(a), "png")),
+             shared_download(drawn, name("overlay.png"), lambda: encode_picture(overlay, "png")),
+             shared_download(drawn, name("signed.png"), lambda: encode_picture(signed, "png")),
              shared_download(key, name("attr.npy"), lambda: _npy(a.attr))]
     yield {"overlay": overlay, "signed": signed, "json": a.to_json(), "files": files, "banner": banner,
            "scores": scores_markdown(a), "deletion": deletion_frame(a)}
@@ -178,12 +178,6 @@ def _views(a, key: tuple, look: str | None):
     """The overlay and the signed map for this page's look, drawn once per result and look."""
     shape = render.Look.parse(look)
     return RESULTS.get(("views", *key, shape), lambda _p: render.attribution_views(a, shape))
-
-
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def with_knob_parameters(fn, after: str = "layer"):
