@@ -2,8 +2,9 @@
 
 A lesson is a list of steps, each ``{"step": label, "api": "/predict", "args": {...}}``. An
 argument ``"@name"`` is a file to upload: an example photo by its name (``@cat.jpg``), a drawn
-digit that the teacher hands round (``@digit``), each student's own photo (``@photo``, a distinct
-crop, flip and colour shift of an example) or own drawing (``@drawing``, a 7 in a hand of its own). ``bench-classroom`` runs a lesson with simulated students, and
+digit that the teacher hands round (``@digit``), each student's own photo (``@photo``, a
+distinct crop, flip and colour shift of an example) or own drawing (``@drawing``, a 7 in a
+hand of its own). ``bench-classroom`` runs a lesson with simulated students, and
 ``python app.py --warm LESSON`` computes one at start so that the first student finds it ready.
 """
 
@@ -16,6 +17,10 @@ from pathlib import Path
 
 from .attribution import knobs
 from .paths import EXAMPLES_DIR as EXAMPLES
+
+# Each student's own image (a distinct crop, flip and colour shift of an example), and drawing.
+PHOTO, DRAWING = "photo", "drawing"
+OWN = (f"@{PHOTO}", f"@{DRAWING}")
 
 # One lesson step: (label, api_name, keyword arguments; "@name" is an example file to upload).
 DEFAULT_LESSON: list[dict] = [
@@ -32,14 +37,11 @@ DEFAULT_LESSON: list[dict] = [
 PREDICT_LESSON: list[dict] = [DEFAULT_LESSON[0]]
 # The default lesson with every student on a photo and a drawing of their own: nothing is shared.
 PHOTO_LESSON: list[dict] = [
-    {**step, "args": {k: {"@cat.jpg": "@photo", "@digit": "@drawing"}.get(v, v) if isinstance(v, str) else v
+    {**step, "args": {k: {"@cat.jpg": f"@{PHOTO}", "@digit": f"@{DRAWING}"}.get(v, v) if isinstance(v, str) else v
                       for k, v in step["args"].items()}}
     for step in DEFAULT_LESSON
 ]
 LESSONS = {"default": DEFAULT_LESSON, "predict": PREDICT_LESSON, "photo": PHOTO_LESSON}
-# Each student's own image (a distinct crop, flip and colour shift of an example), and drawing.
-PHOTO, DRAWING = "photo", "drawing"
-OWN = (f"@{PHOTO}", f"@{DRAWING}")
 
 
 def load_lesson(name_or_file: str) -> list[dict]:
