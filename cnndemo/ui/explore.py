@@ -503,7 +503,7 @@ def _ablation_section(c: dict) -> None:
             first = branch_choices(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].default_block)
             c["branch"] = gr.Dropdown(first, value=first[0], label="Branch", allow_custom_value=True)
             c["mode"] = gr.Radio(["zero", "mean"], value="zero", label="Replace it by", info="zeros, or its per-channel mean")
-            c["ablate"] = gr.Button("Knock it out", variant="secondary")
+            c["ablate"] = gr.Button("Knock it out", variant="secondary", elem_id="explore-ablate")
         with gr.Row():
             c["before"] = gr.Label(num_top_classes=5, label="Top-5 as is")
             c["after"] = gr.Label(num_top_classes=5, label="Top-5 with the branch knocked out")

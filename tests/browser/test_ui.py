@@ -57,6 +57,23 @@ def choose(page, elem_id: str, option: str) -> None:
     page.locator("ul[role=listbox] li", has_text=option).first.click()
 
 
+def tap_when_still(page, selector: str) -> None:
+    """Click ``selector`` once it has stayed in place for half a second. A chain's late steps (a
+    model's architecture table, a chart) change the layout above it; a click aimed while the
+    page moves lands wherever the element was, as a person's tap would."""
+    page.wait_for_function(
+        """(sel) => {
+          const el = document.querySelector(sel);
+          if (!el) return false;
+          const r = el.getBoundingClientRect(), now = [r.x, r.y, r.width, r.height, window.scrollY].join();
+          const seen = window.__czStill || (window.__czStill = {});
+          if (seen[sel] && seen[sel].at === now) return performance.now() - seen[sel].since > 500;
+          seen[sel] = {at: now, since: performance.now()};
+          return false;
+        }""", arg=selector, polling=100)
+    page.locator(selector).click()
+
+
 def test_predict_an_example(page, examples):
     choose(page, "explore-model", "SqueezeNet 1.0")
     page.set_input_files("#explore-image input[type=file]", str(examples / "coffee.jpg"))
@@ -95,7 +112,7 @@ def test_switching_model_leaves_no_stale_result(page, examples):
     """Results name the model that made them; switching model clears what it no longer shows."""
     page.set_input_files("#explore-image input[type=file]", str(examples / "cat.jpg"))
     page.wait_for_function("document.querySelector('#explore-block-note').innerText.includes('inception4c')")
-    page.get_by_role("button", name="Knock it out").click()
+    tap_when_still(page, "#explore-ablate")
     page.wait_for_function("document.body.innerText.includes('knocking out')")
     assert "GoogLeNet" in page.inner_text("body")
     choose(page, "explore-model", "VGG-16")
@@ -198,7 +215,7 @@ def test_offline_the_start_panel_leads_a_phone_to_a_trained_networks_result(brow
         page.wait_for_function("document.querySelector('#explore-top5').innerText.includes('6 (6)')")
         page.wait_for_function("!document.querySelector('#explore-block-note').innerText.includes('Computing')"
                                " && document.querySelector('#explore-block-note').innerText.includes('incept1')")
-        page.locator("#explore-diagram [data-branch='1x1']").click()
+        tap_when_still(page, "#explore-diagram [data-branch='1x1']")
         img = page.locator("#explore-branch-view img")
         img.wait_for(state="attached")
         page.wait_for_function("(() => { const i = document.querySelector('#explore-branch-view img');"
