@@ -63,6 +63,9 @@ class Settings:
     server_port: int = 7860
     mcp: bool = False
     warm: str = ""
+    rooms: int = 20
+    room_members: int = 60
+    room_idle_s: float = 3600.0
 
     ENV = {
         "offline": "CNNDEMO_OFFLINE", "device": "CNNDEMO_DEVICE", "weights_url": "CNNDEMO_WEIGHTS_URL",
@@ -77,6 +80,7 @@ class Settings:
         "state_ttl_s": "CNNDEMO_STATE_TTL", "sessions": "CNNDEMO_SESSIONS", "upload_quota": "CNNDEMO_UPLOAD_QUOTA",
         "partial_upload_s": "CNNDEMO_PARTIAL_UPLOAD_S", "upload_dir": "GRADIO_TEMP_DIR", "space_id": "SPACE_ID",
         "server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT", "mcp": "CNNDEMO_MCP", "warm": "CNNDEMO_WARM",
+        "rooms": "CNNDEMO_ROOMS", "room_members": "CNNDEMO_ROOM_MEMBERS", "room_idle_s": "CNNDEMO_ROOM_IDLE",
     }
 
     # ------------------------------------------------------------------ derived values

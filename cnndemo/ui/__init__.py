@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import attributions, compare, digits, explore, start as start_panel, warm as warm_lesson
+from . import attributions, compare, digits, explore, room, start as start_panel, warm as warm_lesson
 from .common import CSS, EXAMPLES_DIR, HEAVY_LANE, LIGHT, LOOK_JS, PRESENTER_JS, by_name, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
 from ..render import Look
@@ -43,6 +43,7 @@ def build_demo() -> gr.Blocks:
         demo.load(lambda saved: bool(saved), [presenter_saved], [presenter], api_visibility="private",
                   queue=False).then(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private").then(
             None, None, [look_box], js=LOOK_JS, api_visibility="private")
+        classroom = room.build()
         start = start_panel.build()
         checkpoint = gr.State(None, time_to_live=settings.get().state_ttl_s)
         # Wrapped onto two lines on a phone rather than hidden behind a "more" menu: the Start panel
@@ -53,7 +54,7 @@ def build_demo() -> gr.Blocks:
                 attributions.compact_panel(ex, checkpoint, look)
             with gr.Tab("Attributions", id="attributions") as attr_tab:
                 att = attributions.build(checkpoint, look)
-            with gr.Tab("Compare", id="compare"):
+            with gr.Tab("Compare", id="compare") as compare_tab:
                 cmp = compare.build()
             with gr.Tab("Digits", id="digits") as digits_tab:
                 digits.build(look)
@@ -86,6 +87,9 @@ def build_demo() -> gr.Blocks:
         line, line_outputs = by_name(weights_status, page, ("status", "ticker"))
         demo.load(line, None, line_outputs, api_visibility="private")
         ticker.tick(line, None, line_outputs, api_visibility="private")
+        room.wire(classroom, {"demo": demo, "tabs": tabs, "explore": ex, "attributions": att, "tab_explore": explore_tab,
+                              "tab_attributions": attr_tab, "tab_compare": compare_tab, "tab_digits": digits_tab},
+                  checkpoint, look)
         load, loaded = by_name(compare.on_load, cmp, compare.LOADED)
         demo.load(load, None, loaded, api_visibility="private")
         # Drawn for the model on screen, twice: the first pass (the first one on this server traces the

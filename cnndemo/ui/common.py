@@ -139,6 +139,8 @@ def by_name(fn, c: dict, names):
         unknown = set(values) - set(components)
         if unknown:
             raise KeyError(f"{where} returned outputs it does not declare: {sorted(unknown)}")
+        if not values:  # nothing to change (Gradio reads an empty dict as one output's value)
+            return {next(iter(components.values())): gr.skip()}
         return {components[name]: value for name, value in values.items()}
 
     if inspect.isasyncgenfunction(fn):  # a cancellable generator (user_errors)
@@ -321,6 +323,16 @@ CSS = """
 .cz-plot {overflow: visible !important; box-sizing: content-box !important; padding-bottom: 44px !important;}
 .cz-caption p {margin: 0 0 2px 0; font-size: 0.95em;}
 .cz-start {border: 2px solid var(--color-accent); border-radius: 10px; padding: 6px 12px;}
+/* A class: the code is read off the projector from the back of the room. */
+.cz-room {display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 18px; padding: 8px 14px;
+  border: 2px solid var(--color-accent); border-radius: 10px; background: var(--background-fill-secondary);}
+.cz-room-label {font-size: 1.1em; font-weight: 600;}
+.cz-room-code {font-family: var(--font-mono); font-size: 2.6em; font-weight: 800; letter-spacing: 0.12em;}
+body.cz-presenter .cz-room-code {font-size: 4.2em;}
+.cz-room-how {flex: 1 1 260px; overflow-wrap: anywhere;}
+.cz-room-count {font-weight: 600;}
+.cz-room-student {font-size: 1.05em;}
+.cz-room-note {padding: 6px 12px; border: 1px dashed var(--border-color-primary); border-radius: 8px;}
 /* Presenter mode: larger type and full contrast, for a projector at the back of the room. */
 body.cz-presenter .gradio-container {--text-xxs: 13px; --text-xs: 15px; --text-sm: 17px; --text-md: 20px;
   --text-lg: 23px; --text-xl: 28px; --text-xxl: 34px; --block-label-text-size: 17px; --block-info-text-size: 16px;

@@ -150,7 +150,9 @@ def results_pending(key: str, block: str | None, image: str | None, *, new_model
     result is emptied and the note says what is being computed (no network runs here). A new
     model also shows its own blocks at once."""
     spec = ZOO[key]
-    block = spec.default_block if new_model else valid_block(key, block)
+    # A new model keeps the block on screen when it has one of that name (a followed or linked
+    # view sets both at once); otherwise it shows its default block.
+    block = valid_block(key, block)
     note = f"*Computing {spec.name}'s top-5 and branch maps...*" if image else ""
     out = {"label": None, "seen": None, "info": note, "json": None, **branches_pending(key, block, image)}
     if new_model:
@@ -528,7 +530,7 @@ def _branch_events(c: dict) -> None:
     reset, reset_outputs = by_name(diagram_reset, c, ("diagram", "branch_view", "branch"))
     gr.on([c["block"].input, c["image"].change], reset, branch_inputs, reset_outputs, api_visibility="private",
           queue=False)
-    for_model, _ = by_name(lambda image, model, block, ckpt: diagram_reset(image, model, ZOO[model].default_block, ckpt),
+    for_model, _ = by_name(lambda image, model, block, ckpt: diagram_reset(image, model, valid_block(model, block), ckpt),
                            c, ("diagram", "branch_view", "branch"))
     c["model"].change(for_model, branch_inputs, reset_outputs, api_visibility="private", queue=False)
     pending, pending_outputs = by_name(branches_pending, c, (*BRANCH_MAPS, "branch_view"))

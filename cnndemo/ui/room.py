@@ -1,0 +1,622 @@
+"""Teaching a class: a room the class follows, polls, and links that open a view.
+
+The teacher's page publishes its view (tab, model, image, block, branch, attribution method
+and settings, and whether it ran Explain or a knock-out) whenever one of them changes. A
+student's page asks for the room's state once a second (``gr.Timer``); when the view's version
+moved on, it sets its own controls to the teacher's and draws the results, which come from
+the shared result caches: computed once for the room, never once per student. The room
+itself is ``cnndemo.rooms`` (in memory, bounded, secret-checked).
+
+A link (``?tab=explore&model=googlenet&image=example:cat.jpg&block=inception4c``) opens a
+view the same way, once, when the page loads; ``?class=K7PM3Q`` joins a class.
+"""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from ..attribution import knobs
+from ..branches import explore as explore_image
+from ..rooms import SHELF, TABS, RoomError, View, branch_poll, prediction_poll, registry, text_poll
+from ..zoo import ZOO
+from . import attributions, explore
+from .common import HEAVY_LANE, LIGHT, by_name, get_model, heavy_lane, user_errors
+from .guard import client_address
+
+POLL_KINDS = {"What will the model say?": "predict", "Which branch carries most of this block?": "branch",
+              "Free text": "text"}
+# Copies the link the server wrote (a query string) as a full address of this page.
+LINK_JS = "(q) => q ? window.location.origin + window.location.pathname + q : ''"
+JOIN_LINK_JS = """
+() => {
+  const box = document.querySelector('#room-join-link');
+  if (box && box.dataset.query) box.textContent = window.location.origin + window.location.pathname + box.dataset.query;
+}
+"""
+STUDENT_FIELDS = ("tabs", "ex_model", "ex_image", "ex_block", "ex_branch", "ex_mode", "at_model", "at_image",
+                  "at_method", "at_target", "at_layer", *(f"knob_{k}" for k in knobs()))
+
+
+def page_view(tab, ex_model, ex_image, ex_block, ex_branch, ex_mode, at_model, at_image, at_method, at_target,
+              at_layer, *knob_values) -> View:
+    """The view a page shows now, from its controls (an uploaded image is put on the shelf)."""
+    tab = tab if tab in TABS else "explore"
+    if tab == "attributions":
+        return View(tab=tab, model=at_model, image=SHELF.put(at_image), method=at_method or "ig",
+                    target=str(at_target or ""), layer=str(at_layer or ""),
+                    knobs=tuple(sorted((k, v) for k, v in zip(knobs(), knob_values) if v is not None)))
+    spec = ZOO[ex_model]
+    block = explore.valid_block(ex_model, ex_block)
+    branches = explore.branch_choices(ex_model, block)
+    return View(tab=tab, model=ex_model, image=SHELF.put(ex_image), block=block if block != spec.default_block else "",
+                branch=ex_branch if ex_branch in branches else "")
+
+
+def _attr_fields(v: View) -> tuple:
+    return (v.model, v.image, v.method, v.target, v.layer, v.knobs)
+
+
+def _explore_fields(v: View) -> tuple:
+    return (v.model, v.image, v.block, v.branch)
+
+
+def carried(view: View, before: View | None, *, explain: bool | None = None, ablate: str | None = None) -> View:
+    """``view`` with Explain's and the knock-out's flags: set by their buttons, kept while what
+    they were run on stays the same, dropped when it changes."""
+    if explain is None:
+        explain = bool(before and before.explain and _attr_fields(before) == _attr_fields(view))
+    if ablate is None:
+        ablate = before.ablate if before and before.ablate and _explore_fields(before) == _explore_fields(view) else ""
+    return view.changed(explain=explain, ablate=ablate if view.tab != "attributions" else "")
+
+
+def apply_view(view: View, last: dict | None) -> dict:
+    """The control updates that make a page show ``view``; only what differs from ``last`` (the
+    view it applied before; None: everything)."""
+    before = View.parse(last) if last else None
+    out: dict = {}
+    if before is None or before.tab != view.tab:
+        out["tabs"] = gr.Tabs(selected=view.tab)
+    image = SHELF.path(view.image)
+    if view.tab == "attributions":
+        spec = ZOO[view.model]
+        same = before is not None and before.tab == "attributions"
+        if not same or before.model != view.model:
+            out["at_model"] = view.model
+        if not same or before.image != view.image:
+            out["at_image"] = str(image) if image else None
+        out["at_method"] = view.method
+        out["at_target"] = gr.Dropdown(value=view.target or None)
+        out["at_layer"] = gr.Dropdown(value=view.layer or spec.gradcam_layer)
+        values = dict(view.knobs)
+        for name, k in knobs().items():
+            out[f"knob_{name}"] = values.get(name, k.default)
+        return out
+    same = before is not None and before.tab != "attributions"
+    block = explore.valid_block(view.model, view.block)
+    branches = explore.branch_choices(view.model, block)
+    if not same or before.model != view.model:
+        out["ex_model"] = view.model
+    if not same or before.image != view.image:
+        out["ex_image"] = str(image) if image else None
+    out["ex_block"] = gr.Dropdown(choices=explore.block_choices(view.model), value=block)
+    out["ex_branch"] = gr.Dropdown(choices=branches, value=view.branch or branches[0],
+                                   interactive=ZOO[view.model].has_branches)
+    if view.ablate:
+        out["ex_mode"] = view.ablate
+    return out
+
+
+# ---------------------------------------------------------------------------- what the page shows
+
+
+def banner(member: dict, st: dict | None = None, note: str = "") -> str:
+    """The class line: the code large (it is read off the projector) with the join link for the
+    teacher; whether the page follows, for a student."""
+    if not member.get("code"):
+        return f"<div class='cz-room-note'>{html.escape(note)}</div>" if note else ""
+    code = html.escape(member["code"])
+    if member.get("role") == "teacher":
+        n = st["following"] if st else 0
+        return (f"<div class='cz-room' role='status'><div class='cz-room-label'>Class code</div>"
+                f"<div class='cz-room-code' id='room-code'>{code}</div>"
+                f"<div class='cz-room-how'>Students: open <span id='room-join-link' data-query='?class={code}'>"
+                f"this page with ?class={code}</span>, or type the code under <i>Teach a class</i>.</div>"
+                f"<div class='cz-room-count' id='room-count'>{n} following</div></div>")
+    state = "following the teacher" if member.get("following", True) else "exploring on your own"
+    return (f"<div class='cz-room cz-room-student' role='status'>Class <b id='room-code'>{code}</b>: "
+            f"<span id='room-follow'>{state}</span>{(' · ' + html.escape(note)) if note else ''}</div>")
+
+
+def poll_outputs(member: dict, poll: dict | None) -> dict:
+    """The poll as this page shows it: the question and a way to answer (a student who has not),
+    the live counts (the teacher), the counts and the truth (everyone, once revealed)."""
+    teacher = member.get("role") == "teacher"
+    if not poll:
+        return {"poll_group": gr.Group(visible=False), "poll_md": "", "poll_truth": ""}
+    can_answer = not teacher and not poll["answered"] and not poll["revealed"]
+    status = ("revealed" if poll["revealed"] else
+              f"{poll['n']} answered" if teacher else "answered: wait for the reveal" if poll["answered"] else "open")
+    counts = poll.get("counts")
+    return {
+        "poll_group": gr.Group(visible=True),
+        "poll_md": f"**Poll {poll['id']}:** {html.escape(poll['question'])}  \n*{status}*",
+        "poll_choice": gr.Radio(choices=poll["options"], value=None, visible=can_answer and bool(poll["options"])),
+        "poll_text": gr.Textbox(visible=can_answer and not poll["options"], value=""),
+        "poll_send": gr.Button(visible=can_answer),
+        "poll_plot": (pd.DataFrame(counts or [], columns=["answer", "count"]) if counts is not None else None),
+        "poll_truth": poll.get("truth", "") if poll["revealed"] else "",
+    }
+
+
+def _visibility(member: dict) -> dict:
+    role = member.get("role")
+    return {"teacher_row": gr.Row(visible=role == "teacher"), "student_row": gr.Row(visible=role == "student"),
+            "timer": gr.Timer(active=bool(member.get("code")))}
+
+
+def refresh(member: dict | None, applied: int, last: dict | None, shown: str | None = None) -> dict:
+    """One look at the room: the class line, the poll, and (for a following student whose view
+    is behind) the teacher's view applied. What did not change is skipped."""
+    member = dict(member or {})
+    if not member.get("code"):
+        return {"timer": gr.Timer(active=False)}
+    try:
+        st = registry().state(member["code"], member=member.get("member"), secret=member.get("secret"))
+    except RoomError as e:
+        return ended(member, str(e))
+    out = {"banner": banner(member, st), **poll_outputs(member, st["poll"])}
+    key = repr((out["banner"], st["poll"]))
+    if key == shown:  # nothing new to draw
+        out = {}
+    else:
+        out["shown"] = key
+    if member.get("role") == "student" and member.get("following", True) and st["version"] != applied:
+        out.update(apply_view(st["view"], last))
+        out.update(applied=st["version"], view_state=st["view"].to_json(), view_version=st["version"])
+    return out
+
+
+def ended(member: dict, why: str) -> dict:
+    """The page leaves a class that is gone (ended, idle, or a server restart), saying so."""
+    return {"member": {}, "banner": banner({}, note=f"Class {member.get('code', '')} has ended. {why}"),
+            "poll_group": gr.Group(visible=False), "shown": None, **_visibility({})}
+
+
+# ---------------------------------------------------------------------------- the buttons
+
+
+def start_class(member, *controls):
+    view = page_view(*controls)
+    code, secret = registry().open(view)
+    member = {"role": "teacher", "code": code, "secret": secret}
+    return {"member": member, **refresh(member, 0, None), **_visibility(member), "tools": gr.Accordion(open=False)}
+
+
+def end_class(member):
+    member = dict(member or {})
+    if member.get("role") == "teacher":
+        try:
+            registry().close(member["code"], member["secret"])
+        except RoomError:
+            pass
+    return ended(member, "You ended it.") if member.get("role") == "teacher" else ended(member, "You left it.")
+
+
+def join_class(code, member, request: gr.Request):
+    """A student joins with the code (a rejoin keeps the member id it held)."""
+    member = dict(member or {})
+    code, ident = registry().join(code, _client(request),
+                                  member=member.get("member") if member.get("code") == code else None)
+    member = {"role": "student", "code": code, "member": ident, "following": True}
+    return {"member": member, **refresh(member, 0, None), **_visibility(member), "tools": gr.Accordion(open=False)}
+
+
+def _client(request: gr.Request | None) -> str | None:
+    """The address wrong codes count against (None on loopback: ``guard.client_address``)."""
+    raw = getattr(request, "request", None)
+    return client_address(raw) if raw is not None else None
+
+
+def break_away(member):
+    member = {**(member or {}), "following": False}
+    return {"member": member, "banner": banner(member), "shown": None}
+
+
+def catch_up(member):
+    member = {**(member or {}), "following": True}
+    return {"member": member, **refresh(member, 0, None)}
+
+
+def make_poll(kind: str, question: str, checkpoint: dict | None, seed: str):
+    """The function that builds a poll of ``kind`` for the room's view when the teacher opens it."""
+    def make(ident: int, view: View):
+        if kind == "text":
+            return text_poll(ident, question)
+        image = SHELF.path(view.image)
+        if image is None:
+            raise RoomError("Show the class an image first: the poll asks about this image.")
+        lm = get_model(view.model, checkpoint)
+        ex = explore_image(str(image), lm)  # the shared exploration: the class's own pages use it too
+        if kind == "branch":
+            if not lm.spec.has_branches:
+                raise RoomError(f"{lm.spec.name} has no parallel branches to ask about.")
+            block = explore.valid_block(view.model, view.block)
+            return branch_poll(ident, block, [(b.info.name, b.share) for b in ex.blocks[block].branches])
+        top = [(t.label, t.prob) for t in ex.prediction.top]
+        return prediction_poll(ident, lm.spec.name, top, list(lm.spec.labels()), seed=seed)
+
+    return make
+
+
+def open_poll(member, kind_label, question, checkpoint):
+    member = dict(member or {})
+    make = make_poll(POLL_KINDS.get(kind_label, "predict"), question, checkpoint, member.get("code", ""))
+    registry().open_poll(member.get("code", ""), member.get("secret", ""), make)
+    return refresh(member, 0, None)
+
+
+def reveal_poll(member):
+    member = dict(member or {})
+    registry().reveal(member.get("code", ""), member.get("secret", ""))
+    return refresh(member, 0, None)
+
+
+def end_poll(member):
+    member = dict(member or {})
+    registry().end_poll(member.get("code", ""), member.get("secret", ""))
+    return refresh(member, 0, None)
+
+
+def send_answer(member, choice, text):
+    member = dict(member or {})
+    registry().answer(member.get("code", ""), member.get("member", ""), choice or text or "")
+    return refresh(member, 0, None)
+
+
+def publish(member, *controls, explain: bool | None = None, ablate: str | None = None) -> None:
+    """The teacher's page: its view becomes the room's (nothing for any other page)."""
+    member = member or {}
+    if member.get("role") != "teacher":
+        return
+    try:
+        rooms = registry()
+        before = rooms.state(member["code"], secret=member["secret"])["view"]
+        rooms.publish(member["code"], member["secret"], carried(page_view(*controls), before, explain=explain,
+                                                               ablate=ablate))
+    except (RoomError, OSError):  # the class ended (the next tick says so), or the upload went
+        pass
+
+
+def make_link(*controls):
+    """A link to the view this page shows now (an upload is held on the shelf for it)."""
+    view = page_view(*controls)
+    return {"link_query": view.query()}
+
+
+def open_page(member, request: gr.Request):
+    """When a page opens: rejoin its class (a reload), join the one its link names
+    (``?class=``), or show the view its link describes."""
+    member = dict(member or {})
+    params = dict(request.query_params) if request is not None else {}
+    code = params.get("class")
+    if code:
+        try:
+            return join_class(code, member, request)
+        except RoomError as e:
+            return {"banner": banner({}, note=str(e)), "member": {}}
+    if member.get("code"):
+        return {**refresh(member, 0, None), **_visibility(member)}
+    if any(k in params for k in View.LINK):
+        try:
+            view = View.parse(params)
+        except RoomError as e:
+            return {"banner": banner({}, note=f"This link does not open a view: {e}")}
+        return {**apply_view(view, None), "view_state": view.to_json(), "view_version": -1}
+    return {}
+
+
+# ---------------------------------------------------------------------------- results for a followed view
+
+
+def follow_explore(view_json: dict | None, checkpoint, look):
+    """A followed (or linked) Explore view's results: the block's maps, the branch clicked,
+    the knock-out, each from the shared caches."""
+    if not view_json or view_json.get("tab") == "attributions":
+        return {}
+    view = View.parse(view_json)
+    image = SHELF.path(view.image)
+    if image is None:
+        return {}
+    image = str(image)
+    block = explore.valid_block(view.model, view.block)
+    out = dict(explore.branches_result(image, view.model, block, checkpoint, look))
+    if view.branch:
+        out.update(explore.branch_view(image, view.model, block, view.branch, checkpoint, look))
+        out.pop("branch", None)
+    if view.ablate and view.branch and ZOO[view.model].has_branches:
+        out.update(explore.run_ablation(image, view.model, block, view.branch, view.ablate, checkpoint))
+    return out
+
+
+def follow_attribution(view_json: dict | None, checkpoint, look, progress=gr.Progress()):
+    """A followed view's Explain result, from the shared results (the teacher's computation)."""
+    if not view_json or view_json.get("tab") != "attributions" or not view_json.get("explain"):
+        return
+    view = View.parse(view_json)
+    image = SHELF.path(view.image)
+    if image is None:
+        return
+    yield from attributions.attribute_steps(str(image), view.model, view.method, view.target or None,
+                                            view.layer or None, checkpoint, look, progress, **dict(view.knobs))
+
+
+# ---------------------------------------------------------------------------- layout and wiring
+
+
+def build() -> dict:
+    """The class line (shown in a class), and the tools: start or join a class, link a view, polls."""
+    c: dict = {}
+    c["member"] = gr.BrowserState({}, storage_key="cnndemo-class")
+    c["applied"] = gr.State(0)
+    c["view_state"] = gr.State(None)
+    c["shown"] = gr.State(None)
+    c["view_version"] = gr.Number(0, visible="hidden", elem_id="room-version", label="view version")
+    c["link_query"] = gr.Textbox("", visible="hidden", label="link query", max_length=4000)
+    c["timer"] = gr.Timer(1.0, active=False)
+    c["banner"] = gr.HTML("", elem_id="room-banner", js_on_load=None)
+    with gr.Row(visible=False, elem_id="room-student") as c["student_row"]:
+        c["own"] = gr.Button("Explore on my own", size="sm", elem_id="room-own")
+        c["catch"] = gr.Button("Catch up with the teacher", size="sm", variant="primary", elem_id="room-catch")
+        c["leave"] = gr.Button("Leave the class", size="sm", elem_id="room-leave")
+    with gr.Row(visible=False, elem_id="room-teacher") as c["teacher_row"]:
+        c["poll_kind"] = gr.Dropdown(list(POLL_KINDS), value="What will the model say?", label="Poll", scale=2,
+                                     elem_id="room-poll-kind")
+        c["poll_question"] = gr.Textbox(label="Question (free text polls)", max_length=200, scale=2)
+        c["poll_open"] = gr.Button("Open poll", size="sm", elem_id="room-poll-open")
+        c["poll_reveal"] = gr.Button("Reveal", size="sm", variant="primary", elem_id="room-poll-reveal")
+        c["poll_end"] = gr.Button("Close poll", size="sm")
+        c["end"] = gr.Button("End class", size="sm", variant="stop", elem_id="room-end")
+    with gr.Group(visible=False, elem_id="room-poll") as c["poll_group"]:
+        c["poll_md"] = gr.Markdown(elem_id="room-poll-question")
+        c["poll_choice"] = gr.Radio([], label="Your answer", elem_id="room-poll-choice", visible=False)
+        c["poll_text"] = gr.Textbox(label="Your answer", max_length=60, visible=False, elem_id="room-poll-text")
+        c["poll_send"] = gr.Button("Send my answer", visible=False, elem_id="room-poll-send")
+        c["poll_plot"] = gr.BarPlot(x="answer", y="count", label="answers", elem_id="room-poll-plot", height=220,
+                                    sort=None)
+        c["poll_truth"] = gr.Markdown(elem_id="room-poll-truth")
+    with gr.Accordion("Teach a class · link to this view", open=False, elem_id="room-tools") as c["tools"]:
+        gr.Markdown("**Teachers:** *Start a class* shows a code for the projector; students who join follow your "
+                    "tab, model, image, block, branch and Explain as you change them, and answer your polls.  \n"
+                    "**Students:** type the code and press *Join*.  \n"
+                    "**Slides:** *Link to this view* writes an address that opens this tab, model, image, block "
+                    "and method.", elem_classes=["cz-note"])
+        with gr.Row():
+            c["start"] = gr.Button("Start a class", variant="primary", elem_id="room-start")
+            c["code"] = gr.Textbox(label="Class code", placeholder="e.g. K7PM3Q", max_length=12, elem_id="room-code-in")
+            c["join"] = gr.Button("Join", elem_id="room-join")
+        with gr.Row():
+            c["link_btn"] = gr.Button("Link to this view", elem_id="room-link-btn")
+            c["link"] = gr.Textbox(label="Link to this view", interactive=False, buttons=["copy"], elem_id="room-link")
+    return c
+
+
+def wire(c: dict, page: dict, checkpoint, look) -> None:
+    """Connect the class tools to the page. ``page``: the controls by name (``tabs``, the tab
+    objects, Explore's and Attributions' components)."""
+    ex, at = page["explore"], page["attributions"]
+    c["tab"] = gr.State("explore")
+    names = {"tabs": page["tabs"], "ex_model": ex["model"], "ex_image": ex["image"], "ex_block": ex["block"],
+             "ex_branch": ex["branch"], "ex_mode": ex["mode"], "at_model": at["model"], "at_image": at["image"],
+             "at_method": at["method"], "at_target": at["target"], "at_layer": at["layer"],
+             **{f"knob_{k}": s for k, s in zip(knobs(), at["knobs"])}}
+    every = {**c, **names}
+    controls = [c["tab"], ex["model"], ex["image"], ex["block"], ex["branch"], ex["mode"], at["model"], at["image"],
+                at["method"], at["target"], at["layer"], *at["knobs"]]
+    room_outputs = ("member", "banner", "poll_group", "poll_md", "poll_choice", "poll_text", "poll_send", "poll_plot",
+                    "poll_truth", "shown", "applied", "view_state", "view_version", "teacher_row", "student_row",
+                    "timer", "tools", *names)
+    private = dict(api_visibility="private")
+
+    tick, tick_outputs = by_name(refresh, every, room_outputs)
+    c["timer"].tick(tick, [c["member"], c["applied"], c["view_state"], c["shown"]], tick_outputs, queue=False,
+                    show_progress="hidden", **private)
+    started, started_outputs = by_name(user_errors(start_class), every, room_outputs)
+    c["start"].click(started, [c["member"], *controls], started_outputs, queue=False, **private).then(
+        None, js=JOIN_LINK_JS, **private)
+    joined, joined_outputs = by_name(user_errors(join_class), every, room_outputs)
+    gr.on([c["join"].click, c["code"].submit], joined, [c["code"], c["member"]], joined_outputs, queue=False,
+          **private)
+    left, left_outputs = by_name(end_class, every, room_outputs)
+    gr.on([c["end"].click, c["leave"].click], left, [c["member"]], left_outputs, queue=False, **private)
+    own, own_outputs = by_name(break_away, every, room_outputs)
+    c["own"].click(own, [c["member"]], own_outputs, queue=False, **private)
+    catch, catch_outputs = by_name(catch_up, every, room_outputs)
+    c["catch"].click(catch, [c["member"]], catch_outputs, queue=False, **private)
+    polled, polled_outputs = by_name(user_errors(open_poll), every, room_outputs)
+    c["poll_open"].click(polled, [c["member"], c["poll_kind"], c["poll_question"], checkpoint], polled_outputs,
+                         concurrency_id=LIGHT, **private)
+    revealed, revealed_outputs = by_name(user_errors(reveal_poll), every, room_outputs)
+    c["poll_reveal"].click(revealed, [c["member"]], revealed_outputs, queue=False, **private)
+    closed, closed_outputs = by_name(user_errors(end_poll), every, room_outputs)
+    c["poll_end"].click(closed, [c["member"]], closed_outputs, queue=False, **private)
+    sent, sent_outputs = by_name(user_errors(send_answer), every, room_outputs)
+    c["poll_send"].click(sent, [c["member"], c["poll_choice"], c["poll_text"]], sent_outputs, queue=False, **private)
+    opened, opened_outputs = by_name(open_page, every, room_outputs)
+    page["demo"].load(opened, [c["member"]], opened_outputs, queue=False, **private).then(
+        None, js=JOIN_LINK_JS, **private)
+
+    # The teacher's page publishes what it shows as it changes (a no-op on any other page).
+    for tab_id in TABS:
+        page["tab_" + tab_id].select(lambda t=tab_id: t, None, [c["tab"]], queue=False, **private).then(
+            publish, [c["member"], *controls], None, queue=False, **private)
+    gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["branch"].change, at["model"].change,
+           at["image"].change, at["method"].change, at["target"].change, at["layer"].change,
+           *(s.release for s in at["knobs"])],
+          publish, [c["member"], *controls], None, queue=False, trigger_mode="always_last", **private)
+    at["run"].click(lambda m, *a: publish(m, *a, explain=True), [c["member"], *controls], None, queue=False,
+                    **private)
+    ex["ablate"].click(lambda m, *a: publish(m, *a, ablate=a[5] or "zero"), [c["member"], *controls], None,
+                       queue=False, **private)
+
+    # A followed or linked view: its results, from the shared caches.
+    shown_explore, explore_outputs = by_name(
+        user_errors(follow_explore), ex, (*explore.BRANCH_MAPS, "diagram", "branch_view", *explore.ABLATION))
+    c["view_version"].change(shown_explore, [c["view_state"], checkpoint, look], explore_outputs,
+                             concurrency_id=LIGHT, **private)
+    shown_attr, attr_outputs = by_name(user_errors(follow_attribution), at, attributions.OUTPUTS)
+    c["view_version"].change(shown_attr, [c["view_state"], checkpoint, look], attr_outputs, **heavy_lane(),
+                             **private)
+    install_api()
+    linked, linked_outputs = by_name(user_errors(make_link), every, ("link_query",))
+    c["link_btn"].click(linked, controls, linked_outputs, queue=False, **private).then(
+        None, [c["link_query"]], [c["link"]], js=LINK_JS, **private)
+
+
+__all__ = ["build", "wire", "page_view", "apply_view", "carried", "refresh", "POLL_KINDS", "HEAVY_LANE"]
+
+
+# ---------------------------------------------------------------------------- the API (scripts, load tests)
+
+
+def _view_record(view: View) -> dict:
+    return {**view.to_json(), "link": view.query()}
+
+
+def api_open(view: str = "") -> dict:
+    """Start a class showing a view (a link's query string, e.g. "?model=googlenet&image=example:cat.jpg").
+
+    Args:
+        view: the view's fields as a query string.
+    Returns: {"code", "secret"}: keep the secret, it is what changes the class.
+    """
+    code, secret = registry().open(View.from_query(view))
+    return {"code": code, "secret": secret}
+
+
+def api_publish(code: str, secret: str, view: str) -> dict:
+    """Show the class another view (the teacher's secret is required).
+
+    Args:
+        code: the class code.
+        secret: the secret returned by room_open.
+        view: the view's fields as a query string.
+    """
+    return {"version": registry().publish(code, secret, View.from_query(view))}
+
+
+def api_join(code: str, request: gr.Request) -> dict:
+    """Join a class as a student.
+
+    Args:
+        code: the class code (case and dashes do not matter).
+    Returns: {"code", "member"}: the member id answers polls and keeps this client's place.
+    """
+    code, member = registry().join(code, _client(request))
+    return {"code": code, "member": member}
+
+
+def api_state(code: str, member: str = "", secret: str = "", results: bool = False) -> dict:
+    """What the class shows now: the view, its version, the poll, and (``results``) the view's
+    top-5 and branch shares from the shared results, as a following page gets them.
+
+    Args:
+        code: the class code.
+        member: a student's member id (from room_join).
+        secret: the teacher's secret (instead of member).
+        results: also return the view's results.
+    """
+    st = registry().state(code, member=member or None, secret=secret or None)
+    out = {"code": st["code"], "version": st["version"], "view": _view_record(st["view"]), "poll": st["poll"],
+           "following": st["following"]}
+    if results:
+        out["results"] = view_results(st["view"])
+    return out
+
+
+def view_results(view: View, progress=None) -> dict:
+    """A view's results as data: its top-5, the block's branch shares, and the attribution's
+    scores when it was run; each from the shared caches (the class computes it once)."""
+    image = SHELF.path(view.image)
+    if image is None:
+        return {}
+    lm = get_model(view.model)
+    ex = explore_image(str(image), lm)
+    out = {"top5": [{"label": t.label, "p": round(t.prob, 4)} for t in ex.prediction.top]}
+    block = explore.valid_block(view.model, view.block)
+    out["block"] = block
+    out["shares"] = {b.info.name: round(b.share, 4) for b in ex.blocks[block].branches}
+    if view.tab == "attributions" and view.explain:
+        from ..attribution import Settings, attribute_shared
+        from ..pipeline import prepare
+
+        a = attribute_shared(prepare(str(image), lm), lm, view.method, target=view.target or None,
+                             layer=view.layer or None, settings=Settings(**dict(view.knobs)), scores=True,
+                             progress=progress)
+        out["attribution"] = {k: v for k, v in a.to_json().items() if k in ("method", "target", "scores", "ms")}
+    return out
+
+
+def api_poll_open(code: str, secret: str, kind: str = "predict", question: str = "") -> dict:
+    """Open a poll about the class's view (the teacher's secret is required).
+
+    Args:
+        code: the class code.
+        secret: the teacher's secret.
+        kind: "predict" (what will the model say?), "branch" (which branch carries most?) or "text".
+        question: the question of a "text" poll.
+    """
+    if kind not in POLL_KINDS.values():
+        raise RoomError(f"kind is one of {', '.join(POLL_KINDS.values())}, not {kind!r}.")
+    poll = registry().open_poll(code, secret, make_poll(kind, question, None, code))
+    return poll.public(None)
+
+
+def api_answer(code: str, member: str, answer: str) -> dict:
+    """Answer the class's open poll, once.
+
+    Args:
+        code: the class code.
+        member: the member id from room_join.
+        answer: one of the poll's options, or free text.
+    """
+    registry().answer(code, member, answer)
+    return {"ok": True}
+
+
+def api_reveal(code: str, secret: str) -> dict:
+    """Reveal the poll's answers and the truth to the class (the teacher's secret is required).
+
+    Args:
+        code: the class code.
+        secret: the teacher's secret.
+    """
+    registry().reveal(code, secret)
+    return registry().state(code, secret=secret)["poll"]
+
+
+def api_close(code: str, secret: str) -> dict:
+    """End a class (the teacher's secret is required).
+
+    Args:
+        code: the class code.
+        secret: the teacher's secret.
+    """
+    registry().close(code, secret)
+    return {"ok": True}
+
+
+API = {"room_open": api_open, "room_publish": api_publish, "room_join": api_join, "room_state": api_state,
+       "poll_open": api_poll_open, "poll_answer": api_answer, "poll_reveal": api_reveal, "room_close": api_close}
+
+
+def install_api() -> None:
+    """The class endpoints, for scripts (inside a Blocks context). Cheap ones run at once;
+    ``room_state`` with results and ``poll_open`` may compute, in the light lane."""
+    for name, fn in API.items():
+        computes = name in ("room_state", "poll_open")
+        gr.api(user_errors(fn), api_name=name, concurrency_id=LIGHT if computes else None,
+               concurrency_limit="default" if computes else None)
