@@ -168,17 +168,29 @@ class Shelf:
             self._folder = Path(tempfile.mkdtemp(prefix="cnndemo-shared-"))
         return self._folder
 
-    def put(self, path: str | Path | None) -> str:
-        """The reference that names ``path`` in a view ("" for no image)."""
+    @staticmethod
+    def ref(path: str | Path | None) -> str:
+        """The reference that would name ``path`` (nothing is kept): an example by name, any
+        other file by the digest of its bytes; "" for no image or a file that is gone."""
         if not path:
             return ""
         path = Path(path)
         example = EXAMPLES / path.name
         if example.is_file() and _same_file(path, example):
             return f"example:{path.name}"
+        try:
+            return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_CHARS]}"
+        except OSError:
+            return ""
+
+    def put(self, path: str | Path | None) -> str:
+        """The reference that names ``path`` in a view ("" for no image), held from now on."""
+        ref = self.ref(path)
+        if not ref.startswith("sha256:"):
+            return ref
+        path = Path(path)
+        digest = ref.split(":", 1)[1]
         data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
-        ref = f"sha256:{digest}"
         with self._lock:
             if ref in self._held and self._held[ref].is_file():
                 self._held.move_to_end(ref)

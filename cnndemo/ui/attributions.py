@@ -309,10 +309,19 @@ def run_compare(image: str | None, models: list[str] | None, method: str = "grad
 OUTPUTS = ("overlay", "signed", "scores", "deletion", "json", "files", "banner")
 
 
-def _cleared(model: str) -> dict:
-    """Empty results, and the banner of the model now selected (no result, no stale names)."""
+def shown_for(image, model, method, target, layer) -> list:
+    """What a map on screen was made for: the page's image (as it holds it), model and settings."""
+    return [str(image or ""), model, method, str(target or ""), str(layer or "")]
+
+
+def _cleared(model: str, image=None, method=None, target=None, layer=None, shown: list | None = None) -> dict:
+    """Empty results, and the banner of the model now selected (no result, no stale names).
+    Nothing is cleared when the map on screen was made for exactly these controls: a control
+    set again to what it held fires its change event too (a page following a class)."""
+    if shown is not None and shown == shown_for(image, model, method, target, layer):
+        return {}
     return {"overlay": None, "signed": None, "scores": "", "deletion": None, "json": None, "files": None,
-            "banner": weights_banner(None, model), "grid": None}
+            "banner": weights_banner(None, model), "grid": None, "shown": None}
 
 
 def _layer_update(key: str):
@@ -344,7 +353,7 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
             c["image"] = image_input(sources=["upload", "webcam", "clipboard"], label="Image", height=280, elem_id="attr-image")
             gr.Examples(examples(), inputs=[c["image"]], label="Example photos")
             c["model"] = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model", elem_id="attr-model")
-            c["method"] = gr.Dropdown(method_choices(), value="ig", label="Method")
+            c["method"] = gr.Dropdown(method_choices(), value="ig", label="Method", elem_id="attr-method")
             c["layer"] = gr.Dropdown(layer_choices(ZOO[DEFAULT_MODEL]), value=ZOO[DEFAULT_MODEL].gradcam_layer,
                                      label="Grad-CAM layer (a block, or one branch of it)", allow_custom_value=True)
             c["target"] = gr.Dropdown([], value=None, allow_custom_value=True,
@@ -388,7 +397,8 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
 
     knob_list = list(c["knobs"])
     run, outputs = by_name(with_knob_parameters(attribute_steps), c, OUTPUTS)
-    c["run"].click(
+    c["shown"] = gr.State(None)  # what the map on screen was made for (shown_for)
+    c["run_event"] = c["run"].click(
         user_errors(run),
         [c["image"], c["model"], c["method"], c["target"], c["layer"], *knob_list, checkpoint_state, look],
         outputs,
@@ -406,9 +416,12 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     )
     c["model"].change(_layer_update, [c["model"]], [c["layer"]], api_visibility="private")
     # A map belongs to one model, image and setting: when any of them changes, it goes.
-    cleared, cleared_outputs = by_name(_cleared, c, (*OUTPUTS, "grid"))
+    made_for = [c["image"], c["model"], c["method"], c["target"], c["layer"]]
+    c["run_event"].success(shown_for, made_for, [c["shown"]], api_visibility="private", queue=False)
+    cleared, cleared_outputs = by_name(_cleared, c, (*OUTPUTS, "grid", "shown"))
     gr.on([c["model"].change, c["image"].change, c["method"].input, c["target"].input, c["layer"].input],
-          cleared, [c["model"]], cleared_outputs, api_visibility="private", queue=False)
+          cleared, [c["model"], c["image"], c["method"], c["target"], c["layer"], c["shown"]], cleared_outputs,
+          api_visibility="private", queue=False, show_progress="hidden")
     cmp_cleared, cmp_cleared_outputs = by_name(lambda: {"cmp_grid": None, "cmp_table": None}, c,
                                                ("cmp_grid", "cmp_table"))
     gr.on([c["image"].change, c["cmp_models"].change, c["cmp_method"].input, c["cmp_target"].input],

@@ -331,7 +331,7 @@ CSS = """
 body.cz-presenter .cz-room-code {font-size: 4.2em;}
 .cz-room-how {flex: 1 1 260px; overflow-wrap: anywhere;}
 .cz-room-count {font-weight: 600;}
-.cz-room-student {font-size: 1.05em;}
+.cz-room.cz-room-student {display: block; font-size: 1.05em;}
 .cz-room-note {padding: 6px 12px; border: 1px dashed var(--border-color-primary); border-radius: 8px;}
 /* Presenter mode: larger type and full contrast, for a projector at the back of the room. */
 body.cz-presenter .gradio-container {--text-xxs: 13px; --text-xs: 15px; --text-sm: 17px; --text-md: 20px;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import gradio as gr
 import pandas as pd
 import torch
@@ -198,7 +200,21 @@ def _sources(rows) -> str:
     return " and ".join(names)
 
 
+_BUBBLE_LOCK = threading.Lock()
+
+
 def initial_bubble():
+    """The reference figure every page opens with, drawn one page at a time: matplotlib's text
+    parser is shared by the process and fails when two threads lay out text at once (a class
+    opening the app together). Drawn here, so Gradio's own save reuses the laid-out text."""
+    with _BUBBLE_LOCK:
+        fig = _initial_bubble()
+        if fig is not None:
+            fig.canvas.draw()
+        return fig
+
+
+def _initial_bubble():
     for f in reference_files():
         lat = _latency_b1(f)
         if lat:

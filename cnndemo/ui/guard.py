@@ -574,7 +574,12 @@ def check_payload(comp, value, name: str) -> None:
             refuse(f"a number{rng}")
     elif isinstance(comp, gr.Radio):
         choices = _choices(comp)
-        if isinstance(value, (list, dict)) or value not in choices:
+        if isinstance(value, (list, dict, bool)):
+            refuse(f"one of {', '.join(map(str, choices))}")
+        if getattr(comp, "choices_set_at_run_time", False):  # a poll's answers: its handler checks them
+            if not isinstance(value, str) or len(value) > MAX_TEXT:
+                refuse(f"one answer of at most {MAX_TEXT} characters")
+        elif value not in choices:
             refuse(f"one of {', '.join(map(str, choices))}")
     elif isinstance(comp, gr.Checkbox):
         if not isinstance(value, bool):

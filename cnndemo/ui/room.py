@@ -14,6 +14,7 @@ view the same way, once, when the page loads; ``?class=K7PM3Q`` joins a class.
 from __future__ import annotations
 
 import html
+import time
 
 import gradio as gr
 import pandas as pd
@@ -73,39 +74,42 @@ def carried(view: View, before: View | None, *, explain: bool | None = None, abl
     return view.changed(explain=explain, ablate=ablate if view.tab != "attributions" else "")
 
 
-def apply_view(view: View, last: dict | None) -> dict:
-    """The control updates that make a page show ``view``; only what differs from ``last`` (the
-    view it applied before; None: everything)."""
-    before = View.parse(last) if last else None
+def apply_view(view: View, now: dict | None = None) -> dict:
+    """The control updates that make a page show ``view``. ``now``: the page's controls by name
+    (``STUDENT_FIELDS``, ``tab`` included); only those that differ are set, because setting a
+    control fires its change events (a new image empties every result on the page)."""
+    now = dict(now or {})
     out: dict = {}
-    if before is None or before.tab != view.tab:
+
+    def differs(name, value) -> bool:
+        return name not in now or now[name] != value
+
+    if differs("tab", view.tab):
         out["tabs"] = gr.Tabs(selected=view.tab)
-    image = SHELF.path(view.image)
-    if view.tab == "attributions":
+    attr = view.tab == "attributions"
+    model, image_name = ("at_model", "at_image") if attr else ("ex_model", "ex_image")
+    if differs(model, view.model):
+        out[model] = view.model
+    if image_name not in now or SHELF.ref(now[image_name]) != view.image:
+        image = SHELF.path(view.image)
+        out[image_name] = str(image) if image else None
+    if attr:
         spec = ZOO[view.model]
-        same = before is not None and before.tab == "attributions"
-        if not same or before.model != view.model:
-            out["at_model"] = view.model
-        if not same or before.image != view.image:
-            out["at_image"] = str(image) if image else None
-        out["at_method"] = view.method
-        out["at_target"] = gr.Dropdown(value=view.target or None)
-        out["at_layer"] = gr.Dropdown(value=view.layer or spec.gradcam_layer)
-        values = dict(view.knobs)
-        for name, k in knobs().items():
-            out[f"knob_{name}"] = values.get(name, k.default)
+        wanted = {"at_method": view.method, "at_target": view.target or None,
+                  "at_layer": view.layer or spec.gradcam_layer,
+                  **{f"knob_{name}": dict(view.knobs).get(name, k.default) for name, k in knobs().items()}}
+        for name, value in wanted.items():
+            if differs(name, value):
+                out[name] = gr.Dropdown(value=value) if name in ("at_target", "at_layer") else value
         return out
-    same = before is not None and before.tab != "attributions"
     block = explore.valid_block(view.model, view.block)
     branches = explore.branch_choices(view.model, block)
-    if not same or before.model != view.model:
-        out["ex_model"] = view.model
-    if not same or before.image != view.image:
-        out["ex_image"] = str(image) if image else None
-    out["ex_block"] = gr.Dropdown(choices=explore.block_choices(view.model), value=block)
-    out["ex_branch"] = gr.Dropdown(choices=branches, value=view.branch or branches[0],
-                                   interactive=ZOO[view.model].has_branches)
-    if view.ablate:
+    if model in out or differs("ex_block", block):
+        out["ex_block"] = gr.Dropdown(choices=explore.block_choices(view.model), value=block)
+    branch = view.branch or branches[0]
+    if "ex_block" in out or differs("ex_branch", branch):
+        out["ex_branch"] = gr.Dropdown(choices=branches, value=branch, interactive=ZOO[view.model].has_branches)
+    if view.ablate and differs("ex_mode", view.ablate):
         out["ex_mode"] = view.ablate
     return out
 
@@ -158,9 +162,10 @@ def _visibility(member: dict) -> dict:
             "timer": gr.Timer(active=bool(member.get("code")))}
 
 
-def refresh(member: dict | None, applied: int, last: dict | None, shown: str | None = None) -> dict:
+def refresh(member: dict | None, applied: int | None, shown: list | None = None) -> dict:
     """One look at the room: the class line, the poll, and (for a following student whose view
-    is behind) the teacher's view applied. What did not change is skipped."""
+    is behind ``applied``; None: leave the view alone) the teacher's view to apply. What did not
+    change is skipped."""
     member = dict(member or {})
     if not member.get("code"):
         return {"timer": gr.Timer(active=False)}
@@ -169,15 +174,41 @@ def refresh(member: dict | None, applied: int, last: dict | None, shown: str | N
     except RoomError as e:
         return ended(member, str(e))
     out = {"banner": banner(member, st), **poll_outputs(member, st["poll"])}
-    key = repr((out["banner"], st["poll"]))
-    if key == shown:  # nothing new to draw
+    poll = st["poll"]
+    # What is drawn (skipped when unchanged), and the answer widgets apart: they are sent again
+    # only for a new poll, an answer or a reveal, or a half-made choice would be wiped whenever
+    # another student answers.
+    key = [repr((out["banner"], poll)), repr(poll and (poll["id"], poll["answered"], poll["revealed"]))]
+    before = shown if isinstance(shown, list) and len(shown) == 2 else [None, None]
+    if key[0] == before[0]:
         out = {}
     else:
         out["shown"] = key
-    if member.get("role") == "student" and member.get("following", True) and st["version"] != applied:
-        out.update(apply_view(st["view"], last))
-        out.update(applied=st["version"], view_state=st["view"].to_json(), view_version=st["version"])
+        if key[1] == before[1]:
+            for name in ("poll_group", "poll_choice", "poll_text", "poll_send"):
+                out.pop(name, None)
+    following = member.get("role") == "student" and member.get("following", True)
+    if following and applied is not None and st["version"] != applied:
+        out.update(to_apply(st["view"], st["version"]))
     return out
+
+
+def to_apply(view: View, version: int | None = None) -> dict:
+    """A view for ``apply_controls`` (set off by the new ``view_version``: the controls are
+    outputs of that step alone, because a visible control that is an output of an event fires
+    its change events even when the event leaves it as it is, and the tick runs every second)."""
+    out = {"view_state": view.to_json(), "view_version": time.monotonic()}
+    if version is not None:
+        out["applied"] = version
+    return out
+
+
+def apply_controls(view_json: dict | None, tab: str, *controls) -> dict:
+    """Set the page's controls to the view to apply (only those that show something else)."""
+    if not view_json:
+        return {}
+    now = dict(zip(STUDENT_FIELDS[1:], controls), tab=tab)
+    return apply_view(View.parse(view_json), now)
 
 
 def ended(member: dict, why: str) -> dict:
@@ -193,7 +224,7 @@ def start_class(member, *controls):
     view = page_view(*controls)
     code, secret = registry().open(view)
     member = {"role": "teacher", "code": code, "secret": secret}
-    return {"member": member, **refresh(member, 0, None), **_visibility(member), "tools": gr.Accordion(open=False)}
+    return {"member": member, **refresh(member, 0), **_visibility(member), "tools": gr.Accordion(open=False)}
 
 
 def end_class(member):
@@ -212,7 +243,7 @@ def join_class(code, member, request: gr.Request):
     code, ident = registry().join(code, _client(request),
                                   member=member.get("member") if member.get("code") == code else None)
     member = {"role": "student", "code": code, "member": ident, "following": True}
-    return {"member": member, **refresh(member, 0, None), **_visibility(member), "tools": gr.Accordion(open=False)}
+    return {"member": member, **refresh(member, 0), **_visibility(member), "tools": gr.Accordion(open=False)}
 
 
 def _client(request: gr.Request | None) -> str | None:
@@ -228,7 +259,8 @@ def break_away(member):
 
 def catch_up(member):
     member = {**(member or {}), "following": True}
-    return {"member": member, **refresh(member, 0, None)}
+    # Everything is set again: the page may have wandered anywhere on its own.
+    return {"member": member, **refresh(member, 0)}
 
 
 def make_poll(kind: str, question: str, checkpoint: dict | None, seed: str):
@@ -256,25 +288,25 @@ def open_poll(member, kind_label, question, checkpoint):
     member = dict(member or {})
     make = make_poll(POLL_KINDS.get(kind_label, "predict"), question, checkpoint, member.get("code", ""))
     registry().open_poll(member.get("code", ""), member.get("secret", ""), make)
-    return refresh(member, 0, None)
+    return refresh(member, 0)
 
 
 def reveal_poll(member):
     member = dict(member or {})
     registry().reveal(member.get("code", ""), member.get("secret", ""))
-    return refresh(member, 0, None)
+    return refresh(member, 0)
 
 
 def end_poll(member):
     member = dict(member or {})
     registry().end_poll(member.get("code", ""), member.get("secret", ""))
-    return refresh(member, 0, None)
+    return refresh(member, 0)
 
 
 def send_answer(member, choice, text):
     member = dict(member or {})
     registry().answer(member.get("code", ""), member.get("member", ""), choice or text or "")
-    return refresh(member, 0, None)
+    return refresh(member, None)
 
 
 def publish(member, *controls, explain: bool | None = None, ablate: str | None = None) -> None:
@@ -309,13 +341,13 @@ def open_page(member, request: gr.Request):
         except RoomError as e:
             return {"banner": banner({}, note=str(e)), "member": {}}
     if member.get("code"):
-        return {**refresh(member, 0, None), **_visibility(member)}
+        return {**refresh(member, 0), **_visibility(member)}
     if any(k in params for k in View.LINK):
         try:
             view = View.parse(params)
         except RoomError as e:
             return {"banner": banner({}, note=f"This link does not open a view: {e}")}
-        return {**apply_view(view, None), "view_state": view.to_json(), "view_version": -1}
+        return to_apply(view)
     return {}
 
 
@@ -342,16 +374,18 @@ def follow_explore(view_json: dict | None, checkpoint, look):
     return out
 
 
-def follow_attribution(view_json: dict | None, checkpoint, look, progress=gr.Progress()):
-    """A followed view's Explain result, from the shared results (the teacher's computation)."""
-    if not view_json or view_json.get("tab") != "attributions" or not view_json.get("explain"):
-        return
-    view = View.parse(view_json)
-    image = SHELF.path(view.image)
-    if image is None:
+def follow_attribution(view_json: dict | None, checkpoint, look, image_now=None, model_now=None, method_now=None,
+                       target_now=None, layer_now=None, progress=gr.Progress()):
+    """A followed view's Explain result, from the shared results (the teacher's computation);
+    marked as made for the page's controls (``*_now``, just set to the view's)."""
+    view = View.parse(view_json) if view_json else None
+    image = SHELF.path(view.image) if view else None
+    if view is None or view.tab != "attributions" or not view.explain or image is None:
+        yield {}  # nothing to show (a generator that yields nothing leaves its outputs pending)
         return
     yield from attributions.attribute_steps(str(image), view.model, view.method, view.target or None,
                                             view.layer or None, checkpoint, look, progress, **dict(view.knobs))
+    yield {"shown": attributions.shown_for(image_now, model_now, method_now, target_now, layer_now)}
 
 
 # ---------------------------------------------------------------------------- layout and wiring
@@ -361,7 +395,7 @@ def build() -> dict:
     """The class line (shown in a class), and the tools: start or join a class, link a view, polls."""
     c: dict = {}
     c["member"] = gr.BrowserState({}, storage_key="cnndemo-class")
-    c["applied"] = gr.State(0)
+    c["applied"] = gr.State(0)  # the room's version this page follows
     c["view_state"] = gr.State(None)
     c["shown"] = gr.State(None)
     c["view_version"] = gr.Number(0, visible="hidden", elem_id="room-version", label="view version")
@@ -383,10 +417,11 @@ def build() -> dict:
     with gr.Group(visible=False, elem_id="room-poll") as c["poll_group"]:
         c["poll_md"] = gr.Markdown(elem_id="room-poll-question")
         c["poll_choice"] = gr.Radio([], label="Your answer", elem_id="room-poll-choice", visible=False)
+        c["poll_choice"].choices_set_at_run_time = True  # guard.check_payload: the poll checks the answer
         c["poll_text"] = gr.Textbox(label="Your answer", max_length=60, visible=False, elem_id="room-poll-text")
         c["poll_send"] = gr.Button("Send my answer", visible=False, elem_id="room-poll-send")
-        c["poll_plot"] = gr.BarPlot(x="answer", y="count", label="answers", elem_id="room-poll-plot", height=220,
-                                    sort=None)
+        c["poll_plot"] = gr.BarPlot(x="answer", y="count", label="answers", elem_id="room-poll-plot", height=240,
+                                    sort=None, x_label_angle=-40, elem_classes=["cz-plot"])
         c["poll_truth"] = gr.Markdown(elem_id="room-poll-truth")
     with gr.Accordion("Teach a class · link to this view", open=False, elem_id="room-tools") as c["tools"]:
         gr.Markdown("**Teachers:** *Start a class* shows a code for the projector; students who join follow your "
@@ -417,12 +452,12 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     controls = [c["tab"], ex["model"], ex["image"], ex["block"], ex["branch"], ex["mode"], at["model"], at["image"],
                 at["method"], at["target"], at["layer"], *at["knobs"]]
     room_outputs = ("member", "banner", "poll_group", "poll_md", "poll_choice", "poll_text", "poll_send", "poll_plot",
-                    "poll_truth", "shown", "applied", "view_state", "view_version", "teacher_row", "student_row",
-                    "timer", "tools", *names)
+                    "poll_truth", "shown", "applied", "view_state", "view_version", "teacher_row",
+                    "student_row", "timer", "tools")
     private = dict(api_visibility="private")
 
     tick, tick_outputs = by_name(refresh, every, room_outputs)
-    c["timer"].tick(tick, [c["member"], c["applied"], c["view_state"], c["shown"]], tick_outputs, queue=False,
+    c["timer"].tick(tick, [c["member"], c["applied"], c["shown"]], tick_outputs, queue=False,
                     show_progress="hidden", **private)
     started, started_outputs = by_name(user_errors(start_class), every, room_outputs)
     c["start"].click(started, [c["member"], *controls], started_outputs, queue=False, **private).then(
@@ -465,11 +500,14 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     # A followed or linked view: its results, from the shared caches.
     shown_explore, explore_outputs = by_name(
         user_errors(follow_explore), ex, (*explore.BRANCH_MAPS, "diagram", "branch_view", *explore.ABLATION))
-    c["view_version"].change(shown_explore, [c["view_state"], checkpoint, look], explore_outputs,
-                             concurrency_id=LIGHT, **private)
-    shown_attr, attr_outputs = by_name(user_errors(follow_attribution), at, attributions.OUTPUTS)
-    c["view_version"].change(shown_attr, [c["view_state"], checkpoint, look], attr_outputs, **heavy_lane(),
-                             **private)
+    applied, applied_outputs = by_name(apply_controls, every, names)
+    applying = c["view_version"].change(applied, [c["view_state"], *controls], applied_outputs,
+                                        queue=False, show_progress="hidden", **private)
+    applying.then(shown_explore, [c["view_state"], checkpoint, look], explore_outputs, concurrency_id=LIGHT,
+                  **private)
+    shown_attr, attr_outputs = by_name(user_errors(follow_attribution), at, (*attributions.OUTPUTS, "shown"))
+    applying.then(shown_attr, [c["view_state"], checkpoint, look, at["image"], at["model"], at["method"], at["target"],
+                               at["layer"]], attr_outputs, **heavy_lane(), **private)
     install_api()
     linked, linked_outputs = by_name(user_errors(make_link), every, ("link_query",))
     c["link_btn"].click(linked, controls, linked_outputs, queue=False, **private).then(

@@ -1,0 +1,128 @@
+"""A class in Chromium: one teacher page, three students (one on a phone), following, breaking
+away, catching up, Explain computed once, and a poll."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from PIL import Image, ImageOps
+
+from cnndemo.cli.diagnostics.server import cpu_seconds
+from test_public_api import raw_call, upload
+from test_ui import LONG, SHOTS, browser, choose, tap_when_still  # noqa: F401 (browser: the fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SAME = """(want) => {
+  const v = (sel) => { const e = document.querySelector(sel); return e ? e.value : null; };
+  const sel = document.querySelector('#explore-diagram .cz-selected');
+  const tab = document.querySelector('[role=tab][aria-selected=true]');
+  const now = {model: v('#explore-model input'), block: v('#explore-block input'),
+               branch: sel ? sel.dataset.branch : '', tab: tab ? tab.innerText.trim() : '',
+               top5: (document.querySelector('#explore-top5') || {}).innerText || ''};
+  return Object.entries(want).every(([k, x]) => ['top5', 'model'].includes(k) ? (now[k] || '').includes(x) : now[k] === x);
+}"""
+
+
+def follow(pages, want: dict) -> float:
+    """Seconds until every page shows ``want`` (fields of SAME)."""
+    t0 = time.perf_counter()
+    for p in pages:
+        p.wait_for_function(SAME, arg=want)
+    return time.perf_counter() - t0
+
+
+def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
+    contexts, lag = [], {}
+
+    def page(width=1280, height=900, query=""):
+        ctx = browser.new_context(viewport={"width": width, "height": height}, is_mobile=width < 500,
+                                  has_touch=width < 500)
+        contexts.append(ctx)
+        pg = ctx.new_page()
+        pg.set_default_timeout(LONG)
+        pg.goto(app_server.url + query)
+        pg.wait_for_selector("#explore-image")
+        return pg
+
+    try:
+        teacher = page()
+        teacher.locator("#room-tools").click()
+        teacher.locator("#room-start").click()
+        teacher.wait_for_selector("#room-code")
+        code = teacher.inner_text("#room-code").strip()
+        students = [page(query=f"?class={code}"), page(390, 844, query=f"?class={code}"), page()]
+        typed = students[2]  # the third types the code
+        typed.locator("#room-tools").click()
+        typed.locator("#room-code-in input, #room-code-in textarea").first.fill(code.lower())
+        typed.locator("#room-join").click()
+        for s in students:
+            s.wait_for_selector("#room-follow")
+        teacher.wait_for_function("document.querySelector('#room-count').innerText.startsWith('3 ')")
+
+        choose(teacher, "explore-model", "SqueezeNet 1.0")
+        lag["model"] = follow(students, {"model": "SqueezeNet 1.0"})
+        teacher.set_input_files("#explore-image input[type=file]", str(examples / "cat.jpg"))
+        lag["image"] = follow(students, {"model": "SqueezeNet 1.0", "top5": "%"})
+        choose(teacher, "explore-block", "fire3")
+        lag["block"] = follow(students, {"block": "fire3"})
+        teacher.wait_for_function("!document.querySelector('#explore-block-note').innerText.includes('Computing')")
+        tap_when_still(teacher, "#explore-diagram [data-branch='expand3x3']")
+        lag["branch"] = follow(students, {"block": "fire3", "branch": "expand3x3"})
+        for s in students:
+            s.locator("#explore-branch-view img").wait_for(state="attached")
+
+        # One student explores on their own, then catches up.
+        away = students[0]
+        away.locator("#room-own").click()
+        away.wait_for_function("document.querySelector('#room-follow').innerText.includes('on your own')")
+        choose(teacher, "explore-block", "fire5")
+        follow(students[1:], {"block": "fire5"})
+        time.sleep(1.5)  # two of its ticks: a page on its own stays where it is
+        assert away.evaluate("document.querySelector('#explore-block input').value") == "fire3"
+        away.locator("#room-catch").click()
+        lag["catch up"] = follow([away], {"block": "fire5"})
+
+        # Explain: the teacher's computation serves the class.
+        with Image.open(examples / "cat.jpg") as im:
+            ImageOps.mirror(im).save(tmp_path / "solo.png")
+        args = [upload(app_server, tmp_path / "solo.png"), "squeezenet1_0", "ig", None, None, 48, 1, 32, 24]
+        c0 = cpu_seconds(app_server.proc.pid)
+        assert raw_call(app_server, "attribute", args)[0] == "complete"
+        solo = cpu_seconds(app_server.proc.pid) - c0
+        teacher.get_by_role("tab", name="Attributions").click()
+        follow(students, {"tab": "Attributions"})
+        choose(teacher, "attr-model", "SqueezeNet 1.0")
+        teacher.locator("#attr-method input").click()
+        teacher.locator("#attr-method input").fill("Integrated")
+        teacher.locator("ul[role=listbox] li", has_text="Integrated Gradients").first.click()
+        teacher.locator("#attr-run").click()
+        c0 = cpu_seconds(app_server.proc.pid)
+        t0 = time.perf_counter()
+        for p in [teacher, *students]:
+            p.wait_for_function("document.querySelector('#attr-scores').innerText.includes('Sanity')")
+        lag["explain (all four pages)"] = time.perf_counter() - t0
+        classwide = cpu_seconds(app_server.proc.pid) - c0
+        assert classwide < 2.0 * solo, f"four pages used {classwide:.1f} CPU s for one Explain; one costs {solo:.1f}"
+
+        # A poll: three answers, a live count for the teacher, then the reveal for everyone.
+        teacher.get_by_role("tab", name="Explore").click()
+        teacher.locator("#room-poll-open").click()
+        for s in students:
+            s.wait_for_selector("#room-poll-choice label")
+            s.locator("#room-poll-choice label").first.click()
+            s.locator("#room-poll-send").click()
+            s.wait_for_function("document.querySelector('#room-poll-question').innerText.includes('wait for the reveal')")
+        teacher.wait_for_function("document.querySelector('#room-poll-question').innerText.includes('3 answered')")
+        teacher.locator("#room-poll-reveal").click()
+        for s in students:
+            s.wait_for_function("document.querySelector('#room-poll-truth').innerText.includes('said')")
+            s.wait_for_selector("#room-poll-plot canvas, #room-poll-plot svg")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        teacher.screenshot(path=str(SHOTS / "class-teacher.png"))
+        students[1].screenshot(path=str(SHOTS / "class-phone.png"))
+        print("follow seconds:", {k: round(v, 2) for k, v in lag.items()})
+    finally:
+        for ctx in contexts:
+            ctx.close()

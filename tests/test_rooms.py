@@ -1,0 +1,172 @@
+"""Class rooms: who may change a room, bounds, expiry, polls, links (library and raw HTTP API)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnndemo.rooms import ALPHABET, CODE_LEN, RoomError, Rooms, Shelf, View, prediction_poll, text_poll
+from test_public_api import error_text, raw_call
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+CAT = View(model="googlenet", image="example:cat.jpg")
+
+
+def test_only_the_secret_changes_a_room_and_students_get_their_own_ids():
+    rooms = Rooms()
+    code, secret = rooms.open(CAT)
+    assert len(code) == CODE_LEN and set(code) <= set(ALPHABET)
+    _, a = rooms.join(code.lower())
+    _, b = rooms.join(f"{code[:3]}-{code[3:]}")  # typed with a dash
+    assert a != b
+    for wrong in ("", "x" * 32, secret[:-1] + ("A" if secret[-1] != "A" else "B")):
+        with pytest.raises(RoomError, match="Only the teacher"):
+            rooms.publish(code, wrong, CAT.changed(block="inception3a"))
+    assert rooms.state(code, member=a)["version"] == 1
+    assert rooms.publish(code, secret, CAT.changed(block="inception3a")) == 2
+    assert rooms.publish(code, secret, CAT.changed(block="inception3a")) == 2  # the same view: no new version
+    st = rooms.state(code, member=b)
+    assert st["view"].block == "inception3a" and not st["teacher"]
+    with pytest.raises(RoomError, match="not in class"):
+        rooms.state(code, member="made-up")
+
+
+def test_wrong_codes_are_limited_per_address():
+    rooms = Rooms(wrong_codes=10)
+    code, _ = rooms.open(CAT)
+    for _ in range(10):
+        with pytest.raises(RoomError, match="There is no class"):
+            rooms.join("ZZZZZZ", client="10.0.0.7")
+    with pytest.raises(RoomError, match="Too many wrong class codes"):
+        rooms.join(code, client="10.0.0.7")  # even the right one, for the rest of the minute
+    assert rooms.join(code, client="10.0.0.8")[0] == code  # another address is not affected
+
+
+def test_rooms_expire_and_the_caps_hold():
+    clock = Clock()
+    rooms = Rooms(max_rooms=2, max_members=2, idle_s=60, clock=clock)
+    first, secret = rooms.open(CAT)
+    rooms.open(CAT)
+    with pytest.raises(RoomError, match="limit"):
+        rooms.open(CAT)
+    rooms.join(first)
+    rooms.join(first)
+    with pytest.raises(RoomError, match="full"):
+        rooms.join(first)
+    clock.now += 30
+    rooms.state(first, secret=secret)  # the teacher's page keeps its room alive
+    clock.now += 45
+    assert len(rooms) == 1  # the other room was idle for 75 s
+    with pytest.raises(RoomError, match="There is no class"):
+        rooms.publish("ZZZZZZ", secret, CAT)
+    clock.now += 61
+    with pytest.raises(RoomError, match="idle"):
+        rooms.state(first, secret=secret)
+    rooms.open(CAT)  # places free again
+
+
+def test_a_poll_takes_one_answer_each_and_reveals_the_truth():
+    rooms = Rooms()
+    code, secret = rooms.open(CAT)
+    members = [rooms.join(code)[1] for _ in range(3)]
+    top = [("tabby", 0.5), ("tiger cat", 0.2), ("Egyptian cat", 0.1), ("lynx", 0.05), ("Persian cat", 0.02)]
+    labels = [f"class {i}" for i in range(50)] + [t for t, _ in top]
+    rooms.open_poll(code, secret, lambda ident, view: prediction_poll(ident, "GoogLeNet", top, labels, seed=code))
+    poll = rooms.state(code, member=members[0])["poll"]
+    assert set(t for t, _ in top) < set(poll["options"]) and len(poll["options"]) == 8
+    assert "counts" not in poll  # a student sees no counts before the reveal
+    for m, choice in zip(members, ("tabby", "tabby", "lynx")):
+        rooms.answer(code, m, choice)
+    with pytest.raises(RoomError, match="already answered"):
+        rooms.answer(code, members[0], "lynx")
+    with pytest.raises(RoomError, match="Pick one of"):
+        rooms.answer(code, rooms.join(code)[1], "dog")
+    with pytest.raises(RoomError, match="Only the teacher"):
+        rooms.reveal(code, "guess")
+    rooms.reveal(code, secret)
+    seen = rooms.state(code, member=members[2])["poll"]
+    assert dict(seen["counts"])["tabby"] == 2 and dict(seen["counts"])["lynx"] == 1
+    assert "tabby (50.0%)" in seen["truth"]
+
+
+def test_free_text_answers_are_counted_together():
+    poll = text_poll(1, "What does the 1x1 branch do?")
+    for m, text in enumerate(["Mixes channels", "mixes   channels", "reduces depth"]):
+        poll.answer(str(m), text)
+    assert poll.counts()[0] == ("mixes channels", 2)
+
+
+def test_links_round_trip_and_bad_fields_are_named():
+    view = View.from_query("?tab=attributions&model=resnet50&image=example:cat.jpg&method=occlusion&window=24"
+                           "&explain=1")
+    assert View.from_query(view.query()) == view
+    assert dict(view.knobs) == {"window": 24}
+    for query, says in [("?model=alexnet", "Unknown model 'alexnet'"), ("?model=googlenet&block=layer9", "no block"),
+                        ("?model=googlenet&branch=7x7", "no branch"), ("?image=sha256:" + "0" * 20, "not on this server"),
+                        ("?image=example:../../etc/passwd", "not on this server"), ("?steps=many", "is a number")]:
+        with pytest.raises(RoomError, match=says):
+            View.from_query(query)
+
+
+def test_an_upload_is_named_by_its_digest_and_held_by_a_bounded_shelf(tmp_path):
+    shelf = Shelf(limit=2, folder=tmp_path / "shelf")
+    (tmp_path / "shelf").mkdir()
+    refs = []
+    for i in range(3):
+        f = tmp_path / f"upload{i}.png"
+        f.write_bytes(bytes([i]) * 100)
+        refs.append(shelf.put(f))
+    assert refs[0].startswith("sha256:") and shelf.path(refs[0]) is None  # the oldest went
+    assert shelf.path(refs[2]).read_bytes() == bytes([2]) * 100
+    assert View.parse({"image": refs[2]}, shelf).image == refs[2]
+
+
+# ----------------------------------------------------------------------------- through the raw HTTP API
+
+
+def test_the_room_api_refuses_without_the_secret(app_server):
+    kind, opened = raw_call(app_server, "room_open", ["?model=squeezenet1_0&image=example:cat.jpg"])
+    assert kind == "complete", opened
+    code, secret = opened[0]["code"], opened[0]["secret"]
+    kind, joined = raw_call(app_server, "room_join", [code])
+    member = joined[0]["member"]
+    # A student (or anyone) without the secret: refused, and the view is unchanged.
+    for who in (member, "", "x" * 40):
+        kind, payload = raw_call(app_server, "room_publish", [code, who, "?model=vgg16"])
+        assert kind == "error" and "Only the teacher" in error_text(payload)
+        kind, payload = raw_call(app_server, "poll_open", [code, who, "text", "hi?"])
+        assert kind == "error" and "Only the teacher" in error_text(payload)
+    kind, state = raw_call(app_server, "room_state", [code, member, "", False])
+    assert state[0]["view"]["model"] == "squeezenet1_0" and state[0]["version"] == 1
+    # The teacher: accepted; a bad view is refused with its reason.
+    kind, payload = raw_call(app_server, "room_publish", [code, secret, "?model=nope"])
+    assert kind == "error" and "Unknown model 'nope'" in error_text(payload)
+    kind, payload = raw_call(app_server, "room_publish", [code, secret, "?model=vgg16&image=example:cat.jpg"])
+    assert kind == "complete" and payload[0]["version"] == 2
+    kind, payload = raw_call(app_server, "room_close", [code, member])
+    assert kind == "error"
+    kind, payload = raw_call(app_server, "room_close", [code, secret])
+    assert kind == "complete"
+    kind, payload = raw_call(app_server, "room_state", [code, member, "", False])
+    assert kind == "error" and "There is no class" in error_text(payload)
+
+
+def test_guessing_codes_over_http_is_bounded():
+    """Ten wrong codes a minute per address (tests arrive from loopback: one address)."""
+    from conftest import AppServer
+
+    server = AppServer()
+    try:
+        answers = [raw_call(server, "room_join", [f"ZZZZ{i:02d}"]) for i in range(11)]
+        assert all(kind == "error" for kind, _ in answers)
+        assert "There is no class" in error_text(answers[0][1])
+        assert "Too many wrong class codes" in error_text(answers[-1][1])
+    finally:
+        server.stop()
