@@ -1,0 +1,173 @@
+"""A class following its teacher, through ``gradio_client`` (no browsers): follow latency.
+
+``run_follow`` starts ``python app.py`` on loopback, opens a room as the teacher, lets N
+students join (each its own ``gradio_client`` session), and has every student do what a
+following page does: ask for the room's state once a second and, when the view moved on, fetch
+that view's results (``room_state`` with ``results``: the top-5, the block's branch shares, and
+the attribution when Explain ran, all from the shared caches). The teacher then makes a series
+of changes, each published once every student has the previous one (or after a wait).
+
+Follow latency: from the teacher's publish returning to a student holding the new view's
+results. Also reported: errors, the server's resident memory and CPU seconds, the students'.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from .classroom import _percentile
+from .server import cpu_seconds, start_server
+
+# Ten changes a teacher makes in a lecture: blocks, a branch, images, models, two Explains.
+CHANGES = [
+    "?model=googlenet&image=example:cat.jpg&block=inception3a",
+    "?model=googlenet&image=example:cat.jpg&block=inception4a",
+    "?model=googlenet&image=example:cat.jpg&block=inception4a&branch=3x3",
+    "?model=googlenet&image=example:coffee.jpg&block=inception4a&branch=3x3",
+    "?model=squeezenet1_0&image=example:coffee.jpg",
+    "?model=squeezenet1_0&image=example:coffee.jpg&block=fire3",
+    "?model=resnet50&image=example:coffee.jpg",
+    "?model=resnet50&image=example:cat.jpg",
+    "?tab=attributions&model=resnet50&image=example:cat.jpg&method=gradcam&explain=1",
+    "?tab=attributions&model=resnet50&image=example:cat.jpg&method=saliency&explain=1",
+]
+FIRST = "?model=googlenet&image=example:cat.jpg"
+
+
+class HttpClient:
+    """``--client http``: a page's own requests (``POST /gradio_api/call/API``, then its event
+    stream), without ``gradio_client``'s ~0.15 s of CPU per call on the same two cores."""
+
+    def __init__(self, url: str, verbose: bool = False):
+        import httpx
+
+        import uuid
+
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=120)
+        self.session = uuid.uuid4().hex[:12]  # a session of its own, as a page has
+
+    def predict(self, api_name: str, **kwargs):
+        import json
+
+        import inspect
+
+        from ...ui.room import API
+
+        api = api_name.lstrip("/")
+        params = [n for n, prm in inspect.signature(API[api]).parameters.items() if n != "request"]
+        data = [kwargs.get(n, inspect.signature(API[api]).parameters[n].default) for n in params]
+        r = self.http.post(f"/gradio_api/call/{api}", json={"data": data, "session_hash": self.session})
+        r.raise_for_status()
+        event_id, kind = r.json()["event_id"], None
+        with self.http.stream("GET", f"/gradio_api/call/{api}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind in ("complete", "error"):
+                    payload = json.loads(line[5:])
+                    if kind == "error":
+                        raise RuntimeError(str(payload))
+                    return payload[0]
+        raise RuntimeError(f"no answer from {api}")
+
+
+def run_follow(students: int = 30, changes: list[str] | None = None, *, poll_s: float = 1.0,
+               settle_s: float = 30.0, env: dict | None = None, progress=None, client: str = "gradio") -> dict:
+    if client == "gradio":
+        from gradio_client import Client
+    else:
+        Client = HttpClient
+
+    changes = changes or CHANGES
+    server = start_server(env, ("--offline",), watch=True)
+    try:
+        teacher = Client(server.url, verbose=False)
+        room = teacher.predict(view=FIRST, api_name="/room_open")
+        code, secret = room["code"], room["secret"]
+        # The first view's results once, as the teacher's own page computes them.
+        teacher.predict(code=code, secret=secret, results=True, api_name="/room_state")
+        published: dict[int, float] = {}
+        teacher_s: dict[int, float] = {}
+        got: dict[int, dict[int, float]] = {}
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+        calls = [0]
+
+        def student(i: int) -> None:
+            try:
+                client = Client(server.url, verbose=False)
+                member = client.predict(code=code, api_name="/room_join")["member"]
+            except Exception as e:
+                with lock:
+                    errors.append(f"join: {type(e).__name__}: {str(e)[:120]}")
+                return
+            seen = 1
+            while not stop.is_set():
+                t = time.perf_counter()
+                try:
+                    state = client.predict(code=code, member=member, results=False, api_name="/room_state")
+                    with lock:
+                        calls[0] += 1
+                    if state["version"] != seen:
+                        client.predict(code=code, member=member, results=True, api_name="/room_state")
+                        seen = state["version"]
+                        with lock:
+                            calls[0] += 1
+                            got.setdefault(seen, {})[i] = time.perf_counter()
+                except Exception as e:
+                    with lock:
+                        errors.append(f"{type(e).__name__}: {str(e)[:120]}")
+                stop.wait(max(0.0, poll_s - (time.perf_counter() - t)))
+
+        cpu_students, cpu_server = cpu_seconds(), cpu_seconds(server.proc.pid)
+        threads = [threading.Thread(target=student, args=(i,), daemon=True) for i in range(students)]
+        for t in threads:
+            t.start()
+        time.sleep(3 * poll_s)
+        t_start = time.perf_counter()
+        version = 1
+        for n, view in enumerate(changes, 1):
+            if progress:
+                progress(f"change {n}/{len(changes)}: {view}")
+            version = teacher.predict(code=code, secret=secret, view=view, api_name="/room_publish")["version"]
+            published[version] = time.perf_counter()
+            # The teacher's own page computes the view's results: the time the class cannot beat.
+            teacher.predict(code=code, secret=secret, results=True, api_name="/room_state")
+            teacher_s[version] = time.perf_counter() - published[version]
+            deadline = time.perf_counter() + settle_s
+            while time.perf_counter() < deadline and len(got.get(version, {})) < students:
+                time.sleep(0.1)
+        wall = time.perf_counter() - t_start
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        cpu_students = cpu_seconds() - cpu_students
+        cpu_server = cpu_seconds(server.proc.pid) - cpu_server
+        lags = sorted(got[v][i] - published[v] for v in published for i in got.get(v, {}))
+        missed = sum(students - len(got.get(v, {})) for v in published)
+        per_change = [{"view": view, "p95_s": round(_percentile(sorted(got[v][i] - published[v] for i in got.get(v, {})), 95), 2)
+                       if got.get(v) else None, "teacher_s": round(teacher_s[v], 2), "students": len(got.get(v, {}))}
+                      for view, v in zip(changes, sorted(published))]
+        return {
+            "client": client,
+            "students": students,
+            "changes": len(changes),
+            "poll_s": poll_s,
+            "follow_p50_s": round(_percentile(lags, 50), 2) if lags else None,
+            "follow_p95_s": round(_percentile(lags, 95), 2) if lags else None,
+            "follow_max_s": round(lags[-1], 2) if lags else None,
+            "missed": missed,
+            "errors": len(errors),
+            "first_errors": sorted(set(errors))[:3],
+            "calls": calls[0],
+            "wall_s": round(wall, 1),
+            "server_rss_mb_peak": round(server.peak_rss_mb, 1),
+            "server_rss_mb_now": round(server.rss_mb(), 1),
+            "server_cpu_s": round(cpu_server, 1),
+            "students_cpu_s": round(cpu_students, 1),
+            "per_change": per_change,
+        }
+    finally:
+        server.stop()
