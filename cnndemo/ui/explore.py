@@ -14,6 +14,7 @@ from ..branches import ablate, block_infos, explore
 from ..digits import PHOTO_WARNING
 from ..errors import UserError
 from ..specs import MERGES
+from ..rooms import SHELF
 from ..zoo import DEFAULT_MODEL, ZOO
 from .common import (
     LIGHT,
@@ -145,7 +146,8 @@ def ablation_cleared(key: str):
             "ablate": gr.Button(interactive=spec.has_branches)}
 
 
-def results_pending(key: str, block: str | None, image: str | None, *, new_model: bool) -> dict:
+def results_pending(key: str, block: str | None, image: str | None, followed: dict | None = None, *,
+                    new_model: bool) -> dict:
     """The moment the model or image changes, nothing from the last one stays readable: every
     result is emptied and the note says what is being computed (no network runs here). A new
     model also shows its own blocks at once."""
@@ -159,6 +161,9 @@ def results_pending(key: str, block: str | None, image: str | None, *, new_model
         branches = branch_choices(key, block)
         out["block"] = gr.Dropdown(choices=block_choices(key), value=block)
         out["branch"] = gr.Dropdown(choices=branches, value=branches[0], interactive=spec.has_branches)
+    if followed_branch(image, key, block, followed):
+        out.pop("branch_view")  # the followed view's branch stays on screen
+        out.pop("branch", None)
     return out
 
 
@@ -369,8 +374,23 @@ def on_load(key: str) -> dict:
     return {"arch": architecture_rows(key), "diagram": block_diagram(key, ZOO[key].default_block)}
 
 
-def diagram_reset(image, model: str, block: str, ckpt) -> dict:
-    """A new block or image: the diagram drawn again with nothing selected."""
+def followed_branch(image, model: str, block: str | None, followed: dict | None) -> str | None:
+    """The branch a followed (or linked) view has clicked, when the page shows that view's
+    model, image and block: its change events (which can arrive after the view's results) then
+    keep the click instead of clearing it."""
+    if not followed or followed.get("tab") == "attributions" or not followed.get("branch"):
+        return None
+    if followed.get("model") != model or valid_block(model, followed.get("block")) != valid_block(model, block):
+        return None
+    return followed["branch"] if SHELF.ref(image) == followed.get("image") else None
+
+
+def diagram_reset(image, model: str, block: str, ckpt, followed: dict | None = None) -> dict:
+    """A new block or image: the diagram drawn again with nothing selected (or with the
+    followed view's branch, whose large view then stays)."""
+    branch = followed_branch(image, model, block, followed)
+    if branch:
+        return {"diagram": block_diagram(model, block, branch), "branch_view": gr.skip(), "branch": gr.skip()}
     return {"diagram": block_diagram(model, block), "branch_view": None, "branch": gr.skip()}
 
 
@@ -385,7 +405,9 @@ SHOWN = ("label", "seen", "info", "json", *BRANCH_MAPS, "branch_view")
 def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     """Lay out the Explore tab, section by section, each wiring its own events; return its
     components for the other views to wire into."""
-    c: dict = {"checkpoint": checkpoint_state, "look": look}
+    # The view a class or a link made this page show (``ui.room``): its clicked branch survives
+    # the change events that setting it fires.
+    c: dict = {"checkpoint": checkpoint_state, "look": look, "followed": gr.State(None)}
     _prediction_section(c)
     _architecture_section(c)
     _branches_section(c)
@@ -528,11 +550,12 @@ def _branch_events(c: dict) -> None:
                        concurrency_id=LIGHT)
     # A new block, model or image: the diagram is redrawn with nothing selected.
     reset, reset_outputs = by_name(diagram_reset, c, ("diagram", "branch_view", "branch"))
-    gr.on([c["block"].input, c["image"].change], reset, branch_inputs, reset_outputs, api_visibility="private",
-          queue=False)
-    for_model, _ = by_name(lambda image, model, block, ckpt: diagram_reset(image, model, valid_block(model, block), ckpt),
-                           c, ("diagram", "branch_view", "branch"))
-    c["model"].change(for_model, branch_inputs, reset_outputs, api_visibility="private", queue=False)
+    gr.on([c["block"].input, c["image"].change], reset, [*branch_inputs, c["followed"]], reset_outputs,
+          api_visibility="private", queue=False)
+    for_model, _ = by_name(lambda image, model, block, ckpt, followed: diagram_reset(
+        image, model, valid_block(model, block), ckpt, followed), c, ("diagram", "branch_view", "branch"))
+    c["model"].change(for_model, [*branch_inputs, c["followed"]], reset_outputs, api_visibility="private",
+                      queue=False)
     pending, pending_outputs = by_name(branches_pending, c, (*BRANCH_MAPS, "branch_view"))
     maps, maps_outputs = by_name(show_branches, c, BRANCH_MAPS)
     picked, picked_outputs = by_name(on_block, c, ("branch",))
@@ -558,9 +581,9 @@ def _chains(c: dict) -> None:
                          outputs=maps_outputs, api_visibility="private", concurrency_id=LIGHT)
     # Results are emptied first, in the same chain: an emptying that raced the prediction could
     # land after it and hide a finished result.
-    pending_inputs = [c["model"], c["block"], c["image"]]
-    image_pending, outputs_i = by_name(lambda key, block, image: results_pending(key, block, image, new_model=False),
-                                       c, SHOWN)
+    pending_inputs = [c["model"], c["block"], c["image"], c["followed"]]
+    image_pending, outputs_i = by_name(
+        lambda key, block, image, followed: results_pending(key, block, image, followed, new_model=False), c, SHOWN)
     c["predict_event"] = gr.on(
         triggers=[c["run"].click, c["image"].change], fn=image_pending, inputs=pending_inputs, outputs=outputs_i,
         api_visibility="private", queue=False, show_progress="hidden",
@@ -568,8 +591,9 @@ def _chains(c: dict) -> None:
         fn=predicted, inputs=[c["image"], c["model"], c["checkpoint"]], outputs=prediction_outputs,
         api_name="predict", concurrency_id=LIGHT,
     ).then(**then_branches)
-    model_pending, outputs_m = by_name(lambda key, block, image: results_pending(key, block, image, new_model=True),
-                                       c, (*SHOWN, "block", "branch"))
+    model_pending, outputs_m = by_name(
+        lambda key, block, image, followed: results_pending(key, block, image, followed, new_model=True), c,
+        (*SHOWN, "block", "branch"))
     card, card_outputs = by_name(on_model_change, c, ("card", "banner"))
     c["model"].change(
         model_pending, pending_inputs, outputs_m, api_visibility="private", queue=False, show_progress="hidden"

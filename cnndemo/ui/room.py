@@ -31,19 +31,14 @@ POLL_KINDS = {"What will the model say?": "predict", "Which branch carries most 
               "Free text": "text"}
 # Copies the link the server wrote (a query string) as a full address of this page.
 LINK_JS = "(q) => q ? window.location.origin + window.location.pathname + q : ''"
-JOIN_LINK_JS = """
-() => {
-  const box = document.querySelector('#room-join-link');
-  if (box && box.dataset.query) box.textContent = window.location.origin + window.location.pathname + box.dataset.query;
-}
-"""
-STUDENT_FIELDS = ("tabs", "ex_model", "ex_image", "ex_block", "ex_branch", "ex_mode", "at_model", "at_image",
+STUDENT_FIELDS = ("tabs", "ex_model", "ex_image", "ex_block", "ex_branch", "ex_mode", "ex_diagram", "at_model", "at_image",
                   "at_method", "at_target", "at_layer", *(f"knob_{k}" for k in knobs()))
 
 
-def page_view(tab, ex_model, ex_image, ex_block, ex_branch, ex_mode, at_model, at_image, at_method, at_target,
-              at_layer, *knob_values) -> View:
-    """The view a page shows now, from its controls (an uploaded image is put on the shelf)."""
+def page_view(tab, ex_model, ex_image, ex_block, ex_branch, ex_mode, ex_diagram, at_model, at_image, at_method,
+              at_target, at_layer, *knob_values) -> View:
+    """The view a page shows now, from its controls (an uploaded image is put on the shelf). A
+    branch is part of it once clicked in the diagram (the ablation's branch always has a value)."""
     tab = tab if tab in TABS else "explore"
     if tab == "attributions":
         return View(tab=tab, model=at_model, image=SHELF.put(at_image), method=at_method or "ig",
@@ -52,8 +47,9 @@ def page_view(tab, ex_model, ex_image, ex_block, ex_branch, ex_mode, at_model, a
     spec = ZOO[ex_model]
     block = explore.valid_block(ex_model, ex_block)
     branches = explore.branch_choices(ex_model, block)
+    clicked = "cz-selected" in str(ex_diagram or "")
     return View(tab=tab, model=ex_model, image=SHELF.put(ex_image), block=block if block != spec.default_block else "",
-                branch=ex_branch if ex_branch in branches else "")
+                branch=ex_branch if clicked and ex_branch in branches else "")
 
 
 def _attr_fields(v: View) -> tuple:
@@ -127,8 +123,8 @@ def banner(member: dict, st: dict | None = None, note: str = "") -> str:
         n = st["following"] if st else 0
         return (f"<div class='cz-room' role='status'><div class='cz-room-label'>Class code</div>"
                 f"<div class='cz-room-code' id='room-code'>{code}</div>"
-                f"<div class='cz-room-how'>Students: open <span id='room-join-link' data-query='?class={code}'>"
-                f"this page with ?class={code}</span>, or type the code under <i>Teach a class</i>.</div>"
+                f"<div class='cz-room-how'>Students: open this page with <b id='room-join-link'>?class={code}</b> "
+                f"at the end of its address, or type the code under <i>Teach a class</i>.</div>"
                 f"<div class='cz-room-count' id='room-count'>{n} following</div></div>")
     state = "following the teacher" if member.get("following", True) else "exploring on your own"
     return (f"<div class='cz-room cz-room-student' role='status'>Class <b id='room-code'>{code}</b>: "
@@ -366,9 +362,9 @@ def follow_explore(view_json: dict | None, checkpoint, look):
     image = str(image)
     block = explore.valid_block(view.model, view.block)
     out = dict(explore.branches_result(image, view.model, block, checkpoint, look))
-    if view.branch:
-        out.update(explore.branch_view(image, view.model, block, view.branch, checkpoint, look))
-        out.pop("branch", None)
+    # The diagram of this block, with the clicked branch large (or none clicked).
+    out.update(explore.branch_view(image, view.model, block, view.branch or None, checkpoint, look))
+    out.pop("branch", None)
     if view.ablate and view.branch and ZOO[view.model].has_branches:
         out.update(explore.run_ablation(image, view.model, block, view.branch, view.ablate, checkpoint))
     return out
@@ -396,7 +392,6 @@ def build() -> dict:
     c: dict = {}
     c["member"] = gr.BrowserState({}, storage_key="cnndemo-class")
     c["applied"] = gr.State(0)  # the room's version this page follows
-    c["view_state"] = gr.State(None)
     c["shown"] = gr.State(None)
     c["view_version"] = gr.Number(0, visible="hidden", elem_id="room-version", label="view version")
     c["link_query"] = gr.Textbox("", visible="hidden", label="link query", max_length=4000)
@@ -443,14 +438,15 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     """Connect the class tools to the page. ``page``: the controls by name (``tabs``, the tab
     objects, Explore's and Attributions' components)."""
     ex, at = page["explore"], page["attributions"]
+    c["view_state"] = ex["followed"]  # the view to show: Explore's resets keep its clicked branch
     c["tab"] = gr.State("explore")
     names = {"tabs": page["tabs"], "ex_model": ex["model"], "ex_image": ex["image"], "ex_block": ex["block"],
              "ex_branch": ex["branch"], "ex_mode": ex["mode"], "at_model": at["model"], "at_image": at["image"],
              "at_method": at["method"], "at_target": at["target"], "at_layer": at["layer"],
              **{f"knob_{k}": s for k, s in zip(knobs(), at["knobs"])}}
     every = {**c, **names}
-    controls = [c["tab"], ex["model"], ex["image"], ex["block"], ex["branch"], ex["mode"], at["model"], at["image"],
-                at["method"], at["target"], at["layer"], *at["knobs"]]
+    controls = [c["tab"], ex["model"], ex["image"], ex["block"], ex["branch"], ex["mode"], ex["diagram"], at["model"],
+                at["image"], at["method"], at["target"], at["layer"], *at["knobs"]]
     room_outputs = ("member", "banner", "poll_group", "poll_md", "poll_choice", "poll_text", "poll_send", "poll_plot",
                     "poll_truth", "shown", "applied", "view_state", "view_version", "teacher_row",
                     "student_row", "timer", "tools")
@@ -460,8 +456,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     c["timer"].tick(tick, [c["member"], c["applied"], c["shown"]], tick_outputs, queue=False,
                     show_progress="hidden", **private)
     started, started_outputs = by_name(user_errors(start_class), every, room_outputs)
-    c["start"].click(started, [c["member"], *controls], started_outputs, queue=False, **private).then(
-        None, js=JOIN_LINK_JS, **private)
+    c["start"].click(started, [c["member"], *controls], started_outputs, queue=False, **private)
     joined, joined_outputs = by_name(user_errors(join_class), every, room_outputs)
     gr.on([c["join"].click, c["code"].submit], joined, [c["code"], c["member"]], joined_outputs, queue=False,
           **private)
@@ -481,14 +476,14 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     sent, sent_outputs = by_name(user_errors(send_answer), every, room_outputs)
     c["poll_send"].click(sent, [c["member"], c["poll_choice"], c["poll_text"]], sent_outputs, queue=False, **private)
     opened, opened_outputs = by_name(open_page, every, room_outputs)
-    page["demo"].load(opened, [c["member"]], opened_outputs, queue=False, **private).then(
-        None, js=JOIN_LINK_JS, **private)
+    page["demo"].load(opened, [c["member"]], opened_outputs, queue=False, **private)
 
     # The teacher's page publishes what it shows as it changes (a no-op on any other page).
     for tab_id in TABS:
         page["tab_" + tab_id].select(lambda t=tab_id: t, None, [c["tab"]], queue=False, **private).then(
             publish, [c["member"], *controls], None, queue=False, **private)
-    gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["branch"].change, at["model"].change,
+    gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["branch"].change, ex["diagram"].change,
+           at["model"].change,
            at["image"].change, at["method"].change, at["target"].change, at["layer"].change,
            *(s.release for s in at["knobs"])],
           publish, [c["member"], *controls], None, queue=False, trigger_mode="always_last", **private)
