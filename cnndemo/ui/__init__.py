@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import attributions, compare, digits, explore, room, start as start_panel, warm as warm_lesson
-from .common import CSS, EXAMPLES_DIR, HEAVY_LANE, LIGHT, LOOK_JS, PRESENTER_JS, by_name, tune_allocator, weights_status
+from .common import CSS, EXAMPLES_DIR, HEAVY_LANE, LIGHT, LOOK_JS, PRESENTER_JS, by_name, session_state, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
 from ..render import Look
 from ..runtime import configure_threads
@@ -38,14 +38,14 @@ def build_demo() -> gr.Blocks:
         # The page's look: written by the browser into a hidden box, kept per session in a State, so
         # handlers draw for it without it being a parameter of any API endpoint.
         look_box = gr.Textbox("light", visible="hidden", elem_id="cz-look", label="page look", max_length=40)
-        look = gr.State("light", time_to_live=settings.get().state_ttl_s)
+        look = session_state("light")
         look_box.change(lambda text: str(Look.parse(text)), [look_box], [look], api_visibility="private", queue=False)
         demo.load(lambda saved: bool(saved), [presenter_saved], [presenter], api_visibility="private",
                   queue=False).then(None, [presenter], [presenter], js=PRESENTER_JS, api_visibility="private").then(
             None, None, [look_box], js=LOOK_JS, api_visibility="private")
         classroom = room.build()
         start = start_panel.build()
-        checkpoint = gr.State(None, time_to_live=settings.get().state_ttl_s)
+        checkpoint = session_state(None)
         # Wrapped onto two lines on a phone rather than hidden behind a "more" menu: the Start panel
         # sends a class to the Digits tab by name.
         with gr.Tabs(overflow_behavior="wrap") as tabs:

@@ -24,7 +24,7 @@ from ..lanes import HEAVY
 from ..shared import RESULTS
 from ..zoo import DEFAULT_MODEL, ZOO
 from .serving import encode_picture, shared_download
-from .common import (LIGHT, by_name, heavy_lane, examples, get_model, gr_progress, image_input, log, model_choices, user_errors,
+from .common import (LIGHT, by_name, heavy_lane, session_state, examples, get_model, gr_progress, image_input, log, model_choices, user_errors,
                      weights_banner, weights_kind)
 
 SCORE_HELP = (
@@ -397,7 +397,7 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
 
     knob_list = list(c["knobs"])
     run, outputs = by_name(with_knob_parameters(attribute_steps), c, OUTPUTS)
-    c["shown"] = gr.State(None)  # what the map on screen was made for (shown_for)
+    c["shown"] = session_state(None)  # what the map on screen was made for (shown_for)
     c["run_event"] = c["run"].click(
         user_errors(run),
         [c["image"], c["model"], c["method"], c["target"], c["layer"], *knob_list, checkpoint_state, look],

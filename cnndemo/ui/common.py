@@ -32,6 +32,12 @@ LIGHT = "light"
 HEAVY_LANE = "heavy"
 
 
+def session_state(value=None) -> gr.State:
+    """A ``gr.State`` of one browser session, gone ``CNNDEMO_STATE_TTL`` seconds after its last
+    update (every session State is bounded so: README, "Deploying safely")."""
+    return gr.State(value, time_to_live=settings.get().state_ttl_s)
+
+
 def heavy_lane() -> dict:
     """The event arguments of a heavy event."""
     return {"concurrency_id": HEAVY_LANE, "concurrency_limit": settings.get().heavy_lane}

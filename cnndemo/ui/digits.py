@@ -25,8 +25,7 @@ from ..cancel import check_budget
 from ..lanes import HEAVY, lower_priority
 from ..weights import WeightsInfo
 from ..zoo import DIGIT_KEYS, DIGIT_SHOWCASE, ZOO
-from .common import LIGHT, branch_panel, by_name, gr_progress, heavy_lane, picture, guard_files, image_input, user_errors
-from .. import settings
+from .common import LIGHT, branch_panel, by_name, gr_progress, heavy_lane, picture, session_state, guard_files, image_input, user_errors
 from .guard import bound_blobs
 
 # The Sketchpad opens with no tool selected, and "Clear canvas" (and undo/redo) deselects the
@@ -244,7 +243,7 @@ def forget_session(session: dict | None):
 
 def build(look: gr.State) -> dict:
     c: dict = {}
-    c["session"] = gr.State({}, time_to_live=settings.get().state_ttl_s)
+    c["session"] = session_state({})
     gr.Markdown("Draw a digit (0-9) with the mouse, or upload a photo of one. It is normalised the way MNIST "
                 "was made (white on black, fit into 20x20, centred by mass in 28x28) and read by all three networks.")
     with gr.Row(equal_height=False):

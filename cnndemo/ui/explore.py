@@ -20,6 +20,7 @@ from .common import (
     LIGHT,
     branch_panel,
     by_name,
+    session_state,
     examples,
     get_model,
     guard_files,
@@ -407,7 +408,7 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     components for the other views to wire into."""
     # The view a class or a link made this page show (``ui.room``): its clicked branch survives
     # the change events that setting it fires.
-    c: dict = {"checkpoint": checkpoint_state, "look": look, "followed": gr.State(None)}
+    c: dict = {"checkpoint": checkpoint_state, "look": look, "followed": session_state(None)}
     _prediction_section(c)
     _architecture_section(c)
     _branches_section(c)

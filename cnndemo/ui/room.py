@@ -24,7 +24,7 @@ from ..branches import explore as explore_image
 from ..rooms import SHELF, TABS, RoomError, View, branch_poll, prediction_poll, registry, text_poll
 from ..zoo import ZOO
 from . import attributions, explore
-from .common import HEAVY_LANE, LIGHT, by_name, get_model, heavy_lane, user_errors
+from .common import HEAVY_LANE, LIGHT, by_name, get_model, heavy_lane, session_state, user_errors
 from .guard import client_address
 
 POLL_KINDS = {"What will the model say?": "predict", "Which branch carries most of this block?": "branch",
@@ -391,8 +391,8 @@ def build() -> dict:
     """The class line (shown in a class), and the tools: start or join a class, link a view, polls."""
     c: dict = {}
     c["member"] = gr.BrowserState({}, storage_key="cnndemo-class")
-    c["applied"] = gr.State(0)  # the room's version this page follows
-    c["shown"] = gr.State(None)
+    c["applied"] = session_state(0)  # the room's version this page follows
+    c["shown"] = session_state(None)
     c["view_version"] = gr.Number(0, visible="hidden", elem_id="room-version", label="view version")
     c["link_query"] = gr.Textbox("", visible="hidden", label="link query", max_length=4000)
     c["timer"] = gr.Timer(1.0, active=False)
@@ -439,7 +439,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     objects, Explore's and Attributions' components)."""
     ex, at = page["explore"], page["attributions"]
     c["view_state"] = ex["followed"]  # the view to show: Explore's resets keep its clicked branch
-    c["tab"] = gr.State("explore")
+    c["tab"] = session_state("explore")
     names = {"tabs": page["tabs"], "ex_model": ex["model"], "ex_image": ex["image"], "ex_block": ex["block"],
              "ex_branch": ex["branch"], "ex_mode": ex["mode"], "at_model": at["model"], "at_image": at["image"],
              "at_method": at["method"], "at_target": at["target"], "at_layer": at["layer"],

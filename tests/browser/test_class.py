@@ -83,6 +83,11 @@ def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
         assert away.evaluate("document.querySelector('#explore-block input').value") == "fire3"
         away.locator("#room-catch").click()
         lag["catch up"] = follow([away], {"block": "fire5"})
+        # A reload keeps the page in the class (its membership is kept in the browser).
+        phone = students[1]
+        phone.reload()
+        phone.wait_for_selector("#room-follow")
+        lag["after a reload"] = follow([phone], {"model": "SqueezeNet 1.0", "block": "fire5", "top5": "%"})
 
         # Explain: the teacher's computation serves the class.
         with Image.open(examples / "cat.jpg") as im:
