@@ -48,7 +48,7 @@ class RoomError(UserError):
     """A room request refused, with a sentence for the person who made it."""
 
 
-def _code(raw: str | None) -> str:
+def normalise_code(raw: str | None) -> str:
     """A typed code as the registry keys it: upper case, spaces and dashes dropped."""
     return "".join(ch for ch in str(raw or "").upper() if ch not in " -_\t")[: CODE_LEN * 2]
 
@@ -350,9 +350,9 @@ class Rooms:
             del self._wrong[client]
 
     def _room(self, code: str) -> Room:
-        room = self._rooms.get(_code(code))
+        room = self._rooms.get(normalise_code(code))
         if room is None:
-            raise RoomError(f"There is no class {_code(code) or '(no code)'} on this server: it ended, it was idle "
+            raise RoomError(f"There is no class {normalise_code(code) or '(no code)'} on this server: it ended, it was idle "
                             f"for over {self.idle_s / 60:.0f} minutes, or the server restarted.")
         return room
 

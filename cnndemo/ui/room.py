@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..attribution import knobs
 from ..branches import explore as explore_image
-from ..rooms import SHELF, TABS, RoomError, View, branch_poll, prediction_poll, registry, text_poll
+from ..rooms import SHELF, TABS, RoomError, View, branch_poll, normalise_code, prediction_poll, registry, text_poll
 from ..zoo import ZOO
 from . import attributions, explore
 from .common import HEAVY_LANE, LIGHT, by_name, get_model, heavy_lane, session_state, user_errors
@@ -237,7 +237,7 @@ def join_class(code, member, request: gr.Request):
     """A student joins with the code (a rejoin keeps the member id it held)."""
     member = dict(member or {})
     code, ident = registry().join(code, _client(request),
-                                  member=member.get("member") if member.get("code") == code else None)
+                                  member=member.get("member") if member.get("code") == normalise_code(code) else None)
     member = {"role": "student", "code": code, "member": ident, "following": True}
     return {"member": member, **refresh(member, 0), **_visibility(member), "tools": gr.Accordion(open=False)}
 
