@@ -169,33 +169,37 @@ class Shelf:
         return self._folder
 
     @staticmethod
-    def ref(path: str | Path | None) -> str:
-        """The reference that would name ``path`` (nothing is kept): an example by name, any
-        other file by the digest of its bytes; "" for no image or a file that is gone."""
+    def _named(path: str | Path | None) -> tuple[str, bytes | None]:
+        """(reference, the file's bytes when it is named by their digest): one read of the file."""
         if not path:
-            return ""
+            return "", None
         path = Path(path)
         example = EXAMPLES / path.name
         if example.is_file() and _same_file(path, example):
-            return f"example:{path.name}"
+            return f"example:{path.name}", None
         try:
-            return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_CHARS]}"
+            data = path.read_bytes()
         except OSError:
-            return ""
+            return "", None
+        return f"sha256:{hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]}", data
+
+    @classmethod
+    def ref(cls, path: str | Path | None) -> str:
+        """The reference that would name ``path`` (nothing is kept): an example by name, any
+        other file by the digest of its bytes; "" for no image or a file that is gone."""
+        return cls._named(path)[0]
 
     def put(self, path: str | Path | None) -> str:
         """The reference that names ``path`` in a view ("" for no image), held from now on."""
-        ref = self.ref(path)
-        if not ref.startswith("sha256:"):
+        ref, data = self._named(path)
+        if data is None:
             return ref
-        path = Path(path)
         digest = ref.split(":", 1)[1]
-        data = path.read_bytes()
         with self._lock:
             if ref in self._held and self._held[ref].is_file():
                 self._held.move_to_end(ref)
                 return ref
-            kept = self.folder / f"{digest}{path.suffix.lower()[:8]}"
+            kept = self.folder / f"{digest}{Path(path).suffix.lower()[:8]}"
             tmp = kept.with_suffix(kept.suffix + ".part")
             tmp.write_bytes(data)
             tmp.replace(kept)

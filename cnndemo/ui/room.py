@@ -24,7 +24,7 @@ from ..branches import explore as explore_image
 from ..rooms import SHELF, TABS, RoomError, View, branch_poll, normalise_code, prediction_poll, registry, text_poll
 from ..zoo import ZOO
 from . import attributions, explore
-from .common import HEAVY_LANE, LIGHT, by_name, get_model, heavy_lane, session_state, user_errors
+from .common import LIGHT, by_name, get_model, heavy_lane, session_state, user_errors
 from .guard import client_address
 
 POLL_KINDS = {"What will the model say?": "predict", "Which branch carries most of this block?": "branch",
@@ -509,7 +509,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
         None, [c["link_query"]], [c["link"]], js=LINK_JS, **private)
 
 
-__all__ = ["build", "wire", "page_view", "apply_view", "carried", "refresh", "POLL_KINDS", "HEAVY_LANE"]
+__all__ = ["build", "wire", "page_view", "apply_view", "carried", "refresh", "POLL_KINDS"]
 
 
 # ---------------------------------------------------------------------------- the API (scripts, load tests)

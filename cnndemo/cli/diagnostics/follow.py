@@ -55,8 +55,8 @@ class HttpClient:
         from ...ui.room import API
 
         api = api_name.lstrip("/")
-        params = [n for n, prm in inspect.signature(API[api]).parameters.items() if n != "request"]
-        data = [kwargs.get(n, inspect.signature(API[api]).parameters[n].default) for n in params]
+        params = inspect.signature(API[api]).parameters
+        data = [kwargs.get(n, prm.default) for n, prm in params.items() if n != "request"]
         r = self.http.post(f"/gradio_api/call/{api}", json={"data": data, "session_hash": self.session})
         r.raise_for_status()
         event_id, kind = r.json()["event_id"], None
