@@ -79,8 +79,11 @@ def build_demo() -> gr.Blocks:
                                ("panel", "start_used"))
         gr.on([ex["ablate"].click, start["close"].click], hide, None, hidden, api_visibility="private", queue=False)
         # One image across Explore and Attributions: the tab opened shows the image last given.
-        attr_tab.select(carry_image, [ex["image"], att["image"]], [att["image"]], api_visibility="private", queue=False)
-        explore_tab.select(carry_image, [att["image"], ex["image"]], [ex["image"]], api_visibility="private", queue=False)
+        # (A page following a class is given the view's image by the class: see room.switch_tab.)
+        attr_tab.select(carry_image, [ex["image"], att["image"], classroom["member"]], [att["image"]],
+                        api_visibility="private", queue=False)
+        explore_tab.select(carry_image, [att["image"], ex["image"], classroom["member"]], [ex["image"]],
+                           api_visibility="private", queue=False)
         # The Sketchpad opens with no tool selected; pick the brush so a class can draw at once.
         digits_tab.select(None, None, None, js=digits.SELECT_BRUSH_JS, api_visibility="private")
         # While weights are fetched in the background, the status line refreshes itself.
@@ -109,9 +112,12 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-def carry_image(source: str | None, current: str | None):
-    """The other tab's image, unless there is none or it is already this one."""
-    return gr.skip() if not source or source == current else source
+def carry_image(source: str | None, current: str | None, member: dict | None = None):
+    """The other tab's image, unless there is none, it is already this one, or the page follows
+    a class (whose view says which image each tab shows)."""
+    if room.following(member) or not source or source == current:
+        return gr.skip()
+    return source
 
 
 def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

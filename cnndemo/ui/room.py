@@ -13,6 +13,7 @@ view the same way, once, when the page loads; ``?class=K7PM3Q`` joins a class.
 
 from __future__ import annotations
 
+import functools
 import html
 import time
 
@@ -71,17 +72,19 @@ def carried(view: View, before: View | None, *, explain: bool | None = None, abl
 
 
 def apply_view(view: View, now: dict | None = None) -> dict:
-    """The control updates that make a page show ``view``. ``now``: the page's controls by name
-    (``STUDENT_FIELDS``, ``tab`` included); only those that differ are set, because setting a
-    control fires its change events (a new image empties every result on the page)."""
+    """The control updates that make a page that shows ``view.tab`` show ``view`` (the tab is
+    switched a step before: ``switch_tab``). ``now``: the page's controls by name
+    (``STUDENT_FIELDS``); only those that differ are set, because setting a control fires its
+    change events (a new image empties every result on the page). Only the shown tab's
+    controls are set: Compare and Digits take nothing from a view."""
     now = dict(now or {})
     out: dict = {}
 
     def differs(name, value) -> bool:
         return name not in now or now[name] != value
 
-    if differs("tab", view.tab):
-        out["tabs"] = gr.Tabs(selected=view.tab)
+    if view.tab not in ("explore", "attributions"):
+        return out
     attr = view.tab == "attributions"
     model, image_name = ("at_model", "at_image") if attr else ("ex_model", "ex_image")
     if differs(model, view.model):
@@ -152,6 +155,12 @@ def poll_outputs(member: dict, poll: dict | None) -> dict:
     }
 
 
+def following(member: dict | None) -> bool:
+    """Whether a page (its ``member`` state) is a student's that follows the teacher."""
+    return bool(member) and member.get("role") == "student" and bool(member.get("code")) and \
+        member.get("following", True)
+
+
 def _visibility(member: dict) -> dict:
     role = member.get("role")
     return {"teacher_row": gr.Row(visible=role == "teacher"), "student_row": gr.Row(visible=role == "student"),
@@ -183,8 +192,7 @@ def refresh(member: dict | None, applied: int | None, shown: list | None = None)
         if key[1] == before[1]:
             for name in ("poll_group", "poll_choice", "poll_text", "poll_send"):
                 out.pop(name, None)
-    following = member.get("role") == "student" and member.get("following", True)
-    if following and applied is not None and st["version"] != applied:
+    if following(member) and applied is not None and st["version"] != applied:
         out.update(to_apply(st["view"], st["version"]))
     return out
 
@@ -199,12 +207,34 @@ def to_apply(view: View, version: int | None = None) -> dict:
     return out
 
 
-def apply_controls(view_json: dict | None, tab: str, *controls) -> dict:
-    """Set the page's controls to the view to apply (only those that show something else)."""
+def switch_tab(view: View) -> dict:
+    """The first step of applying ``view`` when the page shows another tab: the tab alone. The
+    next step sets the controls once the tab is shown. An image is never set while its tab is
+    hidden (nor in the same step that hides or shows it): Gradio then fires its change events
+    again and again once the tab is shown (every event that reads the image sets it anew), and
+    the page spends the lesson re-clearing its results."""
+    return {"tabs": gr.Tabs(selected=view.tab)}
+
+
+# The steps that apply a view, in order: the tab, then (once it is shown) the model, the
+# image, and the rest, each a step of its own.
+APPLY_STEPS = ("tab", "model", "image", "rest")
+
+
+def apply_controls(view_json: dict | None, tab: str, *controls, step: str = "tab") -> dict:
+    """Set the page's controls to the view to apply (only those that show something else), one
+    ``step`` of ``APPLY_STEPS``: a page that was sent a new model, image, block and branch at
+    once fired their change events again and again."""
     if not view_json:
         return {}
-    now = dict(zip(STUDENT_FIELDS[1:], controls), tab=tab)
-    return apply_view(View.parse(view_json), now)
+    view = View.parse(view_json)
+    if step == "tab":
+        return switch_tab(view) if tab != view.tab else {}
+    now = dict(zip(STUDENT_FIELDS[1:], controls), tab=view.tab)
+    out = apply_view(view, now)
+    if step == "rest":
+        return out
+    return {k: v for k, v in out.items() if k.endswith("_" + step)}
 
 
 def ended(member: dict, why: str) -> dict:
@@ -495,9 +525,11 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     # A followed or linked view: its results, from the shared caches.
     shown_explore, explore_outputs = by_name(
         user_errors(follow_explore), ex, (*explore.BRANCH_MAPS, "diagram", "branch_view", *explore.ABLATION))
-    applied, applied_outputs = by_name(apply_controls, every, names)
-    applying = c["view_version"].change(applied, [c["view_state"], *controls], applied_outputs,
-                                        queue=False, show_progress="hidden", **private)
+    applying = None
+    for step in APPLY_STEPS:
+        applied, applied_outputs = by_name(functools.partial(apply_controls, step=step), every, names)
+        applying = (c["view_version"].change if applying is None else applying.then)(
+            applied, [c["view_state"], *controls], applied_outputs, queue=False, show_progress="hidden", **private)
     applying.then(shown_explore, [c["view_state"], checkpoint, look], explore_outputs, concurrency_id=LIGHT,
                   **private)
     shown_attr, attr_outputs = by_name(user_errors(follow_attribution), at, (*attributions.OUTPUTS, "shown"))
@@ -509,7 +541,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
         None, [c["link_query"]], [c["link"]], js=LINK_JS, **private)
 
 
-__all__ = ["build", "wire", "page_view", "apply_view", "carried", "refresh", "POLL_KINDS"]
+__all__ = ["build", "wire", "page_view", "apply_view", "carried", "refresh", "following", "POLL_KINDS"]
 
 
 # ---------------------------------------------------------------------------- the API (scripts, load tests)

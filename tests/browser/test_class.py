@@ -3,7 +3,9 @@ away, catching up, Explain computed once, and a poll."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
 import pytest
 from PIL import Image, ImageOps
@@ -31,6 +33,41 @@ def follow(pages, want: dict) -> float:
     for p in pages:
         p.wait_for_function(SAME, arg=want)
     return time.perf_counter() - t0
+
+
+def settles(pages, server, window_s: float = 3.0, within_s: float = 60.0) -> None:
+    """Wait until every page sends no request but its class tick for ``window_s`` (a page that
+    re-fires change events on its own never does)."""
+    config = json.load(urllib.request.urlopen(server.url.rstrip("/") + "/config"))
+    names = {c["id"]: c.get("props", {}).get("elem_id") or c.get("props", {}).get("label") or c["type"]
+             for c in config["components"]}
+    timers = {i for i, n in names.items() if n == "timer"}
+    sent = []
+
+    def watch(i):
+        def on_request(request):
+            if request.method == "POST" and ("/run/predict" in request.url or "/queue/join" in request.url):
+                targets = config["dependencies"][json.loads(request.post_data or "{}")["fn_index"]]["targets"]
+                if not any(t[0] in timers for t in targets):
+                    sent.append((round(time.perf_counter() - t0, 1), i, [(names.get(t[0]), t[1]) for t in targets][:2]))
+        return on_request
+
+    t0 = time.perf_counter()
+    listeners = [watch(i) for i in range(len(pages))]
+    for p, listen in zip(pages, listeners):
+        p.on("request", listen)
+    try:
+        seen = []
+        while True:
+            del sent[:]
+            pages[0].wait_for_timeout(window_s * 1000)
+            if not sent:
+                return
+            seen += sent
+            assert time.perf_counter() - t0 < within_s, f"the pages kept sending events on their own: {seen}"
+    finally:
+        for p, listen in zip(pages, listeners):
+            p.remove_listener("request", listen)
 
 
 def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
@@ -98,6 +135,9 @@ def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
         solo = cpu_seconds(app_server.proc.pid) - c0
         teacher.get_by_role("tab", name="Attributions").click()
         follow(students, {"tab": "Attributions"})
+        for s in students:
+            s.locator("#attr-image img").wait_for(state="attached")
+        settles(students, app_server)
         choose(teacher, "attr-model", "SqueezeNet 1.0")
         teacher.locator("#attr-method input").click()
         teacher.locator("#attr-method input").fill("Integrated")
@@ -113,6 +153,8 @@ def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
 
         # A poll: three answers, a live count for the teacher, then the reveal for everyone.
         teacher.get_by_role("tab", name="Explore").click()
+        follow(students, {"tab": "Explore"})
+        settles(students, app_server)
         teacher.locator("#room-poll-open").click()
         for s in students:
             s.wait_for_selector("#room-poll-choice label")
@@ -131,3 +173,22 @@ def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
     finally:
         for ctx in contexts:
             ctx.close()
+
+
+def test_a_link_opens_its_view_and_the_page_settles(browser, app_server):
+    """A slide's link to an Attributions view: the tab, model, image and method, set step by
+    step, and a page that then stays quiet (no change event fires itself again)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(LONG)
+        page.goto(app_server.url.rstrip("/") + "/?tab=attributions&model=squeezenet1_0&image=example:cat.jpg"
+                  "&method=saliency")
+        page.wait_for_selector("#explore-image")
+        page.wait_for_function("(document.querySelector('[role=tab][aria-selected=true]') || {}).innerText === 'Attributions'")
+        page.locator("#attr-image img").wait_for(state="attached")
+        page.wait_for_function("document.querySelector('#attr-model input').value.includes('SqueezeNet')")
+        page.wait_for_function("document.querySelector('#attr-method input').value === 'Saliency'")
+        settles([page], app_server)
+    finally:
+        ctx.close()
