@@ -216,15 +216,27 @@ def switch_tab(view: View) -> dict:
     return {"tabs": gr.Tabs(selected=view.tab)}
 
 
-# The steps that apply a view, in order: the tab, then (once it is shown) the model, the
-# image, and the rest, each a step of its own.
-APPLY_STEPS = ("tab", "model", "image", "rest")
+# The steps that apply a view, in order: the tab, then (once it is shown) the image, the model
+# and the rest, each a step of its own. (Sent at once, or the model before the image while
+# events that read the image still ran, a new image's change events fired again and again.)
+APPLY_STEPS = ("tab", "image", "model", "rest")
+# Before the first step after a tab switch: wait (up to 5 s) until the tab's controls are on the page.
+# A tab's controls are first put on the page when it is first shown, which can take longer than
+# the server takes to answer; a value sent before that is kept and set later, and such an image
+# fires its change events again and again.
+SHOWN_JS = """async (view, ...rest) => {
+  const probes = {explore: ['#explore-image', '#explore-model'], attributions: ['#attr-image', '#attr-model']};
+  const wanted = probes[(view || {}).tab] || [];
+  const ready = () => wanted.every((sel) => document.querySelector(sel));
+  for (let i = 0; i < 100 && !ready(); i++) await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  return [view, ...rest];
+}"""
 
 
 def apply_controls(view_json: dict | None, tab: str, *controls, step: str = "tab") -> dict:
     """Set the page's controls to the view to apply (only those that show something else), one
-    ``step`` of ``APPLY_STEPS``: a page that was sent a new model, image, block and branch at
-    once fired their change events again and again."""
+    ``step`` of ``APPLY_STEPS``."""
     if not view_json:
         return {}
     view = View.parse(view_json)
@@ -529,7 +541,8 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     for step in APPLY_STEPS:
         applied, applied_outputs = by_name(functools.partial(apply_controls, step=step), every, names)
         applying = (c["view_version"].change if applying is None else applying.then)(
-            applied, [c["view_state"], *controls], applied_outputs, queue=False, show_progress="hidden", **private)
+            applied, [c["view_state"], *controls], applied_outputs, queue=False, show_progress="hidden",
+            js=SHOWN_JS if step == APPLY_STEPS[1] else None, **private)
     applying.then(shown_explore, [c["view_state"], checkpoint, look], explore_outputs, concurrency_id=LIGHT,
                   **private)
     shown_attr, attr_outputs = by_name(user_errors(follow_attribution), at, (*attributions.OUTPUTS, "shown"))
