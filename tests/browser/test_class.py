@@ -41,7 +41,7 @@ def settles(pages, server, window_s: float = 3.0, within_s: float = 60.0) -> Non
     config = json.load(urllib.request.urlopen(server.url.rstrip("/") + "/config"))
     names = {c["id"]: c.get("props", {}).get("elem_id") or c.get("props", {}).get("label") or c["type"]
              for c in config["components"]}
-    timers = {i for i, n in names.items() if n == "timer"}
+    timers = {c["id"] for c in config["components"] if c["type"] == "timer"}
     sent = []
 
     def watch(i):
