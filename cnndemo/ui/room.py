@@ -219,6 +219,7 @@ def switch_tab(view: View) -> dict:
 # The steps that apply a view, in order: the tab, then (once it is shown) the image, the model
 # and the rest, each a step of its own. (Sent at once, or the model before the image while
 # events that read the image still ran, a new image's change events fired again and again.)
+# When the tab and the image stay, the first step sets everything and the others find nothing.
 APPLY_STEPS = ("tab", "image", "model", "rest")
 # Before the first step after a tab switch: wait (up to 5 s) until the tab's controls are on the page.
 # A tab's controls are first put on the page when it is first shown, which can take longer than
@@ -240,10 +241,11 @@ def apply_controls(view_json: dict | None, tab: str, *controls, step: str = "tab
     if not view_json:
         return {}
     view = View.parse(view_json)
-    if step == "tab":
-        return switch_tab(view) if tab != view.tab else {}
-    now = dict(zip(STUDENT_FIELDS[1:], controls), tab=view.tab)
-    out = apply_view(view, now)
+    if step == "tab" and tab != view.tab:
+        return switch_tab(view)
+    out = apply_view(view, dict(zip(STUDENT_FIELDS[1:], controls), tab=view.tab))
+    if step == "tab":  # the tab is shown: a view without a new image is set in this first step
+        step = "image" if any(k.endswith("_image") for k in out) else "rest"
     if step == "rest":
         return out
     return {k: v for k, v in out.items() if k.endswith("_" + step)}
