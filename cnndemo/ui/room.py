@@ -460,7 +460,7 @@ def build() -> dict:
         c["poll_text"] = gr.Textbox(label="Your answer", max_length=60, visible=False, elem_id="room-poll-text")
         c["poll_send"] = gr.Button("Send my answer", visible=False, elem_id="room-poll-send")
         c["poll_plot"] = gr.BarPlot(x="answer", y="count", label="answers", elem_id="room-poll-plot", height=240,
-                                    sort=None, x_label_angle=-40, elem_classes=["cz-plot"])
+                                    sort=None, x_label_angle=-40)
         c["poll_truth"] = gr.Markdown(elem_id="room-poll-truth")
     with gr.Accordion("Teach a class · link to this view", open=False, elem_id="room-tools") as c["tools"]:
         gr.Markdown("**Teachers:** *Start a class* shows a code for the projector; students who join follow your "
