@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 from PIL import Image, ImageOps
 
 from cnndemo.cli.diagnostics.server import cpu_seconds
+from conftest import local_get
 from test_public_api import raw_call, upload
 from test_ui import LONG, SHOTS, browser, choose, tap_when_still  # noqa: F401 (browser: the fixture)
 
@@ -38,7 +38,7 @@ def follow(pages, want: dict) -> float:
 def settles(pages, server, window_s: float = 3.0, within_s: float = 60.0) -> None:
     """Wait until every page sends no request but its class tick for ``window_s`` (a page that
     re-fires change events on its own never does)."""
-    config = json.load(urllib.request.urlopen(server.url.rstrip("/") + "/config"))
+    config = json.loads(local_get(server.port, "/config")[1])
     names = {c["id"]: c.get("props", {}).get("elem_id") or c.get("props", {}).get("label") or c["type"]
              for c in config["components"]}
     timers = {c["id"] for c in config["components"] if c["type"] == "timer"}
