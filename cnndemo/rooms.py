@@ -419,6 +419,13 @@ class Rooms:
             room.members[member] = now
             return room.code, member
 
+    def leave(self, code: str, member: str | None) -> None:
+        """A student's page leaves: its place is freed (and its watch ends)."""
+        with self._lock:
+            room = self._rooms.get(normalise_code(code))
+            if room is not None and member:
+                room.members.pop(member, None)
+
     # -- the teacher's view
     def publish(self, code: str, secret: str, view: View) -> int:
         with self._lock:

@@ -170,3 +170,100 @@ def test_guessing_codes_over_http_is_bounded():
         assert "Too many wrong class codes" in error_text(answers[-1][1])
     finally:
         server.stop()
+
+
+def watch_messages(server, data: list, into: list, timeout: float = 120) -> None:
+    """Read a room_watch stream over raw HTTP: each message (generating, complete or error) is
+    appended to ``into`` as (kind, payload) until the stream ends."""
+    import json
+
+    import httpx
+
+    with httpx.Client(base_url=server.url.rstrip("/"), timeout=timeout) as c:
+        r = c.post("/gradio_api/call/room_watch", json={"data": data})
+        r.raise_for_status()
+        kind = None
+        with c.stream("GET", f"/gradio_api/call/room_watch/{r.json()['event_id']}") as s:
+            for line in s.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind in ("generating", "complete", "error"):
+                    into.append((kind, json.loads(line[5:])))
+                    if kind in ("complete", "error"):
+                        return
+
+
+def test_a_watch_streams_each_change_with_its_results_and_ends_with_the_class(app_server):
+    """room_watch: the state at once, each published view with its results (no polling), and a
+    last message when the class ends; a page not in the class is refused."""
+    import threading
+
+    from test_shared import wait_until
+
+    kind, opened = raw_call(app_server, "room_open", ["?model=squeezenet1_0&image=example:cat.jpg"])
+    code, secret = opened[0]["code"], opened[0]["secret"]
+    kind, payload = raw_call(app_server, "room_watch", [code, "made-up", "", True])
+    assert kind == "error" and "not in class" in error_text(payload)
+    member = raw_call(app_server, "room_join", [code])[1][0]["member"]
+    got: list = []
+    reader = threading.Thread(target=watch_messages, args=(app_server, [code, member, "", True], got), daemon=True)
+    reader.start()
+    wait_until(lambda: got, timeout=120, what="the watch's first message")
+    kind, first = got[0]
+    assert kind == "generating" and first[0]["version"] == 1 and first[0]["view"]["model"] == "squeezenet1_0"
+    assert len(first[0]["results"]["top5"]) == 5 and first[0]["results"]["block"] != "fire3"
+    raw_call(app_server, "room_publish", [code, secret, "?model=squeezenet1_0&image=example:cat.jpg&block=fire3"])
+    wait_until(lambda: any(m[0]["version"] == 2 for k, m in got if k == "generating"), timeout=60,
+               what="the published view on the watch")
+    second = next(m[0] for k, m in got if k == "generating" and m[0]["version"] == 2)
+    assert second["view"]["block"] == "fire3" and second["results"]["block"] == "fire3"
+    assert sum(second["results"]["shares"].values()) == pytest.approx(1, abs=0.01)
+    assert second["results"]["top5"] == first[0]["results"]["top5"]  # same image and model: the same prediction
+    raw_call(app_server, "room_close", [code, secret])
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "the watch did not end with the class"
+    ended = [m[0] for k, m in got if k in ("generating", "complete") and m and "ended" in m[0]]
+    assert ended and "There is no class" in ended[0]["ended"]
+
+
+def test_a_page_watch_signals_changes_and_ends_when_its_page_leaves(monkeypatch):
+    """room_changes: the state at once, a message per change (a view, a poll), none while nothing
+    changes, and the last one when the page leaves; the watches per room are bounded."""
+    import asyncio
+
+    from cnndemo.ui import room as ui_room
+
+    rooms = Rooms(max_members=1)
+    monkeypatch.setattr(ui_room, "registry", lambda: rooms)
+    monkeypatch.setattr(ui_room, "WATCH_TICK_S", 0.01)
+    code, secret = rooms.open(CAT)
+    _, member = rooms.join(code)
+
+    async def scenario():
+        got = []
+
+        async def watch():
+            async for st in ui_room.room_changes(code, member):
+                got.append(st)
+
+        task = asyncio.ensure_future(watch())
+        await asyncio.sleep(0.1)
+        assert [s["version"] for s in got] == [1]  # once, not once per look
+        rooms.publish(code, secret, CAT.changed(block="inception4a"))
+        await asyncio.sleep(0.1)
+        rooms.open_poll(code, secret, lambda ident, view: text_poll(ident, "Why?"))
+        await asyncio.sleep(0.1)
+        assert [s["version"] for s in got] == [1, 2, 2] and got[-1]["poll"]["question"] == "Why?"
+        # One page beyond the member cap and the extra watches: refused.
+        extra = [asyncio.ensure_future(anext(ui_room.room_changes(code, secret=secret)))
+                 for _ in range(ui_room.WATCH_EXTRA)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(RoomError, match="watching it"):
+            await anext(ui_room.room_changes(code, secret=secret))
+        for e in extra:
+            e.cancel()
+        rooms.leave(code, member)
+        await asyncio.wait_for(task, 2)
+        assert "not in class" in got[-1]["ended"]
+
+    asyncio.run(scenario())

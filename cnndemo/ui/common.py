@@ -113,6 +113,18 @@ def user_errors(fn):
     The handler also becomes cancellable (``serving.cancellable``): when its client goes away,
     the library's long loops stop within a batch.
     """
+    if inspect.isasyncgenfunction(fn):  # waits on the event loop (a watch): no thread, not counted as work
+
+        @functools.wraps(fn)
+        async def agen_wrapper(*args, **kwargs):
+            try:
+                async for item in fn(*args, **kwargs):
+                    yield item
+            except Exception as e:
+                raise _as_gr_error(e, fn.__name__) from None
+
+        return agen_wrapper
+
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)

@@ -1,11 +1,14 @@
 """Teaching a class: a room the class follows, polls, and links that open a view.
 
 The teacher's page publishes its view (tab, model, image, block, branch, attribution method
-and settings, and whether it ran Explain or a knock-out) whenever one of them changes. A
-student's page asks for the room's state once a second (``gr.Timer``); when the view's version
-moved on, it sets its own controls to the teacher's and draws the results, which come from
-the shared result caches: computed once for the room, never once per student. The room
-itself is ``cnndemo.rooms`` (in memory, bounded, secret-checked).
+and settings, and whether it ran Explain or a knock-out) whenever one of them changes. Every
+page in a class holds a watch of the room (one streaming event, which looks at the room in
+memory ten times a second and tells the page within 0.1 s when the view, the poll or the
+number following changed) and, as a fallback, a slow ``gr.Timer`` (a server restart or a lost
+watch is noticed within ``FALLBACK_S``). When the view's version moved on, a following page
+sets its own controls to the teacher's and draws the results, which come from the shared
+result caches: computed once for the room, never once per student. The room itself is
+``cnndemo.rooms`` (in memory, bounded, secret-checked).
 
 A link (``?tab=explore&model=googlenet&image=example:cat.jpg&block=inception4c``) opens a
 view the same way, once, when the page loads; ``?class=K7PM3Q`` joins a class.
@@ -13,10 +16,15 @@ view the same way, once, when the page loads; ``?class=K7PM3Q`` joins a class.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import functools
 import html
+import json
 import time
+from collections.abc import AsyncIterator
 
+import anyio
 import gradio as gr
 import pandas as pd
 
@@ -25,7 +33,7 @@ from ..branches import explore as explore_image
 from ..rooms import SHELF, TABS, RoomError, View, branch_poll, normalise_code, prediction_poll, registry, text_poll
 from ..zoo import ZOO
 from . import attributions, explore
-from .common import LIGHT, by_name, get_model, heavy_lane, session_state, user_errors
+from .common import LIGHT, _as_gr_error, by_name, get_model, heavy_lane, session_state, user_errors
 from .guard import client_address
 
 POLL_KINDS = {"What will the model say?": "predict", "Which branch carries most of this block?": "branch",
@@ -167,10 +175,13 @@ def _visibility(member: dict) -> dict:
             "timer": gr.Timer(active=bool(member.get("code")))}
 
 
-def refresh(member: dict | None, applied: int | None, shown: list | None = None) -> dict:
+def refresh(member: dict | None, applied: int | None, shown: list | None = None, behind: int | None = None, *,
+            fallback: bool = False) -> dict:
     """One look at the room: the class line, the poll, and (for a following student whose view
     is behind ``applied``; None: leave the view alone) the teacher's view to apply. What did not
-    change is skipped."""
+    change is skipped. ``fallback``: the slow timer's look, which applies a view only when it
+    found the page behind on its previous look too (``behind``), i.e. the watch did not (a
+    view applied twice at once would set the controls twice)."""
     member = dict(member or {})
     if not member.get("code"):
         return {"timer": gr.Timer(active=False)}
@@ -193,8 +204,24 @@ def refresh(member: dict | None, applied: int | None, shown: list | None = None)
             for name in ("poll_group", "poll_choice", "poll_text", "poll_send"):
                 out.pop(name, None)
     if following(member) and applied is not None and st["version"] != applied:
-        out.update(to_apply(st["view"], st["version"]))
+        if fallback and behind != st["version"]:
+            out["behind"] = st["version"]
+        else:
+            out.update(to_apply(st["view"], st["version"]))
     return out
+
+
+async def page_watch(member: dict | None):
+    """A page's watch of its class (``room_changes``): a new ``room_signal`` whenever the room
+    changed, on which the page looks (``refresh``); the last one when the class is gone."""
+    member = dict(member or {})
+    if not member.get("code"):
+        return
+    try:
+        async for _ in room_changes(member["code"], member.get("member"), member.get("secret")):
+            yield {"room_signal": time.monotonic()}
+    except RoomError:  # gone already: the page's look says so
+        yield {"room_signal": time.monotonic()}
 
 
 def to_apply(view: View, version: int | None = None) -> dict:
@@ -263,25 +290,35 @@ def ended(member: dict, why: str) -> dict:
 def start_class(member, *controls):
     view = page_view(*controls)
     code, secret = registry().open(view)
+    _leave(dict(member or {}))
     member = {"role": "teacher", "code": code, "secret": secret}
     return {"member": member, **refresh(member, 0), **_visibility(member), "tools": gr.Accordion(open=False)}
 
 
-def end_class(member):
-    member = dict(member or {})
+def _leave(member: dict) -> None:
+    """The page leaves the class it was in (a teacher's ends it): its watch ends with it."""
     if member.get("role") == "teacher":
         try:
             registry().close(member["code"], member["secret"])
         except RoomError:
             pass
+    elif member.get("code"):
+        registry().leave(member["code"], member.get("member"))
+
+
+def end_class(member):
+    member = dict(member or {})
+    _leave(member)
     return ended(member, "You ended it.") if member.get("role") == "teacher" else ended(member, "You left it.")
 
 
 def join_class(code, member, request: gr.Request):
     """A student joins with the code (a rejoin keeps the member id it held)."""
     member = dict(member or {})
-    code, ident = registry().join(code, _client(request),
-                                  member=member.get("member") if member.get("code") == normalise_code(code) else None)
+    same = member.get("code") == normalise_code(code)
+    code, ident = registry().join(code, _client(request), member=member.get("member") if same else None)
+    if not same:
+        _leave(member)
     member = {"role": "student", "code": code, "member": ident, "following": True}
     return {"member": member, **refresh(member, 0), **_visibility(member), "tools": gr.Accordion(open=False)}
 
@@ -439,7 +476,9 @@ def build() -> dict:
     c["shown"] = session_state(None)
     c["view_version"] = gr.Number(0, visible="hidden", elem_id="room-version", label="view version")
     c["link_query"] = gr.Textbox("", visible="hidden", label="link query", max_length=4000)
-    c["timer"] = gr.Timer(1.0, active=False)
+    c["timer"] = gr.Timer(FALLBACK_S, active=False)
+    c["behind"] = session_state(None)  # the version the timer's last look found unapplied
+    c["room_signal"] = gr.Number(0, visible="hidden", elem_id="room-signal", label="room changed")
     c["banner"] = gr.HTML("", elem_id="room-banner", js_on_load=None)
     with gr.Row(visible=False, elem_id="room-student") as c["student_row"]:
         c["own"] = gr.Button("Explore on my own", size="sm", elem_id="room-own")
@@ -492,18 +531,24 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     controls = [c["tab"], ex["model"], ex["image"], ex["block"], ex["branch"], ex["mode"], ex["diagram"], at["model"],
                 at["image"], at["method"], at["target"], at["layer"], *at["knobs"]]
     room_outputs = ("member", "banner", "poll_group", "poll_md", "poll_choice", "poll_text", "poll_send", "poll_plot",
-                    "poll_truth", "shown", "applied", "view_state", "view_version", "teacher_row",
+                    "poll_truth", "shown", "applied", "behind", "view_state", "view_version", "teacher_row",
                     "student_row", "timer", "tools")
     private = dict(api_visibility="private")
 
     tick, tick_outputs = by_name(refresh, every, room_outputs)
-    c["timer"].tick(tick, [c["member"], c["applied"], c["shown"]], tick_outputs, queue=False,
+    c["room_signal"].change(tick, [c["member"], c["applied"], c["shown"]], tick_outputs, queue=False,
+                            show_progress="hidden", **private)
+    slow, slow_outputs = by_name(functools.partial(refresh, fallback=True), every, room_outputs)
+    c["timer"].tick(slow, [c["member"], c["applied"], c["shown"], c["behind"]], slow_outputs, queue=False,
                     show_progress="hidden", **private)
+    watching, watching_outputs = by_name(user_errors(page_watch), every, ("room_signal",))
+    watch = dict(fn=watching, inputs=[c["member"]], outputs=watching_outputs, show_progress="hidden",
+                 concurrency_limit=None, **private)
     started, started_outputs = by_name(user_errors(start_class), every, room_outputs)
-    c["start"].click(started, [c["member"], *controls], started_outputs, queue=False, **private)
+    c["start"].click(started, [c["member"], *controls], started_outputs, queue=False, **private).then(**watch)
     joined, joined_outputs = by_name(user_errors(join_class), every, room_outputs)
     gr.on([c["join"].click, c["code"].submit], joined, [c["code"], c["member"]], joined_outputs, queue=False,
-          **private)
+          **private).then(**watch)
     left, left_outputs = by_name(end_class, every, room_outputs)
     gr.on([c["end"].click, c["leave"].click], left, [c["member"]], left_outputs, queue=False, **private)
     own, own_outputs = by_name(break_away, every, room_outputs)
@@ -520,7 +565,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     sent, sent_outputs = by_name(user_errors(send_answer), every, room_outputs)
     c["poll_send"].click(sent, [c["member"], c["poll_choice"], c["poll_text"]], sent_outputs, queue=False, **private)
     opened, opened_outputs = by_name(open_page, every, room_outputs)
-    page["demo"].load(opened, [c["member"]], opened_outputs, queue=False, **private)
+    page["demo"].load(opened, [c["member"]], opened_outputs, queue=False, **private).then(**watch)
 
     # The teacher's page publishes what it shows as it changes (a no-op on any other page).
     for tab_id in TABS:
@@ -617,6 +662,89 @@ def api_state(code: str, member: str = "", secret: str = "", results: bool = Fal
     return out
 
 
+WATCH_TICK_S = 0.1  # how often a watch looks at its room (in memory, on the event loop)
+WATCH_EXTRA = 5  # watches a room may have beyond its member cap (the teacher's, reloads)
+_WATCHES: collections.Counter = collections.Counter()  # room code -> open watches
+_ROOM_RESULTS: collections.OrderedDict = collections.OrderedDict()  # room code -> (version, future)
+
+
+FALLBACK_S = 5.0  # the page's own look at the room when its watch is silent
+
+
+async def room_changes(code: str, member: str | None = None, secret: str | None = None) -> AsyncIterator[dict]:
+    """The room's state (``Rooms.state``) at once, and again whenever its view, its poll or
+    the number following changed; then ``{"ended": why}`` once the room is gone or the page
+    is no longer in it. Bounded per room: ``max_members + WATCH_EXTRA`` watches."""
+    rooms = registry()
+    st = rooms.state(code, member=member or None, secret=secret or None)  # a wrong code or member fails here
+    code = st["code"]
+    if _WATCHES[code] >= rooms.max_members + WATCH_EXTRA:
+        raise RoomError(f"Class {code} already has {_WATCHES[code]} pages watching it, its limit.")
+    _WATCHES[code] += 1
+    try:
+        seen = None
+        while True:
+            key = (st["version"], json.dumps(st["poll"], sort_keys=True, default=str), st["following"])
+            if key != seen:
+                yield st
+                seen = key
+            await asyncio.sleep(WATCH_TICK_S)
+            try:
+                st = rooms.state(code, member=member or None, secret=secret or None)
+            except RoomError as e:
+                yield {"code": code, "ended": str(e)}
+                return
+    finally:
+        _WATCHES[code] -= 1
+        if _WATCHES[code] <= 0:
+            del _WATCHES[code]
+
+
+async def api_watch(code: str, member: str = "", secret: str = "", results: bool = True) -> AsyncIterator[dict]:
+    """Follow a class without asking once a second: yields the class's state (as room_state)
+    at once, and again within 0.1 s whenever the view or the poll changes, with the view's
+    results (``results``) each time the view changed; computed once for every watch of the
+    class. The last message is {"ended": why} when the class ends.
+
+    Args:
+        code: the class code.
+        member: a student's member id (from room_join).
+        secret: the teacher's secret (instead of member).
+        results: also send the view's results when the view changes.
+    """
+    version = None
+    async for st in room_changes(code, member, secret):
+        if "ended" in st:
+            yield st
+            return
+        out = {"code": st["code"], "version": st["version"], "view": _view_record(st["view"]), "poll": st["poll"],
+               "following": st["following"]}
+        if results and st["version"] != version:
+            out["results"] = await _room_results(st["code"], st["version"], st["view"])
+        version = st["version"]
+        yield out
+
+
+async def _room_results(code: str, version: int, view: View) -> dict:
+    """The view's results for every watch of a class: one computation per version (in a
+    thread, from the shared caches), which a watch that goes away does not cancel."""
+    held = _ROOM_RESULTS.get(code)
+    if held is None or held[0] != version:
+        held = (version, asyncio.ensure_future(anyio.to_thread.run_sync(_results_or_error, view)))
+        _ROOM_RESULTS[code] = held
+        while len(_ROOM_RESULTS) > 2 * registry().max_rooms:
+            _ROOM_RESULTS.popitem(last=False)
+    _ROOM_RESULTS.move_to_end(code)
+    return await asyncio.shield(held[1])
+
+
+def _results_or_error(view: View) -> dict:
+    try:
+        return view_results(view)
+    except Exception as e:  # the class still follows the view; its results say why they are missing
+        return {"error": _as_gr_error(e, "room_watch").message}
+
+
 def view_results(view: View, progress=None) -> dict:
     """A view's results as data: its top-5, the block's branch shares, and the attribution's
     scores when it was run; each from the shared caches (the class computes it once)."""
@@ -690,6 +818,7 @@ def api_close(code: str, secret: str) -> dict:
 
 
 API = {"room_open": api_open, "room_publish": api_publish, "room_join": api_join, "room_state": api_state,
+       "room_watch": api_watch,
        "poll_open": api_poll_open, "poll_answer": api_answer, "poll_reveal": api_reveal, "room_close": api_close}
 
 

@@ -36,12 +36,13 @@ def follow(pages, want: dict) -> float:
 
 
 def settles(pages, server, window_s: float = 3.0, within_s: float = 60.0) -> None:
-    """Wait until every page sends no request but its class tick for ``window_s`` (a page that
-    re-fires change events on its own never does)."""
+    """Wait until every page sends no request but its looks at the room (its watch's signal,
+    its timer) for ``window_s`` (a page that re-fires change events on its own never does)."""
     config = json.loads(local_get(server.port, "/config")[1])
     names = {c["id"]: c.get("props", {}).get("elem_id") or c.get("props", {}).get("label") or c["type"]
              for c in config["components"]}
-    timers = {c["id"] for c in config["components"] if c["type"] == "timer"}
+    timers = {c["id"] for c in config["components"]
+              if c["type"] == "timer" or c.get("props", {}).get("elem_id") == "room-signal"}
     sent = []
 
     def watch(i):
