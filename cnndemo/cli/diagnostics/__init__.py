@@ -321,6 +321,8 @@ def _setup_room(p):
     p.add_argument("--poll", type=float, default=1.0, help="seconds between a page's looks at the room (the page's timer)")
     p.add_argument("--client", choices=("gradio", "http"), default="gradio",
                    help="gradio_client (default; ~0.15 s of CPU per call on the same cores), or a page's plain HTTP requests")
+    p.add_argument("--transport", choices=("watch", "poll"), default="watch",
+                   help="watch: one room_watch stream per student (default); poll: room_state once a second, as a page does")
     p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings")
     p.add_argument("--json", action="store_true")
 
@@ -330,17 +332,19 @@ def run_bench_room(args) -> int:
     from .follow import run_follow
 
     env = dict(kv.split("=", 1) for kv in args.env)
-    out = run_follow(args.students, poll_s=args.poll, env=env, client=args.client,
+    out = run_follow(args.students, poll_s=args.poll, env=env, client=args.client, transport=args.transport,
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:
         emit(out)
     else:
-        print(f"{out['students']} students, {out['changes']} changes: follow p50 {out['follow_p50_s']} s, "
-              f"p95 {out['follow_p95_s']} s, max {out['follow_max_s']} s; missed {out['missed']}, errors {out['errors']}; "
+        print(f"{out['students']} students ({out['client']}, {out['transport']}), {out['changes']} changes: follow p50 "
+              f"{out['follow_p50_s']} s, p95 {out['follow_p95_s']} s, max {out['follow_max_s']} s; behind the teacher p95 "
+              f"{out['behind_teacher_p95_s']} s; missed {out['missed']}, errors {out['errors']}; "
               f"server RSS peak {out['server_rss_mb_peak']} MB, server CPU {out['server_cpu_s']} s, "
               f"students' CPU {out['students_cpu_s']} s")
         for c in out["per_change"]:
-            print(f"  p95 {c['p95_s']} s  (the teacher's own page {c['teacher_s']} s; {c['students']} students)  {c['view']}")
+            print(f"  p95 {c['p95_s']} s, behind the teacher {c['behind_teacher_p95_s']} s  (the teacher's own page "
+                  f"{c['teacher_s']} s; {c['students']} students)  {c['view']}")
     return 0 if out["errors"] == 0 and out["missed"] == 0 else 1
 
 

@@ -1,14 +1,21 @@
 """A class following its teacher, through ``gradio_client`` (no browsers): follow latency.
 
 ``run_follow`` starts ``python app.py`` on loopback, opens a room as the teacher, lets N
-students join (each its own ``gradio_client`` session), and has every student do what a
-following page does: ask for the room's state once a second and, when the view moved on, fetch
-that view's results (``room_state`` with ``results``: the top-5, the block's branch shares, and
-the attribution when Explain ran, all from the shared caches). The teacher then makes a series
-of changes, each published once every student has the previous one (or after a wait).
+students join (each its own ``gradio_client`` session) and follow the room, in one of two ways:
+
+- ``watch`` (default): each student holds one ``room_watch`` stream, which sends the room's
+  state with the view's results (the top-5, the block's branch shares, and the attribution when
+  Explain ran; computed once for the room) whenever the view changes.
+- ``poll``: what a browser page does: ask for the room's state once a second and, when the view
+  moved on, fetch that view's results (``room_state`` with ``results``, from the shared caches).
+
+The teacher then makes a series of changes, each published once every student has the
+previous one (or after a wait), and computes each view's results as its own page does.
 
 Follow latency: from the teacher's publish returning to a student holding the new view's
-results. Also reported: errors, the server's resident memory and CPU seconds, the students'.
+results. "Behind the teacher": from the teacher holding them (a view that takes seconds to
+compute takes them for the teacher too). Also reported: errors, the server's resident memory
+and CPU seconds, the students'.
 """
 
 from __future__ import annotations
@@ -71,9 +78,37 @@ class HttpClient:
                     return payload[0]
         raise RuntimeError(f"no answer from {api}")
 
+    def watch(self, **kwargs):
+        """``room_watch``'s messages, as they come."""
+        import json
+
+        data = [kwargs.get(n, d) for n, d in (("code", ""), ("member", ""), ("secret", ""), ("results", True))]
+        r = self.http.post("/gradio_api/call/room_watch", json={"data": data, "session_hash": self.session})
+        r.raise_for_status()
+        kind = None
+        with self.http.stream("GET", f"/gradio_api/call/room_watch/{r.json()['event_id']}", timeout=None) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind in ("generating", "complete", "error"):
+                    if kind == "error":
+                        raise RuntimeError(line[5:])
+                    payload = json.loads(line[5:])
+                    if payload:
+                        yield payload[0]
+                    if kind == "complete":
+                        return
+
+
+def _watch(client, **kwargs):
+    if isinstance(client, HttpClient):
+        return client.watch(**kwargs)
+    return iter(client.submit(**kwargs, api_name="/room_watch"))
+
 
 def run_follow(students: int = 30, changes: list[str] | None = None, *, poll_s: float = 1.0,
-               settle_s: float = 30.0, env: dict | None = None, progress=None, client: str = "gradio") -> dict:
+               settle_s: float = 30.0, env: dict | None = None, progress=None, client: str = "gradio",
+               transport: str = "watch") -> dict:
     if client == "gradio":
         from gradio_client import Client
     else:
@@ -94,6 +129,7 @@ def run_follow(students: int = 30, changes: list[str] | None = None, *, poll_s: 
         lock = threading.Lock()
         stop = threading.Event()
         calls = [0]
+        ready: set[int] = set()  # students that hold the first view: changes start once all do
 
         def student(i: int) -> None:
             try:
@@ -104,12 +140,29 @@ def run_follow(students: int = 30, changes: list[str] | None = None, *, poll_s: 
                     errors.append(f"join: {type(e).__name__}: {str(e)[:120]}")
                 return
             seen = 1
+            if transport == "watch":
+                try:
+                    for msg in _watch(client, code=code, member=member, results=True):
+                        if "ended" in msg or stop.is_set():
+                            break
+                        with lock:
+                            calls[0] += 1
+                            ready.add(i)
+                            if msg["version"] != seen and "results" in msg:
+                                seen = msg["version"]
+                                got.setdefault(seen, {})[i] = time.perf_counter()
+                except Exception as e:
+                    if not stop.is_set():
+                        with lock:
+                            errors.append(f"watch: {type(e).__name__}: {str(e)[:120]}")
+                return
             while not stop.is_set():
                 t = time.perf_counter()
                 try:
                     state = client.predict(code=code, member=member, results=False, api_name="/room_state")
                     with lock:
                         calls[0] += 1
+                        ready.add(i)
                     if state["version"] != seen:
                         client.predict(code=code, member=member, results=True, api_name="/room_state")
                         seen = state["version"]
@@ -125,7 +178,10 @@ def run_follow(students: int = 30, changes: list[str] | None = None, *, poll_s: 
         threads = [threading.Thread(target=student, args=(i,), daemon=True) for i in range(students)]
         for t in threads:
             t.start()
-        time.sleep(3 * poll_s)
+        deadline = time.perf_counter() + settle_s
+        while len(ready) < students and time.perf_counter() < deadline:
+            time.sleep(0.1)
+        time.sleep(poll_s)  # and the clients' own start-up work is done
         t_start = time.perf_counter()
         version = 1
         for n, view in enumerate(changes, 1):
@@ -141,17 +197,29 @@ def run_follow(students: int = 30, changes: list[str] | None = None, *, poll_s: 
                 time.sleep(0.1)
         wall = time.perf_counter() - t_start
         stop.set()
+        if transport == "poll":  # pages that poll stop first; the class's end is what ends a watch
+            for t in threads:
+                t.join(timeout=30)
+        teacher.predict(code=code, secret=secret, api_name="/room_close")
         for t in threads:
             t.join(timeout=30)
         cpu_students = cpu_seconds() - cpu_students
         cpu_server = cpu_seconds(server.proc.pid) - cpu_server
         lags = sorted(got[v][i] - published[v] for v in published for i in got.get(v, {}))
         missed = sum(students - len(got.get(v, {})) for v in published)
-        per_change = [{"view": view, "p95_s": round(_percentile(sorted(got[v][i] - published[v] for i in got.get(v, {})), 95), 2)
-                       if got.get(v) else None, "teacher_s": round(teacher_s[v], 2), "students": len(got.get(v, {}))}
+        behind = sorted(max(0.0, got[v][i] - published[v] - teacher_s[v]) for v in published for i in got.get(v, {}))
+
+        def p95(values):
+            return round(_percentile(sorted(values), 95), 2) if values else None
+
+        per_change = [{"view": view, "p95_s": p95([got[v][i] - published[v] for i in got.get(v, {})]),
+                       "behind_teacher_p95_s": p95([max(0.0, got[v][i] - published[v] - teacher_s[v]) for i in got.get(v, {})]),
+                       "teacher_s": round(teacher_s[v], 2), "students": len(got.get(v, {}))}
                       for view, v in zip(changes, sorted(published))]
         return {
             "client": client,
+            "transport": transport,
+            "behind_teacher_p95_s": p95(behind),
             "students": students,
             "changes": len(changes),
             "poll_s": poll_s,
