@@ -267,3 +267,21 @@ def test_a_page_watch_signals_changes_and_ends_when_its_page_leaves(monkeypatch)
         assert "not in class" in got[-1]["ended"]
 
     asyncio.run(scenario())
+
+
+def test_the_teachers_publish_is_the_first_event_of_an_explore_change_and_reads_the_diagrams_branch():
+    """The browser sends a change's events in the order they were registered: a new image, model,
+    block or branch click reaches the class before the teacher's own Explore events for it."""
+    from cnndemo.ui import build_demo, explore
+    from cnndemo.ui.room import page_view, publish_explore
+
+    demo = build_demo()
+    ids = {b.elem_id: i for i, b in demo.blocks.items() if getattr(b, "elem_id", None)}
+    for elem in ("explore-image", "explore-model", "explore-block", "explore-diagram"):
+        first = next(bf for bf in demo.fns.values() if any(t[0] == ids[elem] and t[1] == "change" for t in bf.targets))
+        assert first.fn.__name__ == publish_explore.__name__, (elem, first.name)
+    diagram = explore.block_diagram("googlenet", "inception4a", "3x3")
+    assert explore.selected_branch(diagram) == "3x3"
+    assert explore.selected_branch(explore.block_diagram("googlenet", "inception4a")) == ""
+    view = page_view("explore", "googlenet", None, "inception4a", "pool", "zero", diagram, *[None] * 5)
+    assert view.branch == "3x3" and view.block == "inception4a"  # the diagram's, not the ablation's "pool"

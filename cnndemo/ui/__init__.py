@@ -50,7 +50,7 @@ def build_demo() -> gr.Blocks:
         # sends a class to the Digits tab by name.
         with gr.Tabs(overflow_behavior="wrap") as tabs:
             with gr.Tab("Explore", id="explore") as explore_tab:
-                ex = explore.build(checkpoint, look)
+                ex = explore.build(checkpoint, look, first=room.first_publish(classroom))
                 attributions.compact_panel(ex, checkpoint, look)
             with gr.Tab("Attributions", id="attributions") as attr_tab:
                 att = attributions.build(checkpoint, look)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 import gradio as gr
 
@@ -245,6 +246,15 @@ def block_diagram(key: str, block: str, selected: str | None = None) -> str:
     )
 
 
+_SELECTED = re.compile(r"cz-selected' data-branch='([^']*)'")
+
+
+def selected_branch(diagram: str | None) -> str:
+    """The branch selected in a diagram drawn by ``block_diagram`` ("" when none is)."""
+    found = _SELECTED.search(str(diagram or ""))
+    return html.unescape(found.group(1)) if found else ""
+
+
 def _block_note(spec, info) -> str:
     head = f"**{info.name}** · {info.kind} · output {' × '.join(map(str, info.shape))} · {info.params:,} parameters"
     if not spec.has_branches:
@@ -403,15 +413,19 @@ ABLATION = ("before", "after", "ablate_msg", "ablate_json")
 SHOWN = ("label", "seen", "info", "json", *BRANCH_MAPS, "branch_view")
 
 
-def build(checkpoint_state: gr.State, look: gr.State) -> dict:
+def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
     """Lay out the Explore tab, section by section, each wiring its own events; return its
-    components for the other views to wire into."""
+    components for the other views to wire into. ``first(c)``: wires events that must be
+    registered before the tab's own (the page's browser sends a change's events in that
+    order), once the model, image, block and diagram exist."""
     # The view a class or a link made this page show (``ui.room``): its clicked branch survives
     # the change events that setting it fires.
     c: dict = {"checkpoint": checkpoint_state, "look": look, "followed": session_state(None)}
     _prediction_section(c)
     _architecture_section(c)
     _branches_section(c)
+    if first is not None:
+        first(c)
     _ablation_section(c)
     _branch_events(c)
     _chains(c)

@@ -47,7 +47,8 @@ STUDENT_FIELDS = ("tabs", "ex_model", "ex_image", "ex_block", "ex_branch", "ex_m
 def page_view(tab, ex_model, ex_image, ex_block, ex_branch, ex_mode, ex_diagram, at_model, at_image, at_method,
               at_target, at_layer, *knob_values) -> View:
     """The view a page shows now, from its controls (an uploaded image is put on the shelf). A
-    branch is part of it once clicked in the diagram (the ablation's branch always has a value)."""
+    branch is part of it once clicked in the diagram (the one the diagram shows selected; the
+    ablation's branch always has a value)."""
     tab = tab if tab in TABS else "explore"
     if tab == "attributions":
         return View(tab=tab, model=at_model, image=SHELF.put(at_image), method=at_method or "ig",
@@ -55,10 +56,9 @@ def page_view(tab, ex_model, ex_image, ex_block, ex_branch, ex_mode, ex_diagram,
                     knobs=tuple(sorted((k, v) for k, v in zip(knobs(), knob_values) if v is not None)))
     spec = ZOO[ex_model]
     block = explore.valid_block(ex_model, ex_block)
-    branches = explore.branch_choices(ex_model, block)
-    clicked = "cz-selected" in str(ex_diagram or "")
+    clicked = explore.selected_branch(ex_diagram)
     return View(tab=tab, model=ex_model, image=SHELF.put(ex_image), block=block if block != spec.default_block else "",
-                branch=ex_branch if clicked and ex_branch in branches else "")
+                branch=clicked if clicked in explore.branch_choices(ex_model, block) else "")
 
 
 def _attr_fields(v: View) -> tuple:
@@ -400,6 +400,23 @@ def publish(member, *controls, explain: bool | None = None, ablate: str | None =
         pass
 
 
+def publish_explore(member, tab, model, image, block, diagram) -> None:
+    """``publish`` for a change on the Explore tab, from the controls that make its view."""
+    if tab == "explore":
+        publish(member, tab, model, image, block, None, None, diagram, *[None] * (len(STUDENT_FIELDS) - 7))
+
+
+def first_publish(c: dict):
+    """For ``explore.build(first=)``: the teacher's page publishes an Explore change before the
+    tab's own events for it are sent (a new image reached the class 0.9 s later when its
+    publish was sent after the tab's seven)."""
+    def wire_first(ex: dict) -> None:
+        gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["diagram"].change], publish_explore,
+              [c["member"], c["tab"], ex["model"], ex["image"], ex["block"], ex["diagram"]], None, queue=False,
+              trigger_mode="always_last", api_visibility="private")
+    return wire_first
+
+
 def make_link(*controls):
     """A link to the view this page shows now (an upload is held on the shelf for it)."""
     view = page_view(*controls)
@@ -473,6 +490,7 @@ def build() -> dict:
     c: dict = {}
     c["member"] = gr.BrowserState({}, storage_key="cnndemo-class")
     c["applied"] = session_state(0)  # the room's version this page follows
+    c["tab"] = session_state("explore")  # the tab shown (set by the tabs' select events)
     c["shown"] = session_state(None)
     c["view_version"] = gr.Number(0, visible="hidden", elem_id="room-version", label="view version")
     c["link_query"] = gr.Textbox("", visible="hidden", label="link query", max_length=4000)
@@ -522,7 +540,6 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     objects, Explore's and Attributions' components)."""
     ex, at = page["explore"], page["attributions"]
     c["view_state"] = ex["followed"]  # the view to show: Explore's resets keep its clicked branch
-    c["tab"] = session_state("explore")
     names = {"tabs": page["tabs"], "ex_model": ex["model"], "ex_image": ex["image"], "ex_block": ex["block"],
              "ex_branch": ex["branch"], "ex_mode": ex["mode"], "at_model": at["model"], "at_image": at["image"],
              "at_method": at["method"], "at_target": at["target"], "at_layer": at["layer"],
@@ -571,9 +588,8 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     for tab_id in TABS:
         page["tab_" + tab_id].select(lambda t=tab_id: t, None, [c["tab"]], queue=False, **private).then(
             publish, [c["member"], *controls], None, queue=False, **private)
-    gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["branch"].change, ex["diagram"].change,
-           at["model"].change,
-           at["image"].change, at["method"].change, at["target"].change, at["layer"].change,
+    # (Explore's model, image, block and diagram: first_publish, before the tab's own events.)
+    gr.on([ex["branch"].change, at["model"].change, at["image"].change, at["method"].change, at["target"].change, at["layer"].change,
            *(s.release for s in at["knobs"])],
           publish, [c["member"], *controls], None, queue=False, trigger_mode="always_last", **private)
     at["run"].click(lambda m, *a: publish(m, *a, explain=True), [c["member"], *controls], None, queue=False,

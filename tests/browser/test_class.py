@@ -102,7 +102,8 @@ def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
         choose(teacher, "explore-model", "SqueezeNet 1.0")
         lag["model"] = follow(students, {"model": "SqueezeNet 1.0"})
         teacher.set_input_files("#explore-image input[type=file]", str(examples / "cat.jpg"))
-        lag["image"] = follow(students, {"model": "SqueezeNet 1.0", "top5": "%"})
+        lag["image: the teacher's own page"] = follow([teacher], {"top5": "%"})
+        lag["image"] = lag["image: the teacher's own page"] + follow(students, {"model": "SqueezeNet 1.0", "top5": "%"})
         choose(teacher, "explore-block", "fire3")
         lag["block"] = follow(students, {"block": "fire3"})
         teacher.wait_for_function("!document.querySelector('#explore-block-note').innerText.includes('Computing')")
@@ -148,7 +149,8 @@ def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
         t0 = time.perf_counter()
         for p in [teacher, *students]:
             p.wait_for_function("document.querySelector('#attr-scores').innerText.includes('Sanity')")
-        lag["explain (all four pages)"] = time.perf_counter() - t0
+            lag.setdefault("explain: the teacher's own page", time.perf_counter() - t0)
+        lag["explain"] = time.perf_counter() - t0
         classwide = cpu_seconds(app_server.proc.pid) - c0
         assert classwide < 2.0 * solo, f"four pages used {classwide:.1f} CPU s for one Explain; one costs {solo:.1f}"
 
