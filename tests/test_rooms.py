@@ -271,15 +271,21 @@ def test_a_page_watch_signals_changes_and_ends_when_its_page_leaves(monkeypatch)
 
 def test_the_teachers_publish_is_the_first_event_of_an_explore_change_and_reads_the_diagrams_branch():
     """The browser sends a change's events in the order they were registered: a new image, model,
-    block or branch click reaches the class before the teacher's own Explore events for it."""
+    block or branch click, and Explain, reach the class before the teacher's own events for them."""
     from cnndemo.ui import build_demo, explore
     from cnndemo.ui.room import page_view, publish_explore
 
     demo = build_demo()
     ids = {b.elem_id: i for i, b in demo.blocks.items() if getattr(b, "elem_id", None)}
+    def first(elem, event):
+        return next(bf for bf in demo.fns.values() if any(t[0] == ids[elem] and t[1] == event for t in bf.targets))
+
     for elem in ("explore-image", "explore-model", "explore-block", "explore-diagram"):
-        first = next(bf for bf in demo.fns.values() if any(t[0] == ids[elem] and t[1] == "change" for t in bf.targets))
-        assert first.fn.__name__ == publish_explore.__name__, (elem, first.name)
+        assert first(elem, "change").fn.__name__ == publish_explore.__name__, elem
+    for elem, event in (("attr-image", "change"), ("attr-model", "change"), ("attr-method", "change"), ("attr-run", "click")):
+        fn = first(elem, event).fn
+        assert fn.__module__ == "cnndemo.ui.room" and (fn.__name__ == "publish" or "publish" in fn.__qualname__), \
+            (elem, event, fn.__qualname__)
     diagram = explore.block_diagram("googlenet", "inception4a", "3x3")
     assert explore.selected_branch(diagram) == "3x3"
     assert explore.selected_branch(explore.block_diagram("googlenet", "inception4a")) == ""

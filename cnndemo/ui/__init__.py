@@ -53,7 +53,7 @@ def build_demo() -> gr.Blocks:
                 ex = explore.build(checkpoint, look, first=room.first_publish(classroom))
                 attributions.compact_panel(ex, checkpoint, look)
             with gr.Tab("Attributions", id="attributions") as attr_tab:
-                att = attributions.build(checkpoint, look)
+                att = attributions.build(checkpoint, look, first=room.first_publish_attributions(classroom, ex))
             with gr.Tab("Compare", id="compare") as compare_tab:
                 cmp = compare.build()
             with gr.Tab("Digits", id="digits") as digits_tab:

@@ -346,7 +346,10 @@ def knob_sliders() -> list[gr.Slider]:
                 for k in knobs().values()]
 
 
-def build(checkpoint_state: gr.State, look: gr.State) -> dict:
+def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
+    """Lay out the Attributions tab and wire its events; return its components. ``first(c)``:
+    wires events that must be registered before the tab's own (the browser sends a click's or
+    a change's events in that order)."""
     c: dict = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
@@ -395,6 +398,8 @@ def build(checkpoint_state: gr.State, look: gr.State) -> dict:
     c["cmp_table"] = gr.Dataframe(headers=["model", "class explained", "probability", "weights", "ms"],
                                   interactive=False, label="class explained per model")
 
+    if first is not None:
+        first(c)
     knob_list = list(c["knobs"])
     run, outputs = by_name(with_knob_parameters(attribute_steps), c, OUTPUTS)
     c["shown"] = session_state(None)  # what the map on screen was made for (shown_for)

@@ -408,12 +408,34 @@ def publish_explore(member, tab, model, image, block, diagram) -> None:
 
 def first_publish(c: dict):
     """For ``explore.build(first=)``: the teacher's page publishes an Explore change before the
-    tab's own events for it are sent (a new image reached the class 0.9 s later when its
-    publish was sent after the tab's seven)."""
+    tab's own events for it are sent (the browser sends a change's events in the order they were
+    registered: a new image reached the class 0.9 s later when its publish came after the
+    tab's seven)."""
     def wire_first(ex: dict) -> None:
         gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["diagram"].change], publish_explore,
               [c["member"], c["tab"], ex["model"], ex["image"], ex["block"], ex["diagram"]], None, queue=False,
               trigger_mode="always_last", api_visibility="private")
+    return wire_first
+
+
+def _controls(c: dict, ex: dict, at: dict) -> list:
+    """What ``page_view`` reads, in its order."""
+    return [c["tab"], ex["model"], ex["image"], ex["block"], ex["branch"], ex["mode"], ex["diagram"], at["model"],
+            at["image"], at["method"], at["target"], at["layer"], *at["knobs"]]
+
+
+def first_publish_attributions(c: dict, ex: dict):
+    """For ``attributions.build(first=)``: the same for the Attributions tab. Explain's publish
+    went out only once the teacher's own Explain had finished (the browser sent the click's
+    next event after the queued one), so the class started 10 s late."""
+    def wire_first(at: dict) -> None:
+        controls = _controls(c, ex, at)
+        gr.on([at["model"].change, at["image"].change, at["method"].change, at["target"].change, at["layer"].change,
+               *(s.release for s in at["knobs"])],
+              publish, [c["member"], *controls], None, queue=False, trigger_mode="always_last",
+              api_visibility="private")
+        at["run"].click(lambda m, *a: publish(m, *a, explain=True), [c["member"], *controls], None, queue=False,
+                        api_visibility="private")
     return wire_first
 
 
@@ -545,8 +567,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
              "at_method": at["method"], "at_target": at["target"], "at_layer": at["layer"],
              **{f"knob_{k}": s for k, s in zip(knobs(), at["knobs"])}}
     every = {**c, **names}
-    controls = [c["tab"], ex["model"], ex["image"], ex["block"], ex["branch"], ex["mode"], ex["diagram"], at["model"],
-                at["image"], at["method"], at["target"], at["layer"], *at["knobs"]]
+    controls = _controls(c, ex, at)
     room_outputs = ("member", "banner", "poll_group", "poll_md", "poll_choice", "poll_text", "poll_send", "poll_plot",
                     "poll_truth", "shown", "applied", "behind", "view_state", "view_version", "teacher_row",
                     "student_row", "timer", "tools")
@@ -588,12 +609,9 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     for tab_id in TABS:
         page["tab_" + tab_id].select(lambda t=tab_id: t, None, [c["tab"]], queue=False, **private).then(
             publish, [c["member"], *controls], None, queue=False, **private)
-    # (Explore's model, image, block and diagram: first_publish, before the tab's own events.)
-    gr.on([ex["branch"].change, at["model"].change, at["image"].change, at["method"].change, at["target"].change, at["layer"].change,
-           *(s.release for s in at["knobs"])],
-          publish, [c["member"], *controls], None, queue=False, trigger_mode="always_last", **private)
-    at["run"].click(lambda m, *a: publish(m, *a, explain=True), [c["member"], *controls], None, queue=False,
-                    **private)
+    # (Explore's model, image, block and diagram, and every Attributions control and Explain:
+    # first_publish and first_publish_attributions, before the tabs' own events.)
+    ex["branch"].change(publish, [c["member"], *controls], None, queue=False, trigger_mode="always_last", **private)
     ex["ablate"].click(lambda m, *a: publish(m, *a, ablate=a[5] or "zero"), [c["member"], *controls], None,
                        queue=False, **private)
 
