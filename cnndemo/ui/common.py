@@ -43,7 +43,7 @@ def heavy_lane() -> dict:
     return {"concurrency_id": HEAVY_LANE, "concurrency_limit": settings.get().heavy_lane}
 
 
-def _as_gr_error(e: Exception, where: str) -> gr.Error:
+def as_gr_error(e: Exception, where: str) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
     if isinstance(e, Cancelled):
@@ -101,7 +101,7 @@ def _handling(name: str):
     try:
         yield
     except Exception as e:
-        raise _as_gr_error(e, name) from None
+        raise as_gr_error(e, name) from None
     finally:
         _running(-1)
         release_memory()
@@ -121,7 +121,7 @@ def user_errors(fn):
                 async for item in fn(*args, **kwargs):
                     yield item
             except Exception as e:
-                raise _as_gr_error(e, fn.__name__) from None
+                raise as_gr_error(e, fn.__name__) from None
 
         return agen_wrapper
 

@@ -33,7 +33,7 @@ from ..branches import explore as explore_image
 from ..rooms import SHELF, TABS, RoomError, View, branch_poll, normalise_code, prediction_poll, registry, text_poll
 from ..zoo import ZOO
 from . import attributions, explore
-from .common import LIGHT, _as_gr_error, by_name, get_model, heavy_lane, session_state, user_errors
+from .common import LIGHT, as_gr_error, by_name, get_model, heavy_lane, session_state, user_errors
 from .guard import client_address
 
 POLL_KINDS = {"What will the model say?": "predict", "Which branch carries most of this block?": "branch",
@@ -119,6 +119,44 @@ def apply_view(view: View, now: dict | None = None) -> dict:
     if view.ablate and differs("ex_mode", view.ablate):
         out["ex_mode"] = view.ablate
     return out
+
+
+# ---------------------------------------------------------------------------- the watch of a room
+
+
+WATCH_TICK_S = 0.1  # how often a watch looks at its room (in memory, on the event loop)
+WATCH_EXTRA = 5  # watches a room may have beyond its member cap (the teacher's, reloads)
+_WATCHES: collections.Counter = collections.Counter()  # room code -> open watches
+FALLBACK_S = 5.0  # the page's own look at the room when its watch is silent
+
+
+async def room_changes(code: str, member: str | None = None, secret: str | None = None) -> AsyncIterator[dict]:
+    """The room's state (``Rooms.state``) at once, and again whenever its view, its poll or
+    the number following changed; then ``{"ended": why}`` once the room is gone or the page
+    is no longer in it. Bounded per room: ``max_members + WATCH_EXTRA`` watches."""
+    rooms = registry()
+    st = rooms.state(code, member=member or None, secret=secret or None)  # a wrong code or member fails here
+    code = st["code"]
+    if _WATCHES[code] >= rooms.max_members + WATCH_EXTRA:
+        raise RoomError(f"Class {code} already has {_WATCHES[code]} pages watching it, its limit.")
+    _WATCHES[code] += 1
+    try:
+        seen = None
+        while True:
+            key = (st["version"], json.dumps(st["poll"], sort_keys=True, default=str), st["following"])
+            if key != seen:
+                yield st
+                seen = key
+            await asyncio.sleep(WATCH_TICK_S)
+            try:
+                st = rooms.state(code, member=member or None, secret=secret or None)
+            except RoomError as e:
+                yield {"code": code, "ended": str(e)}
+                return
+    finally:
+        _WATCHES[code] -= 1
+        if _WATCHES[code] <= 0:
+            del _WATCHES[code]
 
 
 # ---------------------------------------------------------------------------- what the page shows
@@ -611,7 +649,6 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
             publish, [c["member"], *controls], None, queue=False, **private)
     # (Explore's model, image, block and diagram, and every Attributions control and Explain:
     # first_publish and first_publish_attributions, before the tabs' own events.)
-    ex["branch"].change(publish, [c["member"], *controls], None, queue=False, trigger_mode="always_last", **private)
     ex["ablate"].click(lambda m, *a: publish(m, *a, ablate=a[5] or "zero"), [c["member"], *controls], None,
                        queue=False, **private)
 
@@ -696,44 +733,6 @@ def api_state(code: str, member: str = "", secret: str = "", results: bool = Fal
     return out
 
 
-WATCH_TICK_S = 0.1  # how often a watch looks at its room (in memory, on the event loop)
-WATCH_EXTRA = 5  # watches a room may have beyond its member cap (the teacher's, reloads)
-_WATCHES: collections.Counter = collections.Counter()  # room code -> open watches
-_ROOM_RESULTS: collections.OrderedDict = collections.OrderedDict()  # room code -> (version, future)
-
-
-FALLBACK_S = 5.0  # the page's own look at the room when its watch is silent
-
-
-async def room_changes(code: str, member: str | None = None, secret: str | None = None) -> AsyncIterator[dict]:
-    """The room's state (``Rooms.state``) at once, and again whenever its view, its poll or
-    the number following changed; then ``{"ended": why}`` once the room is gone or the page
-    is no longer in it. Bounded per room: ``max_members + WATCH_EXTRA`` watches."""
-    rooms = registry()
-    st = rooms.state(code, member=member or None, secret=secret or None)  # a wrong code or member fails here
-    code = st["code"]
-    if _WATCHES[code] >= rooms.max_members + WATCH_EXTRA:
-        raise RoomError(f"Class {code} already has {_WATCHES[code]} pages watching it, its limit.")
-    _WATCHES[code] += 1
-    try:
-        seen = None
-        while True:
-            key = (st["version"], json.dumps(st["poll"], sort_keys=True, default=str), st["following"])
-            if key != seen:
-                yield st
-                seen = key
-            await asyncio.sleep(WATCH_TICK_S)
-            try:
-                st = rooms.state(code, member=member or None, secret=secret or None)
-            except RoomError as e:
-                yield {"code": code, "ended": str(e)}
-                return
-    finally:
-        _WATCHES[code] -= 1
-        if _WATCHES[code] <= 0:
-            del _WATCHES[code]
-
-
 async def api_watch(code: str, member: str = "", secret: str = "", results: bool = True) -> AsyncIterator[dict]:
     """Follow a class without asking once a second: yields the class's state (as room_state)
     at once, and again within 0.1 s whenever the view or the poll changes, with the view's
@@ -759,6 +758,9 @@ async def api_watch(code: str, member: str = "", secret: str = "", results: bool
         yield out
 
 
+_ROOM_RESULTS: collections.OrderedDict = collections.OrderedDict()  # room code -> (version, future)
+
+
 async def _room_results(code: str, version: int, view: View) -> dict:
     """The view's results for every watch of a class: one computation per version (in a
     thread, from the shared caches), which a watch that goes away does not cancel."""
@@ -776,7 +778,7 @@ def _results_or_error(view: View) -> dict:
     try:
         return view_results(view)
     except Exception as e:  # the class still follows the view; its results say why they are missing
-        return {"error": _as_gr_error(e, "room_watch").message}
+        return {"error": as_gr_error(e, "room_watch").message}
 
 
 def view_results(view: View, progress=None) -> dict:
