@@ -308,16 +308,16 @@ def test_refusals_are_shown_as_they_are_and_bugs_leave_a_traceback_in_the_log(ca
     import logging
 
     from cnndemo.errors import BadRequest, NotFound
-    from cnndemo.ui.common import _as_gr_error
+    from cnndemo.ui.common import as_gr_error
 
     with caplog.at_level(logging.ERROR, logger="cnndemo"):
-        assert _as_gr_error(NotFound("no block 'x'"), "h").message == "no block 'x'"
-        assert _as_gr_error(BadRequest("steps must be 4-128"), "h").message == "steps must be 4-128"
+        assert as_gr_error(NotFound("no block 'x'"), "h").message == "no block 'x'"
+        assert as_gr_error(BadRequest("steps must be 4-128"), "h").message == "steps must be 4-128"
         assert caplog.records == []
         try:
             {}["missing"]
         except KeyError as e:
-            shown = _as_gr_error(e, "some_handler")
+            shown = as_gr_error(e, "some_handler")
     assert shown.message.startswith("Internal error (KeyError)")
     (record,) = caplog.records
     assert "some_handler" in record.getMessage() and record.exc_info[0] is KeyError
