@@ -131,6 +131,55 @@ def heat_of(attr: np.ndarray) -> np.ndarray:
     return attr if attr.ndim == 2 else attr.sum(0)
 
 
+# Integrated Gradients' authors: the attributions should add up to within 5% of
+# f(x) - f(baseline); beyond that, raise the number of steps (Sundararajan et al. 2017, sec. 5).
+COMPLETENESS_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """IG's completeness check for one map: the attributions' sum against the target's
+    f(x) - f(baseline). Captum's convergence delta is their difference."""
+
+    total: float  # the attributions' sum
+    delta: float  # Captum's convergence delta: total - (f(x) - f(baseline))
+    steps: int
+
+    @property
+    def difference(self) -> float:
+        """f(x) - f(baseline) for the target (the model's logit)."""
+        return self.total - self.delta
+
+    @property
+    def relative_error(self) -> float | None:
+        """|delta| / |f(x) - f(baseline)|; None when that difference is about zero (the output
+        does not depend on the input, and no relative error means anything)."""
+        scale = abs(self.difference)
+        return None if scale <= 1e-6 * max(1.0, abs(self.total)) else abs(self.delta) / scale
+
+    @property
+    def within(self) -> bool | None:
+        rel = self.relative_error
+        return None if rel is None else rel <= COMPLETENESS_TOLERANCE
+
+    def sentence(self) -> str:
+        rel = self.relative_error
+        head = (f"Completeness: the attributions add up to {self.total:+.4g}; f(x) − f(baseline) = "
+                f"{self.difference:+.4g}")
+        if rel is None:
+            return head + " (about 0: the output does not depend on the input, so no error can be stated)."
+        if rel <= COMPLETENESS_TOLERANCE:
+            return head + f", off by {rel:.1%} with {self.steps} steps (within {COMPLETENESS_TOLERANCE:.0%})."
+        return (head + f": ⚠ off by {rel:.1%} with {self.steps} steps, over the {COMPLETENESS_TOLERANCE:.0%} "
+                       "the method's authors allow. Raise Steps.")
+
+    def to_json(self) -> dict:
+        rel = self.relative_error
+        return {"sum": self.total, "difference": self.difference, "delta": self.delta, "steps": self.steps,
+                "relative_error": None if rel is None else round(rel, 6), "tolerance": COMPLETENESS_TOLERANCE,
+                "within": self.within}
+
+
 @dataclass(frozen=True, eq=False)
 class Attribution:
     model: str
@@ -145,6 +194,7 @@ class Attribution:
     seen: object  # PIL image the network saw
     settings: Settings
     scores: dict = field(default_factory=dict)  # by ``scores.SCORES`` key: Sanity, Deletion, ...
+    completeness: Completeness | None = None  # Integrated Gradients only
 
     @property
     def sanity(self) -> Sanity | None:
@@ -170,6 +220,7 @@ class Attribution:
             "weights": self.weights.kind,
             "ms": round(self.ms, 1),
             **{key: self.scores[key].to_json() if key in self.scores else None for key in SCORES},
+            "completeness": self.completeness.to_json() if self.completeness else None,
         }
 
 
@@ -397,6 +448,7 @@ class Call:
     sigma: float
     layer_paths: tuple[str, ...]
     settings: Settings
+    notes: dict = field(default_factory=dict)  # what a method reports besides its map (IG: "delta")
 
 
 def _one_backward(s: Settings, x: torch.Tensor) -> tuple[int, int]:
@@ -422,9 +474,12 @@ class Method:
 
 
 def _ig(c: Call) -> torch.Tensor:
-    return ca().IntegratedGradients(c.model).attribute(
-        c.x, baselines=c.base, target=c.target, n_steps=c.settings.steps, internal_batch_size=c.settings.internal_batch
+    attr, delta = ca().IntegratedGradients(c.model).attribute(
+        c.x, baselines=c.base, target=c.target, n_steps=c.settings.steps, internal_batch_size=c.settings.internal_batch,
+        return_convergence_delta=True,
     )
+    c.notes["delta"] = float(delta.detach().reshape(-1)[0])
+    return attr
 
 
 def _saliency(c: Call) -> torch.Tensor:
@@ -570,14 +625,17 @@ def run_method(
     *,
     layer_paths: tuple[str, ...] = (),
     settings: Settings = Settings(),
+    notes: dict | None = None,
 ) -> np.ndarray:
-    """One Captum call on ``model`` (hold its lock). Returns C x H x W, or H x W for Grad-CAM."""
+    """One Captum call on ``model`` (hold its lock). Returns C x H x W, or H x W for Grad-CAM.
+    ``notes``: filled with what the method reports besides the map (IG: its convergence delta)."""
     m = get_method(method_key)
     _quiet_captum()
     s = settings
     # The noise level, for the noisy methods only: reading it waits for the device.
     sigma = s.noise * float(x.max() - x.min()) if m.noisy else 0.0
-    call = Call(model, x.detach().clone().requires_grad_(), target, _baseline(spec, x), sigma, layer_paths, s)
+    call = Call(model, x.detach().clone().requires_grad_(), target, _baseline(spec, x), sigma, layer_paths, s,
+                {} if notes is None else notes)
     return m.run(call).detach()[0].float().cpu().numpy()
 
 
@@ -645,10 +703,14 @@ def attribute(
             probs = torch.softmax(m(x).float(), 1).cpu()  # one copy to the host: target and probability
         idx = resolve_target(spec, target, probs)
         prob = float(probs[0, idx])
+        notes: dict = {}
         with timed(lm.device) as t, _ForwardCounter(m, _expected_passes(method, s, x), meta.name, progress):
-            attr = run_method(m, spec, method, x, idx, layer_paths=paths, settings=s)
+            attr = run_method(m, spec, method, x, idx, layer_paths=paths, settings=s, notes=notes)
+        check = (Completeness(float(attr.astype(np.float64).sum()), notes["delta"], s.steps)
+                 if "delta" in notes else None)
         result = Attribution(
             lm.key, method, idx, spec.labels()[idx], prob, layer_name, attr, t.ms, lm.weights, inp.seen(), s,
+            completeness=check,
         )
     return add_scores(result, inp, lm, progress=progress) if scores else result
 

@@ -225,3 +225,37 @@ def test_an_all_zero_map_still_renders(cat):
     overlay, signed = render.attribution_views(zero)
     assert overlay.size[0] > 100 and signed.size[0] > 100
     assert render.attribution_grid([a, zero, None], ["a", "zero", "refused"]).size[0] > 300
+
+
+def test_integrated_gradients_reports_how_far_it_is_from_complete(cat):
+    """Every IG map carries Captum's convergence delta: the attributions' sum against the
+    target's f(x) - f(baseline), which is computed here directly; more steps bring the error
+    down; no other method claims completeness."""
+    from cnndemo.attribution import _baseline
+    from cnndemo.pipeline import prepare
+
+    lm = STORE.get("mnist_resnet")
+    few = attribute(cat, lm, "ig", settings=Settings(steps=4), scores=False)
+    many = attribute(cat, lm, "ig", settings=Settings(steps=64), scores=False)
+    x = prepare(cat, lm).x
+    m = attribution_model(lm)
+    with torch.no_grad():
+        diff = float(m(x)[0, few.target] - m(_baseline(lm.spec, x))[0, few.target])
+    for a in (few, many):
+        assert a.completeness.total == pytest.approx(float(a.attr.astype(np.float64).sum()), rel=1e-6)
+        assert a.completeness.difference == pytest.approx(diff, rel=1e-3, abs=1e-4)
+    assert many.completeness.relative_error < few.completeness.relative_error
+    assert few.to_json()["completeness"]["steps"] == 4 and many.to_json()["completeness"]["within"] in (True, False)
+    assert attribute(cat, lm, "saliency", scores=False).completeness is None
+
+
+def test_the_completeness_sentence_warns_beyond_the_tolerance_and_says_when_no_error_can_be_stated():
+    from cnndemo.attribution import Completeness
+
+    fine = Completeness(total=1.02, delta=0.02, steps=64)  # f(x) - f(b) = 1.0: off by 2%
+    assert fine.within and "off by 2.0% with 64 steps" in fine.sentence() and "⚠" not in fine.sentence()
+    off = Completeness(total=1.1, delta=0.1, steps=16)
+    assert off.within is False and off.relative_error == pytest.approx(0.1)
+    assert "⚠ off by 10.0% with 16 steps" in off.sentence() and "Raise Steps" in off.sentence()
+    flat = Completeness(total=2e-13, delta=2e-13, steps=16)  # an output that does not depend on the input
+    assert flat.relative_error is None and flat.within is None and "no error can be stated" in flat.sentence()

@@ -63,4 +63,6 @@ def run_attribute(args) -> int:
             d = a.deletion
             score = "undefined" if d.score is None else f"{d.score:+.3f}"
             print(f"  deletion: AUC {d.auc:.4f} vs random {d.random_auc:.4f} (score {score}: {d.verdict})")
+        if a.completeness:
+            print("  " + a.completeness.sentence())
     return 0

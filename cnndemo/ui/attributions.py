@@ -55,8 +55,8 @@ def target_choices(image, key: str, checkpoint: dict | None = None) -> list[str]
 
 
 def score_sentences(a, bold=str) -> list[str]:
-    """The sanity and deletion scores as sentences (those computed); ``bold`` marks the deletion
-    score (Markdown on the page, nothing on a slide)."""
+    """The sanity and deletion scores as sentences (those computed), and IG's completeness;
+    ``bold`` marks the deletion score (Markdown on the page, nothing on a slide)."""
     lines = []
     if a.sanity:
         rho = a.sanity.rank_correlation
@@ -68,6 +68,8 @@ def score_sentences(a, bold=str) -> list[str]:
         d = a.deletion
         score = "undefined" if d.score is None else bold(f"{d.score:+.3f}")
         lines.append(f"Deletion: AUC {d.auc:.4f} (random order {d.random_auc:.4f}), score {score}: {d.verdict}.")
+    if a.completeness:
+        lines.append(a.completeness.sentence())
     return lines
 
 
