@@ -88,6 +88,8 @@ class ModelStats:
     acc1: float | None
     acc5: float | None
     accuracy_on: str  # "ImageNet-1K (torchvision)", "MNIST held-out (trained here)" or "-"
+    # The published file's MiB when it holds heads this app does not build (``ModelSpec.drop_keys``).
+    file_mb: float | None = None
 
     @property
     def gflops(self) -> float:
@@ -105,6 +107,7 @@ class ModelStats:
             "acc1": self.acc1,
             "acc5": self.acc5,
             "accuracy_on": self.accuracy_on,
+            "file_mb": self.file_mb,
         }
 
 
@@ -148,7 +151,8 @@ def model_stats(key: str) -> ModelStats:
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     flops, _ = module_flops(key)
     acc = spec.weights.metrics() if spec.weights is not None else Accuracy(None, None, "-")
-    return ModelStats(spec.key, spec.name, params, nbytes / 2**20, flops, acc.acc1, acc.acc5, acc.on)
+    file_mb = getattr(spec.weights, "file_mb", None) if spec.drop_keys else None
+    return ModelStats(spec.key, spec.name, params, nbytes / 2**20, flops, acc.acc1, acc.acc5, acc.on, file_mb)
 
 
 # ----------------------------------------------------------------------------- anatomy
@@ -314,14 +318,18 @@ def reduction_savings(spec: ModelSpec, block: str) -> list[Saving]:
         direct = _conv_like(convs[1], bns, cin=x.shape[1])
         red = convs[0]
         k = f"{convs[1].kernel_size[0]}x{convs[1].kernel_size[1]}"
-        why = (f"the 1x1 narrows {red.in_channels} channels to {red.out_channels} before the {k}; the saving "
+        widens = red.out_channels > red.in_channels
+        why = (f"the 1x1 widens {red.in_channels} channels to {red.out_channels} before the {k}: not a reduction, "
+               f"it costs more than the {k} reading the block input directly" if widens else
+               f"the 1x1 narrows {red.in_channels} channels to {red.out_channels} before the {k}; the saving "
                "grows with that ratio")
         stride = convs[1].stride[0]
         if stride > 1:  # torchvision's ResNet v1.5: the stride sits in the 3x3, after the 1x1
             why += (f". The 1x1 runs at {x.shape[2]}x{x.shape[3]}, before the stride-{stride} {k} shrinks the map: "
                     f"each of its weights costs {stride * stride}x the FLOPs of one after the stride, so FLOPs fall "
                     "far less than parameters")
-        out.append(_measure(spec, f"{block}/{br.name}", "1x1 reduction", convs, [direct, *convs[2:]], x, bns, why=why))
+        out.append(_measure(spec, f"{block}/{br.name}", "1x1 widening" if widens else "1x1 reduction", convs,
+                            [direct, *convs[2:]], x, bns, why=why))
     return out
 
 

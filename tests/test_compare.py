@@ -299,3 +299,27 @@ def test_live_measurements_say_how_long_they_take_before_the_click():
     every = [k for k, s in compare.ZOO.items() if s.inputs.kind == "photo"]
     assert "Over this server's limit" in compare.bench_estimate(every, "cpu", [1, 8, 32, 64], False, 50)
     assert "timed passes per point" in compare.scaling_estimate("vgg16")
+
+
+def test_a_1x1_that_widens_is_called_a_widening_not_a_reduction():
+    from cnndemo.costs import reduction_savings
+    from cnndemo.zoo import get_spec
+
+    rows = {r.where: r for r in reduction_savings(get_spec("mnist_inception"), "incept1")}
+    row = rows["incept1/5x5"]
+    assert row.choice == "1x1 widening" and "widens 10 channels to 16" in row.why and "narrows" not in row.why
+    assert row.params_built > row.params_alt  # it costs more: the "saving" is negative
+    narrowing = reduction_savings(get_spec("googlenet"), "inception3a")[0]
+    assert narrowing.choice == "1x1 reduction" and "narrows 192 channels to" in narrowing.why
+
+
+def test_a_model_built_without_its_auxiliary_heads_shows_the_published_files_size_beside_its_own():
+    from cnndemo.ui.compare import stats_rows
+
+    for key in ("googlenet", "inception_v3"):
+        s = model_stats(key)
+        published = ZOO[key].weights.enum.meta["_file_size"]
+        assert s.file_mb == published > s.weight_mb  # the file also holds the training-only heads
+        row = next(r for r in stats_rows() if r[0] == ZOO[key].name)
+        assert row[2] == f"{s.weight_mb:.1f} (file {published:.1f})"
+    assert model_stats("resnet50").file_mb is None  # nothing left out: its size is the file's
