@@ -122,6 +122,11 @@ class TorchvisionWeights(WeightSource):
         return self.enum.url.rsplit("/", 1)[-1]
 
     @property
+    def file_mb(self) -> float | None:
+        """The published file's size in MiB (torchvision's ``meta["_file_size"]``)."""
+        return self.enum.meta.get("_file_size")
+
+    @property
     def hash_prefix(self) -> str:
         m = torch.hub.HASH_REGEX.search(self.filename)
         return m.group(1) if m else ""

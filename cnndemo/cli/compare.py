@@ -30,7 +30,9 @@ def run_stats(args) -> int:
     for r in rows:
         a1 = f"{r['acc1']:.1f}" if r["acc1"] is not None else "-"
         a5 = f"{r['acc5']:.1f}" if r["acc5"] is not None else "-"
-        print(f"{r['key']:15} {r['params']:>12,} {r['weight_mb']:>8.1f} {r['gflops']:>8.2f} {a1:>7} {a5:>7}  {r['accuracy_on']}")
+        file = f"  (torchvision's file: {r['file_mb']:.1f} MiB, with its auxiliary heads)" if r["file_mb"] else ""
+        print(f"{r['key']:15} {r['params']:>12,} {r['weight_mb']:>8.1f} {r['gflops']:>8.2f} {a1:>7} {a5:>7}  "
+              f"{r['accuracy_on']}{file}")
     return 0
 
 

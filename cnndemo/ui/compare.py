@@ -31,7 +31,8 @@ def stats_rows() -> list[list]:
     rows = []
     for key in ZOO:
         s = model_stats(key)
-        rows.append([ZOO[key].name, f"{s.params:,}", f"{s.weight_mb:.1f}", f"{s.gflops:.2f}",
+        size = f"{s.weight_mb:.1f}" + (f" (file {s.file_mb:.1f})" if s.file_mb else "")
+        rows.append([ZOO[key].name, f"{s.params:,}", size, f"{s.gflops:.2f}",
                      _fmt(s.acc1), _fmt(s.acc5), s.accuracy_on])
     return rows
 
@@ -396,7 +397,9 @@ def _blocks_update(model: str):
 def build() -> dict:
     c: dict = {}
     gr.Markdown(f"### The zoo side by side\n{FLOPS_CONVENTION}. Weight size: float32 parameters and buffers, MiB. "
-                "Inception-v3 is counted without its training-only AuxLogits head (torchvision's 27.2M includes it).")
+                "Inception-v3 is counted without its training-only AuxLogits head (torchvision's 27.2M includes it). "
+                "(file N): torchvision's published file, which also holds the training-only auxiliary heads "
+                "that this app does not build.")
     c["stats"] = gr.Dataframe(elem_id="compare-stats", headers=["model", "parameters", "weight MiB", "GFLOPs", "acc@1", "acc@5", "accuracy on"],
                               interactive=False, wrap=True)
     with gr.Row():
