@@ -1,9 +1,12 @@
-"""BN-Inception (Inception v2), Ioffe & Szegedy 2015, written from its channel table.
+"""BN-Inception (Inception v2), Ioffe & Szegedy 2015, written from a reference text's channel
+table (GoogLeNetV2). That table differs from the paper's figure in a few widths (inception4c
+and 4d's double 3x3, inception5b's double-3x3 reduce) and uses max pooling in every block.
 
 Every convolution is conv + BatchNorm + ReLU. The conv layers keep their bias, as the
-reference text writes them: BatchNorm makes the bias redundant, but keeping it gives the
-published parameter count (10,876,968) and lets checkpoints trained from that text load
-unchanged (the module names follow the same layout: ``conv1.conv``, ``inception3a.branch2.1.bn``).
+reference text writes them: BatchNorm makes the bias redundant, but keeping it gives that
+table's parameter count (10,876,968; neither the paper nor the text prints a total) and lets
+checkpoints trained from that text load unchanged (the module names follow the same layout:
+``conv1.conv``, ``inception3a.branch2.1.bn``).
 
 Each ReLU is its own ``nn.ReLU`` module, used once, so Captum's guided methods and DeepLift
 see every non-linearity.

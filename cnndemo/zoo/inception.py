@@ -217,8 +217,11 @@ SPECS: tuple[ModelSpec, ...] = (
         top_layers=("fc", "inception5b"),
         notes=(
             "No public torchvision weights exist: architecture only until you load a checkpoint.",
-            "Conv layers keep their bias as in the reference text (BatchNorm makes it "
-            "redundant); this gives the published 10,876,968 parameters.",
+            "Written from a reference text's channel table (GoogLeNetV2), which differs from the paper's "
+            "figure in a few widths (inception4c's double 3x3: 128 where the paper has 160; inception4d's: "
+            "160 for 192; inception5b's double-3x3 reduce: 160 for 192) and uses max pooling in every "
+            "block. Its conv layers keep their bias, as that text writes them (BatchNorm makes it "
+            "redundant): 10,876,968 parameters, the count of that table, not a figure the paper prints.",
             "Uses the ImageNet preprocessing of torchvision's GoogLeNet weights.",
         ),
     ),
