@@ -282,6 +282,7 @@ def test_the_teachers_publish_is_the_first_event_of_an_explore_change_and_reads_
 
     for elem in ("explore-image", "explore-model", "explore-block", "explore-diagram"):
         assert first(elem, "change").fn.__name__ == publish_explore.__name__, elem
+    assert "first_publish" in first("explore-ablate", "click").fn.__qualname__
     for elem, event in (("attr-image", "change"), ("attr-model", "change"), ("attr-method", "change"), ("attr-run", "click")):
         fn = first(elem, event).fn
         assert fn.__module__ == "cnndemo.ui.room" and (fn.__name__ == "publish" or "publish" in fn.__qualname__), \

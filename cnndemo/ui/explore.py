@@ -353,8 +353,8 @@ def on_look(image, model, block, branch, diagram, checkpoint, look):
     return {"panel": maps["panel"], "branch_view": card}
 
 
-@user_errors
-def run_ablation(image: str | None, model: str, block: str, branch: str, mode: str = "zero", checkpoint: dict | None = None):
+def ablation_result(image: str | None, model: str, block: str, branch: str, mode: str = "zero",
+                    checkpoint: dict | None = None):
     """Knock one branch of a block out (zeros, or its per-channel mean) and compare the top-5.
 
     Args:
@@ -377,6 +377,9 @@ def run_ablation(image: str | None, model: str, block: str, branch: str, mode: s
         "that existed only for this run."
     )
     return {"before": res.before.as_label(), "after": res.after.as_label(), "ablate_msg": msg, "ablate_json": res.to_json()}
+
+
+run_ablation = user_errors(ablation_result)  # the event's handler (a followed view calls ablation_result)
 
 
 def on_load(key: str) -> dict:
@@ -424,9 +427,7 @@ def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
     _prediction_section(c)
     _architecture_section(c)
     _branches_section(c)
-    if first is not None:
-        first(c)
-    _ablation_section(c)
+    _ablation_section(c, first)
     _branch_events(c)
     _chains(c)
     return c
@@ -535,19 +536,22 @@ def _branches_section(c: dict) -> None:
         c["branch_json"] = gr.JSON(label="branches")
 
 
-def _ablation_section(c: dict) -> None:
-    """Knock one branch out and compare the top-5; cleared whenever what it named changes."""
+def _ablation_section(c: dict, first=None) -> None:
+    """Knock one branch out and compare the top-5; cleared whenever what it named changes.
+    ``first``: see ``build``, called once this section's controls exist."""
     with gr.Accordion("Ablation: knock one branch out and re-run from that block on", open=True):
         with gr.Row():
-            first = branch_choices(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].default_block)
-            c["branch"] = gr.Dropdown(first, value=first[0], label="Branch", allow_custom_value=True)
+            branches = branch_choices(DEFAULT_MODEL, ZOO[DEFAULT_MODEL].default_block)
+            c["branch"] = gr.Dropdown(branches, value=branches[0], label="Branch", allow_custom_value=True)
             c["mode"] = gr.Radio(["zero", "mean"], value="zero", label="Replace it by", info="zeros, or its per-channel mean")
             c["ablate"] = gr.Button("Knock it out", variant="secondary", elem_id="explore-ablate")
         with gr.Row():
             c["before"] = gr.Label(num_top_classes=5, label="Top-5 as is")
-            c["after"] = gr.Label(num_top_classes=5, label="Top-5 with the branch knocked out")
+            c["after"] = gr.Label(num_top_classes=5, label="Top-5 with the branch knocked out", elem_id="explore-after")
         c["ablate_msg"] = gr.Markdown(label="ablation summary")
         c["ablate_json"] = gr.JSON(label="ablation", visible=False)
+    if first is not None:
+        first(c)
     handler, outputs = by_name(run_ablation, c, ABLATION)
     c["ablate"].click(handler, [c["image"], c["model"], c["block"], c["branch"], c["mode"], c["checkpoint"]],
                       outputs, api_name="ablate", concurrency_id=LIGHT)

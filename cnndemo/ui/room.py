@@ -438,21 +438,30 @@ def publish(member, *controls, explain: bool | None = None, ablate: str | None =
         pass
 
 
-def publish_explore(member, tab, model, image, block, diagram) -> None:
-    """``publish`` for a change on the Explore tab, from the controls that make its view."""
-    if tab == "explore":
-        publish(member, tab, model, image, block, None, None, diagram, *[None] * (len(STUDENT_FIELDS) - 7))
+def publish_explore(member, tab, model, image, block, diagram, knocked: str | None = None, *,
+                    ablate: str | None = None) -> None:
+    """``publish`` for a change on the Explore tab, from the controls that make its view. A
+    knock-out (``knocked``, the branch it removed) is shown to the class with that branch
+    selected, whether or not the teacher clicked it in the diagram."""
+    if tab != "explore":
+        return
+    if knocked:
+        diagram = explore.block_diagram(model, explore.valid_block(model, block), knocked)
+    publish(member, tab, model, image, block, None, None, diagram, *[None] * (len(STUDENT_FIELDS) - 7),
+            ablate=ablate)
 
 
 def first_publish(c: dict):
-    """For ``explore.build(first=)``: the teacher's page publishes an Explore change before the
-    tab's own events for it are sent (the browser sends a change's events in the order they were
+    """For ``explore.build(first=)``: the teacher's page publishes an Explore change (and a
+    knock-out) before the tab's own events for it are sent (the browser sends a change's events in the order they were
     registered: a new image reached the class 0.9 s later when its publish came after the
     tab's seven)."""
     def wire_first(ex: dict) -> None:
+        view = [c["member"], c["tab"], ex["model"], ex["image"], ex["block"], ex["diagram"]]
         gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["diagram"].change], publish_explore,
-              [c["member"], c["tab"], ex["model"], ex["image"], ex["block"], ex["diagram"]], None, queue=False,
-              trigger_mode="always_last", api_visibility="private")
+              view, None, queue=False, trigger_mode="always_last", api_visibility="private")
+        ex["ablate"].click(lambda *a: publish_explore(*a[:-1], ablate=a[-1] or "zero"),
+                           [*view, ex["branch"], ex["mode"]], None, queue=False, api_visibility="private")
     return wire_first
 
 
@@ -524,7 +533,7 @@ def follow_explore(view_json: dict | None, checkpoint, look):
     out.update(explore.branch_view(image, view.model, block, view.branch or None, checkpoint, look))
     out.pop("branch", None)
     if view.ablate and view.branch and ZOO[view.model].has_branches:
-        out.update(explore.run_ablation(image, view.model, block, view.branch, view.ablate, checkpoint))
+        out.update(explore.ablation_result(image, view.model, block, view.branch, view.ablate, checkpoint))
     return out
 
 
@@ -647,10 +656,8 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     for tab_id in TABS:
         page["tab_" + tab_id].select(lambda t=tab_id: t, None, [c["tab"]], queue=False, **private).then(
             publish, [c["member"], *controls], None, queue=False, **private)
-    # (Explore's model, image, block and diagram, and every Attributions control and Explain:
-    # first_publish and first_publish_attributions, before the tabs' own events.)
-    ex["ablate"].click(lambda m, *a: publish(m, *a, ablate=a[5] or "zero"), [c["member"], *controls], None,
-                       queue=False, **private)
+    # (Explore's model, image, block, diagram and knock-out, and every Attributions control and
+    # Explain: first_publish and first_publish_attributions, before the tabs' own events.)
 
     # A followed or linked view: its results, from the shared caches.
     shown_explore, explore_outputs = by_name(

@@ -22,7 +22,8 @@ SAME = """(want) => {
   const tab = document.querySelector('[role=tab][aria-selected=true]');
   const now = {model: v('#explore-model input'), block: v('#explore-block input'),
                branch: sel ? sel.dataset.branch : '', tab: tab ? tab.innerText.trim() : '',
-               top5: (document.querySelector('#explore-top5') || {}).innerText || ''};
+               top5: (document.querySelector('#explore-top5') || {}).innerText || '',
+               knocked: ((document.querySelector('#explore-after') || {}).innerText || '').includes('%')};
   return Object.entries(want).every(([k, x]) => ['top5', 'model'].includes(k) ? (now[k] || '').includes(x) : now[k] === x);
 }"""
 
@@ -111,6 +112,8 @@ def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
         lag["branch"] = follow(students, {"block": "fire3", "branch": "expand3x3"})
         for s in students:
             s.locator("#explore-branch-view img").wait_for(state="attached")
+        teacher.locator("#explore-ablate").click()  # the knock-out of the branch clicked
+        lag["knock-out"] = follow(students, {"branch": "expand3x3", "knocked": True})
 
         # One student explores on their own, then catches up.
         away = students[0]
