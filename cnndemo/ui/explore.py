@@ -348,7 +348,7 @@ def on_look(image, model, block, branch, diagram, checkpoint, look):
     if not image:
         return {}
     maps = branches_result(image, model, block, checkpoint, look)
-    shown = "cz-selected" in str(diagram or "")
+    shown = bool(selected_branch(diagram))
     card = branch_view(image, model, block, branch, checkpoint, look)["branch_view"] if shown else gr.skip()
     return {"panel": maps["panel"], "branch_view": card}
 
@@ -420,7 +420,7 @@ def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
     """Lay out the Explore tab, section by section, each wiring its own events; return its
     components for the other views to wire into. ``first(c)``: wires events that must be
     registered before the tab's own (the page's browser sends a change's events in that
-    order), once the model, image, block and diagram exist."""
+    order), once the model, image, block, diagram and the knock-out's controls exist."""
     # The view a class or a link made this page show (``ui.room``): its clicked branch survives
     # the change events that setting it fires.
     c: dict = {"checkpoint": checkpoint_state, "look": look, "followed": session_state(None)}

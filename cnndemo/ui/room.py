@@ -424,38 +424,39 @@ def send_answer(member, choice, text):
     return refresh(member, None)
 
 
-def publish(member, *controls, explain: bool | None = None, ablate: str | None = None) -> None:
-    """The teacher's page: its view becomes the room's (nothing for any other page)."""
+def publish(member, *controls, explain: bool | None = None, ablate: str | None = None,
+            knocked: str | None = None) -> None:
+    """The teacher's page: its view becomes the room's (nothing for any other page). A
+    knock-out (``knocked``, the branch it removed) is shown to the class with that branch
+    selected, whether or not the teacher clicked it in the diagram."""
     member = member or {}
     if member.get("role") != "teacher":
         return
     try:
         rooms = registry()
         before = rooms.state(member["code"], secret=member["secret"])["view"]
-        rooms.publish(member["code"], member["secret"], carried(page_view(*controls), before, explain=explain,
-                                                               ablate=ablate))
+        view = page_view(*controls)
+        if knocked and knocked in explore.branch_choices(view.model, explore.valid_block(view.model, view.block)):
+            view = view.changed(branch=knocked)
+        rooms.publish(member["code"], member["secret"], carried(view, before, explain=explain, ablate=ablate))
     except (RoomError, OSError):  # the class ended (the next tick says so), or the upload went
         pass
 
 
 def publish_explore(member, tab, model, image, block, diagram, knocked: str | None = None, *,
                     ablate: str | None = None) -> None:
-    """``publish`` for a change on the Explore tab, from the controls that make its view. A
-    knock-out (``knocked``, the branch it removed) is shown to the class with that branch
-    selected, whether or not the teacher clicked it in the diagram."""
-    if tab != "explore":
-        return
-    if knocked:
-        diagram = explore.block_diagram(model, explore.valid_block(model, block), knocked)
-    publish(member, tab, model, image, block, None, None, diagram, *[None] * (len(STUDENT_FIELDS) - 7),
-            ablate=ablate)
+    """``publish`` for a change on the Explore tab (or a knock-out), from the controls that
+    make its view."""
+    if tab == "explore":
+        publish(member, tab, model, image, block, None, None, diagram, *[None] * (len(STUDENT_FIELDS) - 7),
+                ablate=ablate, knocked=knocked)
 
 
 def first_publish(c: dict):
     """For ``explore.build(first=)``: the teacher's page publishes an Explore change (and a
-    knock-out) before the tab's own events for it are sent (the browser sends a change's events in the order they were
-    registered: a new image reached the class 0.9 s later when its publish came after the
-    tab's seven)."""
+    knock-out) before the tab's own events for it are sent (the browser sends a change's events
+    in the order they were registered: a new image reached the class 0.9 s later when its
+    publish came after the tab's seven)."""
     def wire_first(ex: dict) -> None:
         view = [c["member"], c["tab"], ex["model"], ex["image"], ex["block"], ex["diagram"]]
         gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["diagram"].change], publish_explore,
@@ -689,6 +690,12 @@ def _view_record(view: View) -> dict:
     return {**view.to_json(), "link": view.query()}
 
 
+def _state_record(st: dict) -> dict:
+    """``Rooms.state`` as the API returns it (room_state, and each room_watch message)."""
+    return {"code": st["code"], "version": st["version"], "view": _view_record(st["view"]), "poll": st["poll"],
+            "following": st["following"]}
+
+
 def api_open(view: str = "") -> dict:
     """Start a class showing a view (a link's query string, e.g. "?model=googlenet&image=example:cat.jpg").
 
@@ -733,8 +740,7 @@ def api_state(code: str, member: str = "", secret: str = "", results: bool = Fal
         results: also return the view's results.
     """
     st = registry().state(code, member=member or None, secret=secret or None)
-    out = {"code": st["code"], "version": st["version"], "view": _view_record(st["view"]), "poll": st["poll"],
-           "following": st["following"]}
+    out = _state_record(st)
     if results:
         out["results"] = view_results(st["view"])
     return out
@@ -757,8 +763,7 @@ async def api_watch(code: str, member: str = "", secret: str = "", results: bool
         if "ended" in st:
             yield st
             return
-        out = {"code": st["code"], "version": st["version"], "view": _view_record(st["view"]), "poll": st["poll"],
-               "following": st["following"]}
+        out = _state_record(st)
         if results and st["version"] != version:
             out["results"] = await _room_results(st["code"], st["version"], st["view"])
         version = st["version"]
