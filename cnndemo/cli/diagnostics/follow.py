@@ -20,6 +20,7 @@ and CPU seconds, the students'.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -54,50 +55,49 @@ class HttpClient:
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=120)
         self.session = uuid.uuid4().hex[:12]  # a session of its own, as a page has
 
-    def predict(self, api_name: str, **kwargs):
+    def _messages(self, api: str, kwargs: dict, timeout: float | None = 120):
+        """A call's event stream, as (kind, data): "generating" messages, then "complete" (or
+        an error, raised)."""
         import json
 
-        import inspect
-
-        from ...ui.room import API
-
-        api = api_name.lstrip("/")
-        params = inspect.signature(API[api]).parameters
-        data = [kwargs.get(n, prm.default) for n, prm in params.items() if n != "request"]
+        data = [kwargs.get(n, default) for n, default in _parameters(api)]
         r = self.http.post(f"/gradio_api/call/{api}", json={"data": data, "session_hash": self.session})
         r.raise_for_status()
-        event_id, kind = r.json()["event_id"], None
-        with self.http.stream("GET", f"/gradio_api/call/{api}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and kind in ("complete", "error"):
-                    payload = json.loads(line[5:])
-                    if kind == "error":
-                        raise RuntimeError(str(payload))
-                    return payload[0]
-        raise RuntimeError(f"no answer from {api}")
-
-    def watch(self, **kwargs):
-        """``room_watch``'s messages, as they come."""
-        import json
-
-        data = [kwargs.get(n, d) for n, d in (("code", ""), ("member", ""), ("secret", ""), ("results", True))]
-        r = self.http.post("/gradio_api/call/room_watch", json={"data": data, "session_hash": self.session})
-        r.raise_for_status()
         kind = None
-        with self.http.stream("GET", f"/gradio_api/call/room_watch/{r.json()['event_id']}", timeout=None) as stream:
+        with self.http.stream("GET", f"/gradio_api/call/{api}/{r.json()['event_id']}", timeout=timeout) as stream:
             for line in stream.iter_lines():
                 if line.startswith("event:"):
                     kind = line.split(":", 1)[1].strip()
                 elif line.startswith("data:") and kind in ("generating", "complete", "error"):
-                    if kind == "error":
-                        raise RuntimeError(line[5:])
                     payload = json.loads(line[5:])
-                    if payload:
-                        yield payload[0]
+                    if kind == "error":
+                        raise RuntimeError(str(payload))
+                    yield kind, payload
                     if kind == "complete":
                         return
+
+    def predict(self, api_name: str, **kwargs):
+        api = api_name.lstrip("/")
+        for kind, payload in self._messages(api, kwargs):
+            if kind == "complete":
+                return payload[0]
+        raise RuntimeError(f"no answer from {api}")
+
+    def watch(self, **kwargs):
+        """``room_watch``'s messages, as they come."""
+        for _kind, payload in self._messages("room_watch", kwargs, timeout=None):
+            if payload:
+                yield payload[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(api: str) -> tuple[tuple[str, object], ...]:
+    """An endpoint's parameters with their defaults, in order (read once per endpoint)."""
+    import inspect
+
+    from ...ui.room import API
+
+    return tuple((n, p.default) for n, p in inspect.signature(API[api]).parameters.items() if n != "request")
 
 
 def _watch(client, **kwargs):
@@ -205,15 +205,20 @@ def run_follow(students: int = 30, changes: list[str] | None = None, *, poll_s: 
             t.join(timeout=30)
         cpu_students = cpu_seconds() - cpu_students
         cpu_server = cpu_seconds(server.proc.pid) - cpu_server
-        lags = sorted(got[v][i] - published[v] for v in published for i in got.get(v, {}))
-        missed = sum(students - len(got.get(v, {})) for v in published)
-        behind = sorted(max(0.0, got[v][i] - published[v] - teacher_s[v]) for v in published for i in got.get(v, {}))
+        def lag(v, i):  # publish -> this student holds the results
+            return got[v][i] - published[v]
+
+        def late(v, i):  # the teacher holds the results -> this student does
+            return max(0.0, lag(v, i) - teacher_s[v])
 
         def p95(values):
             return round(_percentile(sorted(values), 95), 2) if values else None
 
-        per_change = [{"view": view, "p95_s": p95([got[v][i] - published[v] for i in got.get(v, {})]),
-                       "behind_teacher_p95_s": p95([max(0.0, got[v][i] - published[v] - teacher_s[v]) for i in got.get(v, {})]),
+        lags = sorted(lag(v, i) for v in published for i in got.get(v, {}))
+        missed = sum(students - len(got.get(v, {})) for v in published)
+        behind = [late(v, i) for v in published for i in got.get(v, {})]
+        per_change = [{"view": view, "p95_s": p95([lag(v, i) for i in got.get(v, {})]),
+                       "behind_teacher_p95_s": p95([late(v, i) for i in got.get(v, {})]),
                        "teacher_s": round(teacher_s[v], 2), "students": len(got.get(v, {}))}
                       for view, v in zip(changes, sorted(published))]
         return {
