@@ -37,21 +37,30 @@ def server(tmp_path_factory):
     s.stop()
 
 
-def raw_call(server, api: str, data: list, timeout: float = 120, session: str | None = None) -> tuple[str, object]:
-    """POST /gradio_api/call/API, then read its event stream: ('complete'|'error', payload).
-    ``session``: the browser session it comes from (without one, the client is its address)."""
+def call_events(server, api: str, data: list, timeout: float = 120, session: str | None = None):
+    """POST /gradio_api/call/API, then read its event stream: each message as (kind, payload),
+    'generating' ones, then the final 'complete' or 'error'. ``session``: the browser session
+    it comes from (without one, the client is its address)."""
     with httpx.Client(base_url=server.url.rstrip("/"), timeout=timeout) as c:
         r = c.post(f"/gradio_api/call/{api}", json={"data": data, "session_hash": session})
         r.raise_for_status()
         event_id = r.json()["event_id"]
-        kind, payload = None, None
+        kind = None
         with c.stream("GET", f"/gradio_api/call/{api}/{event_id}") as s:
             for line in s.iter_lines():
                 if line.startswith("event:"):
                     kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and kind in ("complete", "error"):
-                    payload = json.loads(line[5:])
-                    return kind, payload
+                elif line.startswith("data:") and kind in ("generating", "complete", "error"):
+                    yield kind, json.loads(line[5:])
+                    if kind in ("complete", "error"):
+                        return
+
+
+def raw_call(server, api: str, data: list, timeout: float = 120, session: str | None = None) -> tuple[str, object]:
+    """``call_events``' final message: ('complete'|'error', payload)."""
+    for kind, payload in call_events(server, api, data, timeout, session):
+        if kind in ("complete", "error"):
+            return kind, payload
     raise AssertionError(f"no final event from {api}")
 
 

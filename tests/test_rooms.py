@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cnndemo.rooms import ALPHABET, CODE_LEN, RoomError, Rooms, Shelf, View, prediction_poll, text_poll
-from test_public_api import error_text, raw_call
+from test_public_api import call_events, error_text, raw_call
 
 
 class Clock:
@@ -175,22 +175,8 @@ def test_guessing_codes_over_http_is_bounded():
 def watch_messages(server, data: list, into: list, timeout: float = 120) -> None:
     """Read a room_watch stream over raw HTTP: each message (generating, complete or error) is
     appended to ``into`` as (kind, payload) until the stream ends."""
-    import json
-
-    import httpx
-
-    with httpx.Client(base_url=server.url.rstrip("/"), timeout=timeout) as c:
-        r = c.post("/gradio_api/call/room_watch", json={"data": data})
-        r.raise_for_status()
-        kind = None
-        with c.stream("GET", f"/gradio_api/call/room_watch/{r.json()['event_id']}") as s:
-            for line in s.iter_lines():
-                if line.startswith("event:"):
-                    kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and kind in ("generating", "complete", "error"):
-                    into.append((kind, json.loads(line[5:])))
-                    if kind in ("complete", "error"):
-                        return
+    for message in call_events(server, "room_watch", data, timeout):
+        into.append(message)  # as it comes: the test reads ``into`` while the stream is open
 
 
 def test_a_watch_streams_each_change_with_its_results_and_ends_with_the_class(app_server):
