@@ -22,6 +22,7 @@ from .errors import BadRequest
 from .cancel import ProgressFn
 from . import weights as W
 from .specs import ModelSpec
+from .untrained import make_untrained
 from .zoo import get_spec
 
 RANDOM_SEED = 0
@@ -108,7 +109,10 @@ def build_random(spec: ModelSpec) -> nn.Module:
         return spec.build()
 
 
-def _random_info(spec: ModelSpec, reason: str) -> W.WeightsInfo:
+def _random_info(spec: ModelSpec, module: nn.Module, reason: str) -> W.WeightsInfo:
+    """Make ``module`` an untrained network that still computes (``untrained.make_untrained``),
+    and say so, why, and how to get weights."""
+    what = make_untrained(spec, module, RANDOM_SEED)
     if spec.weights is None:
         fix = (
             "Load a state_dict trained for this architecture: the checkpoint box in the app, "
@@ -116,21 +120,22 @@ def _random_info(spec: ModelSpec, reason: str) -> W.WeightsInfo:
         )
     else:
         fix = spec.weights.fix(spec.key)
-    return W.WeightsInfo("random", f"random init (seed {RANDOM_SEED})", f"random{RANDOM_SEED}", reason, fix)
+    return W.WeightsInfo("random", what, f"untrained{RANDOM_SEED}", reason, fix)
 
 
 def load_published(
     spec: ModelSpec, module: nn.Module, progress: ProgressFn | None = None
 ) -> W.WeightsInfo:
-    """Load the spec's published or bundled weights into ``module``; random (and why) if none."""
+    """Load the spec's published or bundled weights into ``module``; if there are none, make it an
+    untrained network that still computes, and say why."""
     src = spec.weights
     if src is None:
-        return _random_info(spec, f"no published weights exist for {spec.name}")
+        return _random_info(spec, module, f"no published weights exist for {spec.name}")
     try:
         state, ident = src.load(progress)
         W.load_into(module, W.drop_prefixes(state, spec.drop_keys), spec.name)
     except W.WeightsError as e:
-        return _random_info(spec, str(e))
+        return _random_info(spec, module, str(e))
     return W.WeightsInfo("pretrained", src.describe(), ident)
 
 

@@ -237,3 +237,33 @@ def test_store_retries_when_weights_appear(tmp_path, hub, monkeypatch):
     hub.mkdir(parents=True, exist_ok=True)
     (hub / served.name).write_bytes(served.read_bytes())  # e.g. copied from a USB stick
     assert store.get("sq_test").weights.kind == "pretrained"
+
+
+@pytest.mark.parametrize("key", list(ZOO))
+def test_untrained_networks_still_compute(key):
+    """Offline, torchvision's own init left GoogLeNet's logits independent of the image (a
+    difference of 4.5e-13) and Inception-v3's at about 3e11. An untrained network is a Kaiming
+    init with BatchNorm recalibrated on the example images: finite logits that vary with the input."""
+    from cnndemo.pipeline import load_for, to_batch
+    from cnndemo.untrained import make_untrained
+
+    spec = ZOO[key]
+    module = build_random(spec)
+    what = make_untrained(spec, module, 0)
+    assert what.startswith("untrained: Kaiming") and ("BatchNorm" in what) == any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    images = (["assets/examples/cat.jpg", "assets/examples/rocket.jpg"] if spec.inputs.kind == "photo"
+              else ["assets/examples/digits/six.png", "tests/fixtures/drawn_digits/3_drawn_090.png"])
+    with torch.no_grad():
+        a, b = (module(to_batch(spec, load_for(spec, p), torch.device("cpu")))[0] for p in images)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert a.abs().max() < 100  # no overflow: Inception-v3 reached 3e11
+    assert (a - b).abs().max() > 0.1 * a.std()  # the logits depend on the image
+    assert a.std() > 1e-3  # and do not collapse towards zero (GoogLeNet: about 1e-12 by inception5b)
+
+
+def test_the_fallback_is_the_untrained_network_and_says_so():
+    spec = ZOO["inception_v3"]
+    info = load_published(dataclasses.replace(spec, weights=None), build_random(spec))
+    assert info.kind == "random" and info.source.startswith("untrained: Kaiming")
+    assert "BatchNorm statistics recalibrated on 6 example images" in info.source

@@ -277,8 +277,8 @@ def weights_banner(info: WeightsInfo | None, spec_key: str) -> str:
         return (
             '<div class="cz-banner cz-random" role="alert">'
             f"<b>⚠ Untrained weights: these predictions are meaningless.</b><br>"
-            f"{html.escape(spec.name)} runs with random initialisation because "
-            f"{html.escape(info.reason)}.<br>"
+            f"{html.escape(spec.name)} runs untrained because {html.escape(info.reason)}: "
+            f"{html.escape(info.source.removeprefix('untrained: '))}.<br>"
             "The architecture, branch structure, parameters, FLOPs and latency shown are still real.<br>"
             f"<b>To fix:</b> {html.escape(info.fix)}</div>"
         )

@@ -65,9 +65,9 @@ def _digit_lesson(reason: str) -> Lesson:
         "the table says how much of the block's output each one carries.\n"
         "3. **Ask why.** Press *Knock it out* to remove that path and watch the probability of the 6 change "
         "(try each path: they do not matter equally), then draw your own digits on the *Digits* tab.",
-        why=(f"{default.name}'s ImageNet weights are not available ({reason}): with random weights every "
-             f"photo gets the same meaningless top-5, and no branch matters. So these steps use the "
-             f"{spec.name}, trained on MNIST and shipped with the app."),
+        why=(f"{default.name}'s ImageNet weights are not available ({reason}): untrained, the network "
+             "computes (its top-5 changes with the photo) but means nothing, and no branch has learned "
+             f"what to look for. So these steps use the {spec.name}, trained on MNIST and shipped with the app."),
     )
 
 
