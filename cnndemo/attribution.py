@@ -33,7 +33,7 @@ from .archs.module_relu import with_module_relus
 from .costs import module_flops
 from .pipeline import ImageLike, Input, load_for, prepare, resolve, timed
 from .runtime import LoadedModel
-from .scores import SCORES, Deletion, Sanity, ScoreInput
+from .scores import SANITY_SEED, SANITY_THRESHOLD, SCORES, Allowance, Deletion, Sanity, ScoreInput
 from .lanes import HEAVY, Lane
 from .shared import RESULTS
 from .specs import ModelSpec
@@ -224,6 +224,25 @@ class Attribution:
         }
 
 
+def score_sentences(a, bold=str) -> list[str]:
+    """The sanity and deletion scores as sentences (those computed), and IG's completeness;
+    ``bold`` marks the deletion score (Markdown on the page, nothing on a slide)."""
+    lines = []
+    if a.sanity:
+        mark = "⚠ " if a.sanity.passed is False else ""
+        lines.append(f"Sanity: rank correlation {a.sanity.summary()} → {mark}{a.sanity.verdict} "
+                     f"(pass within ±{SANITY_THRESHOLD}: this app's threshold; the paper defines none).")
+    if a.deletion:
+        d = a.deletion
+        score = "undefined" if d.score is None else bold(f"{d.score:+.3f}")
+        lines.append(f"Deletion: AUC {d.auc:.4f} against {d.orders} random orders (mean {d.random_auc:.4f}, "
+                     f"range {min(d.random_aucs):.4f} to {max(d.random_aucs):.4f}), score {score}: {d.verdict}.")
+    if a.completeness:
+        lines.append(a.completeness.sentence())
+    return lines
+
+
+
 # ----------------------------------------------------------------------------- model copies
 
 def attribution_model(lm: LoadedModel) -> nn.Module:
@@ -231,13 +250,16 @@ def attribution_model(lm: LoadedModel) -> nn.Module:
     return lm.variant("module_relu", with_module_relus)
 
 
-def randomized_model(lm: LoadedModel) -> nn.Module:
-    """The attribution copy with the spec's top layers re-initialised (fixed seed)."""
+def randomized_model(lm: LoadedModel, seed: int = SANITY_SEED) -> nn.Module:
+    """The attribution copy with the spec's top layers re-initialised from ``seed``.
 
-    def make(model: nn.Module) -> nn.Module:
-        model = with_module_relus(model)
+    One copy serves every seed: it is re-initialised in place on each call, so call it under
+    ``lm.attr_lock`` and finish with the copy before asking for another seed.
+    """
+
+    def reinit(model: nn.Module) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1234)
+            torch.manual_seed(seed)
             for path in lm.spec.top_layers:
                 for m in model.get_submodule(path).modules():
                     if hasattr(m, "reset_parameters"):
@@ -246,7 +268,7 @@ def randomized_model(lm: LoadedModel) -> nn.Module:
                         m.reset_running_stats()
         return model
 
-    return lm.variant("randomized_top", make)
+    return reinit(lm.variant("randomized_top", with_module_relus))
 
 
 # ----------------------------------------------------------------------------- targets, layers
@@ -397,20 +419,37 @@ def _expected_passes(method: str, s: Settings, x: torch.Tensor) -> int:
 def estimated_tflop(spec: ModelSpec, method: str, s: Settings, x: torch.Tensor, *, scores: bool) -> float:
     """Arithmetic one attribution request asks for: a backward pass counts twice a forward.
 
-    With scores: each score's images (``Score.images``: the sanity check runs the method again,
-    the deletion score evaluates two curves).
+    With scores: each score's minimum (``Score.images``: one re-initialised run of the method for
+    the sanity check, the map's curve and one random order for the deletion score); the scores
+    add more only within what the budget leaves (``_allowance``).
     """
+    return _tflop_per_image(spec, x) * _request_images(method, s, x, scores=scores)
+
+
+def _tflop_per_image(spec: ModelSpec, x: torch.Tensor) -> float:
+    scale = (x.shape[-2] * x.shape[-1]) / (spec.input_size[1] * spec.input_size[2])
+    return module_flops(spec.key)[0] * scale / 1e12
+
+
+def _request_images(method: str, s: Settings, x: torch.Tensor, *, scores: bool) -> int:
+    """Images through the network (a backward pass counts twice a forward) of one request, with
+    each score's minimum when ``scores``."""
     fwd, grad = images_per_call(method, s, x)
     images = 1 + fwd + 3 * grad
     if scores:
         images += sum(sc.images(fwd, grad) for sc in SCORES.values())
-    scale = (x.shape[-2] * x.shape[-1]) / (spec.input_size[1] * spec.input_size[2])
-    return module_flops(spec.key)[0] * scale * images / 1e12
+    return images
 
 
 def request_tflop(spec: ModelSpec, method: str, settings: Settings | None = None, *, scores: bool = True) -> float:
     """The estimated arithmetic of one attribution at the model's own input size."""
     return estimated_tflop(spec, method, (settings or Settings()).clamp(), spec.meta_input(), scores=scores)
+
+
+def _allowance(spec: ModelSpec, method: str, s: Settings, x: torch.Tensor) -> Allowance:
+    """What the scores may spend beyond their minimum: the work budget less the request's estimate."""
+    spare = cancel.work_budget_tflop() / _tflop_per_image(spec, x) - _request_images(method, s, x, scores=True)
+    return Allowance(max(0, math.floor(spare)))
 
 
 def check_budget(spec: ModelSpec, method: str, settings: Settings | None = None, *, scores: bool = True) -> None:
@@ -684,8 +723,10 @@ def attribute(
     settings: Settings | None = None,
     scores: bool = True,
     progress: ProgressFn | None = None,
+    seed: int = SANITY_SEED,
 ) -> Attribution:
-    """An attribution map for one image, model, method and target, with its two scores."""
+    """An attribution map for one image, model, method and target, with its two scores
+    (``seed``: their first re-initialisation's and random order's)."""
     meta = get_method(method)
     lm = resolve(model)
     spec = lm.spec
@@ -712,7 +753,7 @@ def attribute(
             lm.key, method, idx, spec.labels()[idx], prob, layer_name, attr, t.ms, lm.weights, inp.seen(), s,
             completeness=check,
         )
-    return add_scores(result, inp, lm, progress=progress) if scores else result
+    return add_scores(result, inp, lm, progress=progress, seed=seed) if scores else result
 
 
 def add_scores(
@@ -721,15 +762,19 @@ def add_scores(
     model: LoadedModel | str,
     *,
     progress: ProgressFn | None = None,
+    seed: int = SANITY_SEED,
 ) -> Attribution:
-    """``a`` with every score in ``scores.SCORES`` (sanity: another run of the method on the
-    re-initialised copy; deletion: two curves).
+    """``a`` with every score in ``scores.SCORES`` (sanity: runs of the method on copies with
+    re-initialised top layers; deletion: the map's curve against random orders).
+
+    ``seed``: the first re-initialisation's and random order's seed (the others follow it).
 
     ``image``: the image ``a`` was computed on; pass the ``pipeline.Input`` to skip decoding it again.
     """
     lm = resolve(model)
     check_budget(lm.spec, a.method, a.settings, scores=True)
-    x = prepare(image, lm).x
+    inp = prepare(image, lm)
+    x = inp.x
     m_paths = ()
     with cancel.holding(lm.attr_lock):
         m = attribution_model(lm)
@@ -741,11 +786,14 @@ def add_scores(
                 return heat_of(run_method(other, lm.spec, a.method, x, a.target, layer_paths=m_paths,
                                           settings=a.settings))
 
-        inp = ScoreInput(m, x, a.target, a.heat, _baseline(lm.spec, x), a.settings.internal_batch, rerun,
-                         lambda: randomized_model(lm), lm.spec.top_layers, lm.weights.trained)
+        fwd, grad = images_per_call(a.method, a.settings, x)
+        given = ScoreInput(m, x, a.target, a.heat, _baseline(lm.spec, x), a.settings.internal_batch, rerun,
+                           lambda s: randomized_model(lm, s), lm.spec.top_layers, lm.weights.trained,
+                           rerun_images=fwd + 3 * grad, allowance=_allowance(lm.spec, a.method, a.settings, x),
+                           seed=seed, cache_key=(lm.ident, inp.opened.digest, tuple(x.shape)))
         results = {}
         for key, score in SCORES.items():
             if progress:
                 progress(None, score.progress)
-            results[key] = score.run(inp)
+            results[key] = score.run(given)
     return replace(a, scores=results)

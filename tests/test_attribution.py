@@ -14,6 +14,7 @@ from cnndemo.archs.module_relu import with_module_relus
 from cnndemo.attribution import (
     METHODS,
     Settings,
+    add_scores,
     attribute,
     attribution_model,
     layer_choices,
@@ -166,24 +167,71 @@ def _deletion(heat, model=None):
 
 def test_deletion_ties_follow_the_random_order_and_flat_maps_score_nothing():
     flat = _deletion(np.zeros((16, 16)))
-    assert flat.probs == flat.random_probs and flat.score is None and "constant" in flat.verdict
+    # A constant map deletes in the first random order, the only one it is compared with.
+    assert flat.orders == 1 and flat.probs == flat.random_probs and flat.score is None and "constant" in flat.verdict
     assert flat.to_json()["score"] is None
     # One hot pixel, the rest tied: the hot pixel goes first, then the ties in the random order.
     heat = np.zeros((16, 16))
     heat[0, 0] = 1.0
     one = _deletion(heat)
     assert one.score is not None and one.probs[-1] == pytest.approx(one.random_probs[-1])
-    assert not one.flat
+    assert not one.flat and one.orders >= 19
+
+
+def test_deletion_verdict_is_a_permutation_test_against_the_random_orders():
+    from cnndemo.scores import Deletion
+
+    def d(auc, randoms):
+        f = (0.0, 0.5, 1.0)
+        return Deletion(f, (1.0, 0.5, 0.0), f, f, f, auc, tuple(randoms))
+
+    randoms = [0.3 + 0.01 * i for i in range(19)]
+    better = d(0.1, randoms)  # below all 19: p = 1/20
+    assert better.p_value == pytest.approx(0.05) and better.outside_band and "matter more" in better.verdict
+    one_below = d(0.305, randoms)  # one random order did as well: p = 2/20
+    assert one_below.p_value == pytest.approx(0.1) and not one_below.outside_band
+    assert one_below.verdict.startswith("inconclusive") and "1 of 19" in one_below.verdict
+    worse = d(0.9, randoms)
+    assert worse.score < 0 and worse.outside_band and worse.verdict.startswith("worse")
+    # Fewer than 19 orders can never reach p = 0.05.
+    assert not d(0.0, randoms[:10]).outside_band
 
 
 def test_sanity_verdicts_say_when_they_mean_nothing():
     from cnndemo.scores import Sanity
 
-    assert "undefined" in Sanity(None, None, ("fc",)).verdict
-    assert Sanity(None, None, ("fc",)).to_json()["rank_correlation"] is None
-    s = Sanity(0.2, True, ("fc",), untrained=True)
-    assert s.verdict.startswith("passes") and "untrained" in s.verdict
+    assert "undefined" in Sanity((None, None), (1, 2), ("fc",)).verdict
+    assert Sanity((None,), (1,), ("fc",)).to_json()["rank_correlation"] is None
+    s = Sanity((0.2, 0.1, 0.15, 0.12, 0.18), tuple(range(5)), ("fc",), untrained=True)
+    assert s.passed and s.verdict.startswith("passes") and "untrained" in s.verdict
     assert "choice" in s.to_json()["threshold_source"]
+    assert Sanity((0.9, 0.95, 0.92), (1, 2, 3), ("fc",)).passed is False
+    # A mean of 0.1 with an sd of 0.45 over five seeds: the interval straddles 0.5.
+    wide = Sanity((-0.4, 0.6, 0.1, -0.2, 0.4), tuple(range(5)), ("fc",))
+    assert wide.passed is None and wide.verdict.startswith("inconclusive") and "straddles" in wide.verdict
+    assert Sanity((0.1,), (1,), ("fc",)).passed is None  # one seed: no spread to judge
+
+
+DIGIT = "assets/examples/digits/six.png"
+
+
+def test_sanity_verdict_on_a_coarse_gradcam_map_does_not_flip_with_the_seed():
+    """mnist_resnet's Grad-CAM map is 4 x 4: one re-initialisation's correlation varies by
+    about 0.4 with the seed, so a one-seed verdict was a coin flip."""
+    lm = STORE.get("mnist_resnet")
+    a = attribute(DIGIT, lm, "gradcam", scores=False)
+    runs = [add_scores(a, DIGIT, lm, seed=seed).sanity for seed in (1234, 1, 77, 5000, 99999)]
+    assert len({s.passed for s in runs}) == 1, [s.summary() for s in runs]
+    assert all(len(s.seeds) >= 5 and s.spread is not None for s in runs)
+    assert len({s.seeds for s in runs}) == 5  # each base seed really re-initialised other copies
+
+
+def test_deletion_verdict_on_saliency_does_not_flip_with_the_seed():
+    lm = STORE.get("mnist_resnet")
+    a = attribute(DIGIT, lm, "saliency", scores=False)
+    runs = [add_scores(a, DIGIT, lm, seed=seed).deletion for seed in (1234, 1, 77, 5000, 99999)]
+    assert len({d.outside_band for d in runs}) == 1, [(d.p_value, d.orders) for d in runs]
+    assert len({d.random_aucs for d in runs}) == 5 and all(d.orders >= 19 for d in runs)
 
 
 def test_sanity_uses_a_copy_with_reinitialised_top_layers():

@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from .. import render
-from ..attribution import METHODS, Settings, attribute, knobs
+from ..attribution import METHODS, Settings, attribute, knobs, score_sentences
+from ..scores import SANITY_SEED
 from ..errors import UserError
 from .common import command, emit, fail, load_model, model_arg
 
@@ -22,6 +23,8 @@ def _setup_attribute(p):
     for k in knobs().values():  # one flag per method knob, from its declaration
         p.add_argument(f"--{k.name}", type=int if k.integer else float, default=k.default, help=k.describe())
     p.add_argument("--no-scores", action="store_true", help="skip the sanity and deletion scores")
+    p.add_argument("--seed", type=int, default=SANITY_SEED,
+                   help="the scores' first re-initialisation and random order (the others follow it)")
     p.add_argument("--out", type=Path, help="PNG: overlay and signed map side by side")
     p.add_argument("--npy", type=Path, help="raw attribution (C x H x W; H x W for Grad-CAM)")
     p.add_argument("--json", action="store_true")
@@ -34,7 +37,7 @@ def run_attribute(args) -> int:
         settings = Settings(**{k.name: k.check(getattr(args, k.name)) for k in knobs().values()})
         model = load_model(args.model, args.weights)
         a = attribute(args.image, model, args.method, target=args.target, layer=args.layer,
-                      settings=settings, scores=not args.no_scores)
+                      settings=settings, scores=not args.no_scores, seed=args.seed)
     except UserError as e:
         return fail(args, e)
     out = a.to_json()
@@ -55,14 +58,6 @@ def run_attribute(args) -> int:
         emit(out)
     else:
         print(f"{a.method} on {a.model} for {a.label} ({a.target}): {a.ms:.0f} ms")
-        if a.sanity:
-            rho = a.sanity.rank_correlation
-            shown = "undefined" if rho is None else f"{rho:+.3f}"
-            print(f"  sanity: rank correlation with re-initialised top layers {shown} ({a.sanity.verdict})")
-        if a.deletion:
-            d = a.deletion
-            score = "undefined" if d.score is None else f"{d.score:+.3f}"
-            print(f"  deletion: AUC {d.auc:.4f} vs random {d.random_auc:.4f} (score {score}: {d.verdict})")
-        if a.completeness:
-            print("  " + a.completeness.sentence())
+        for line in score_sentences(a):
+            print("  " + line)
     return 0

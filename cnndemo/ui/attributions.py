@@ -14,12 +14,12 @@ import pandas as pd
 
 from .. import render
 from ..branches import explore
-from ..attribution import (METHODS, Settings, attribute_shared, check_budget, get_method, knobs, layer_choices,
+from ..attribution import (METHODS, Settings, attribute_shared, check_budget, get_method, knobs, layer_choices, score_sentences,
                            request_key, request_tflop)
 from ..cancel import Cancelled, work_budget_tflop, check_budget as check_budget_total
 from ..errors import UserError
 from ..pipeline import prepare
-from ..scores import SANITY_THRESHOLD
+from ..scores import DELETION_MAX_ORDERS, DELETION_ORDERS, SANITY_MAX_SEEDS, SANITY_MIN_SEEDS, SANITY_THRESHOLD
 from ..lanes import HEAVY
 from ..shared import RESULTS
 from ..zoo import DEFAULT_MODEL, ZOO
@@ -29,10 +29,13 @@ from .common import (LIGHT, by_name, heavy_lane, session_state, examples, get_mo
 
 SCORE_HELP = (
     "**Sanity** (Adebayo et al. 2018): rank correlation between this map and the same method's map "
-    "after the model's top layers are re-initialised; below "
-    f"{SANITY_THRESHOLD} passes, above it the map barely depends on what the network learned.  \n"
-    "**Deletion**: the class probability as the most-attributed pixels are replaced first, against a "
-    "random order; a positive score means the map found pixels that matter more than random ones."
+    f"after the model's top layers are re-initialised, repeated with {SANITY_MIN_SEEDS} to {SANITY_MAX_SEEDS} seeds "
+    f"(one seed is a coin flip on a coarse map). It passes when the mean's 95% interval lies within ±{SANITY_THRESHOLD}, "
+    "fails when it lies beyond, and is inconclusive when it straddles the threshold.  \n"
+    "**Deletion**: the class probability as the most-attributed pixels are replaced first, against "
+    f"{DELETION_ORDERS} to {DELETION_MAX_ORDERS} random orders (their mean, and the 5th and 95th percentiles that bound "
+    "90% of them). A positive score means the map's pixels took the probability down faster than random ones on "
+    "average; the verdict is given only when at most 5% of random orders did as well (a permutation test, p ≤ 0.05)."
 )
 
 ALT_OVERLAY = ("How strongly each pixel drove the explained class, as a heat map over the image (bright: strong); "
@@ -52,25 +55,6 @@ def target_choices(image, key: str, checkpoint: dict | None = None) -> list[str]
         return []
     pred = explore(image, get_model(key, checkpoint)).prediction
     return [f"{t.label} ({t.index})" for t in pred.top]
-
-
-def score_sentences(a, bold=str) -> list[str]:
-    """The sanity and deletion scores as sentences (those computed), and IG's completeness;
-    ``bold`` marks the deletion score (Markdown on the page, nothing on a slide)."""
-    lines = []
-    if a.sanity:
-        rho = a.sanity.rank_correlation
-        shown = "undefined" if rho is None else f"{rho:+.3f}"
-        mark = "⚠ " if a.sanity.passed is False else ""
-        lines.append(f"Sanity: rank correlation {shown} → {mark}{a.sanity.verdict} "
-                     f"(pass below {SANITY_THRESHOLD}: this app's threshold; the paper defines none).")
-    if a.deletion:
-        d = a.deletion
-        score = "undefined" if d.score is None else bold(f"{d.score:+.3f}")
-        lines.append(f"Deletion: AUC {d.auc:.4f} (random order {d.random_auc:.4f}), score {score}: {d.verdict}.")
-    if a.completeness:
-        lines.append(a.completeness.sentence())
-    return lines
 
 
 def scores_markdown(a) -> str:
@@ -113,7 +97,9 @@ def deletion_frame(a) -> pd.DataFrame | None:
         return None
     d = a.deletion
     rows = [{"removed": f, "probability": p, "order": "most attributed first"} for f, p in zip(d.fractions, d.probs)]
-    rows += [{"removed": f, "probability": p, "order": "random"} for f, p in zip(d.fractions, d.random_probs)]
+    for name, curve in ((f"random orders: mean of {d.orders}", d.random_probs), ("random orders: 5th percentile", d.random_low),
+                        ("random orders: 95th percentile", d.random_high)):
+        rows += [{"removed": f, "probability": p, "order": name} for f, p in zip(d.fractions, curve)]
     return pd.DataFrame(rows)
 
 
