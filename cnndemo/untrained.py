@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from .images import open_image
 from .paths import EXAMPLES_DIR
 from .specs import ModelSpec
 
@@ -28,8 +29,6 @@ INIT = "Kaiming (He) normal init, fan-in, for ReLU"
 def calibration_images(spec: ModelSpec) -> list[Image.Image]:
     """The shipped example images of the spec's kind: the photos, or the digit in its eight
     rotations and mirror images (one digit ships)."""
-    from .images import open_image
-
     if spec.inputs.kind == "digit":
         digits = [open_image(p, keep_alpha=True).image for p in sorted((EXAMPLES_DIR / "digits").glob("*.png"))]
         out = []
