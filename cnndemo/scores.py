@@ -178,19 +178,19 @@ class Sanity:
 
     @property
     def verdict(self) -> str:
-        if not self.defined:
-            return "undefined: the maps are constant, so they rank no pixel above another"
         n = len(self.defined)
-        if self.passed is None:
+        if not n:
+            v = "undefined: the maps are constant, so they rank no pixel above another"
+        elif self.passed is None:
             why = ("one re-initialisation gives no spread to judge" if n < 2 else
                    f"the 95% interval of the mean over {n} re-initialisations straddles ±{SANITY_THRESHOLD}")
             v = f"inconclusive: {why}"
-            if self.budget:
-                v += " (this server's work budget allowed no more re-initialisations)"
         elif self.passed:
             v = "passes"
         else:
             v = "fails: the map barely changes when the top layers are re-initialised"
+        if self.budget and self.passed is None:
+            v += " (this server's work budget allowed no more re-initialisations)"
         if self.untrained:
             v += " (but the network is untrained: both maps describe noise)"
         return v
@@ -239,9 +239,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 def sanity_check(s: ScoreInput) -> Sanity:
     """Rank correlations of |map| with the same method's |map| on re-initialised copies: at least
     ``SANITY_MIN_SEEDS``, more until the verdict is clear, within the work budget (leaving the
-    deletion score its minimum)."""
+    deletion score enough for its first ``DELETION_ORDERS`` random orders)."""
     heat = np.abs(s.heat)
-    keep = deletion_images(1)
+    keep = deletion_images(DELETION_ORDERS) - deletion_images(1)  # the deletion score's 19 orders come first
     rhos: list[float | None] = []
     seeds: list[int] = []
     budget = False

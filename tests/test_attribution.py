@@ -234,6 +234,21 @@ def test_deletion_verdict_on_saliency_does_not_flip_with_the_seed():
     assert len({d.random_aucs for d in runs}) == 5 and all(d.orders >= 19 for d in runs)
 
 
+def test_scores_stop_at_the_work_budget_and_say_so(cat, setenv):
+    """A budget that admits only the scores' minimum: one re-initialisation, one random order,
+    both marked as stopped by the budget, neither giving a verdict."""
+    from cnndemo import cache
+    from cnndemo.attribution import request_tflop
+
+    cache.reset_all()  # no random orders kept from an earlier test: each must be paid for
+    setenv("CNNDEMO_WORK_BUDGET_TFLOP", str(request_tflop(ZOO["squeezenet1_0"], "saliency") * 1.001))
+    a = attribute(cat, "squeezenet1_0", "saliency")
+    assert len(a.sanity.seeds) == 1 and a.sanity.budget and a.sanity.passed is None
+    assert "work budget" in a.sanity.verdict
+    assert a.deletion.orders == 1 and a.deletion.budget and not a.deletion.outside_band
+    assert "work budget" in a.deletion.verdict
+
+
 def test_sanity_uses_a_copy_with_reinitialised_top_layers():
     lm = STORE.get("squeezenet1_0")
     rnd = randomized_model(lm)
