@@ -21,6 +21,7 @@ from ...attribution import INTERNAL_BATCH, Settings, attribute
 from ...bench import measure, plain_loop_ms, prepare
 from ...branches import explore_tensor
 from .classroom import run_classroom
+from . import peer  # noqa: F401 (registers peer-check)
 from ...lessons import load_lesson
 from .server import free_port, proc_status_mb, start_server
 from ...paths import CHECKOUT, EXAMPLES_DIR
