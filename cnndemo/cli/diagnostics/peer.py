@@ -118,17 +118,26 @@ def check(key: str, method: str, image: str, seeds: int) -> dict:
 @command("peer-check", "the sanity score against Quantus's MPRT and the deletion curve against its PixelFlipping "
          "(needs `pip install quantus`)", _setup)
 def run_peer_check(args) -> int:
-    try:
-        rows = [check(k, m, args.image, args.seeds) for k in args.models for m in args.methods]
-    except UserError as e:
-        emit({"error": str(e)} if args.json else f"error: {e}")
-        return 1
-    for r in rows:
-        s, d = r["sanity"], r["deletion"]
-        emit(r if args.json else
-             f"{r['model']:15s} {r['method']:9s} sanity over {r['seeds']} seeds: ours {s['ours_mean']:+.3f} ± {s['ours_sd']:.3f}, "
-             f"Quantus MPRT at {r['quantus_layer']} {s['quantus_mean']:+.3f} ± {s['quantus_sd']:.3f} "
-             f"(Mann-Whitney p = {s['mann_whitney_p']}; constant maps: ours {s['ours_constant']}, Quantus refused "
-             f"{s['quantus_refused']}); deletion vs PixelFlipping over {d['steps']} steps: "
-             f"max |difference| {d['max_abs_difference']:.2g} ({d['tied_pixels']} pixels tied with another)")
+    for key in args.models:
+        for method in args.methods:
+            try:
+                r = check(key, method, args.image, args.seeds)
+            except UserError as e:
+                emit({"error": str(e)} if args.json else f"error: {e}")
+                return 1
+            _report(r, args.json)
     return 0
+
+
+def _report(r: dict, as_json: bool) -> None:
+    def mean_sd(who: str) -> str:
+        mean, sd = s[f"{who}_mean"], s[f"{who}_sd"]
+        return "n/a" if mean is None else f"{mean:+.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+
+    s, d = r["sanity"], r["deletion"]
+    emit(r if as_json else
+         f"{r['model']:15s} {r['method']:9s} sanity over {r['seeds']} seeds: ours {mean_sd('ours')}, "
+         f"Quantus MPRT at {r['quantus_layer']} {mean_sd('quantus')} "
+         f"(Mann-Whitney p = {s['mann_whitney_p']}; constant maps: ours {s['ours_constant']}, Quantus refused "
+         f"{s['quantus_refused']}); deletion vs PixelFlipping over {d['steps']} steps: "
+         f"max |difference| {d['max_abs_difference']:.2g} ({d['tied_pixels']} pixels tied with another)")
