@@ -1,6 +1,7 @@
-"""``peer-check``: the sanity and deletion scores against Quantus, an independent implementation.
+"""Checks of the attribution scores: ``peer-check`` against Quantus, an independent
+implementation, and ``score-stability``, how often a verdict changes with the base seed.
 
-Quantus (Hedström et al. 2023) is not a dependency of the app; this command needs it installed
+Quantus (Hedström et al. 2023) is not a dependency of the app; ``peer-check`` needs it installed
 (``pip install quantus``). On the digit networks, which have trained weights offline:
 
 - the sanity score's correlations over seeds against Quantus's MPRT (``layer_order="top_down"``)
@@ -15,13 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ...attribution import (attribute, attribution_model, heat_of, randomized_model, resolve_layer,
+from ...attribution import (add_scores, attribute, attribution_model, heat_of, randomized_model, resolve_layer,
                             run_method, _baseline)
 from ...errors import UserError
 from ...paths import EXAMPLES_DIR
 from ...pipeline import prepare
-from ...scores import deletion_curve, spearman
+from ...scores import DELETION_ORDERS, SANITY_THRESHOLD, deletion_curve, spearman
+from ...training import load_digits
 from ...zoo import ZOO
 from ..common import command, emit, load_model
 
@@ -141,3 +144,57 @@ def _report(r: dict, as_json: bool) -> None:
          f"(Mann-Whitney p = {s['mann_whitney_p']}; constant maps: ours {s['ours_constant']}, Quantus refused "
          f"{s['quantus_refused']}); deletion vs PixelFlipping over {d['steps']} steps: "
          f"max |difference| {d['max_abs_difference']:.2g} ({d['tied_pixels']} pixels tied with another)")
+
+
+def _setup_stability(p):
+    p.add_argument("--model", default="mnist_resnet", choices=list(DIGIT_MODELS))
+    p.add_argument("--per-class", type=int, default=2, help="held-out MNIST digits of each class")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1234, 1, 77, 5000, 99999], help="base seeds")
+    p.add_argument("--json", action="store_true")
+
+
+@command("score-stability", "how often the sanity and deletion verdicts change with the base seed, "
+         "on held-out MNIST digits: one draw, 19 fixed random orders, and the scores as shipped", _setup_stability)
+def run_score_stability(args) -> int:
+    data = load_digits()
+    lm = load_model(args.model)
+    rows = []
+    changed = {"sanity_one_seed": 0, "sanity": 0, "deletion_one_order": 0, "deletion_19_orders": 0, "deletion": 0}
+    used = {"seeds": [], "orders": []}
+    for c in range(10):
+        for k in range(args.per_class):
+            i = int(np.flatnonzero(data.y_test.numpy() == c)[k])
+            image = Image.fromarray((data.x_test[i, 0].numpy() * 255).round().astype(np.uint8), "L")
+            cam = attribute(image, lm, "gradcam", scores=False)
+            sal = attribute(image, lm, "saliency", scores=False)
+            x = prepare(image, lm).x
+            v = {key: [] for key in changed}
+            for seed in args.seeds:
+                san = add_scores(cam, image, lm, seed=seed).sanity
+                first = san.correlations[0]
+                v["sanity_one_seed"].append(None if first is None else abs(first) < SANITY_THRESHOLD)
+                v["sanity"].append(san.passed)
+                dele = add_scores(sal, image, lm, seed=seed).deletion
+                v["deletion"].append(dele.outside_band and dele.score > 0)
+                with lm.attr_lock:
+                    m = attribution_model(lm)
+                    base = _baseline(lm.spec, x)
+                    one = deletion_curve(m, x, sal.target, sal.heat, base, seed=seed, orders=1)
+                    fixed = deletion_curve(m, x, sal.target, sal.heat, base, seed=seed, orders=DELETION_ORDERS)
+                v["deletion_one_order"].append(one.random_aucs[0] > one.auc)
+                v["deletion_19_orders"].append(fixed.outside_band and fixed.score > 0)
+                used["seeds"].append(len(san.seeds))
+                used["orders"].append(dele.orders)
+            for key in changed:
+                changed[key] += len(set(v[key])) > 1
+            rows.append({"digit": c, "test_index": i, **v})
+            if not args.json:
+                print(f"digit {c} (held-out #{i}): " + "; ".join(f"{key} {v[key]}" for key in changed), flush=True)
+    out = {"model": lm.key, "digits": len(rows), "base_seeds": args.seeds, "verdict_changed_with_seed": changed,
+           "sanity_seeds_used_mean": round(float(np.mean(used["seeds"])), 1),
+           "deletion_orders_used_mean": round(float(np.mean(used["orders"])), 1)}
+    emit({**out, "rows": rows} if args.json else
+         f"{out['digits']} digits x {len(args.seeds)} base seeds on {lm.key}: verdicts that changed with the seed: "
+         + ", ".join(f"{k} {n}" for k, n in changed.items())
+         + f"; re-initialisations used {out['sanity_seeds_used_mean']} on average, random orders {out['deletion_orders_used_mean']}")
+    return 0
