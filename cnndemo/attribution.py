@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cancel
+from . import settings as server_settings
 from .errors import BadRequest, NotFound
 from .cancel import ProgressFn
 from .cache import memo
@@ -447,9 +448,11 @@ def request_tflop(spec: ModelSpec, method: str, settings: Settings | None = None
 
 
 def _allowance(spec: ModelSpec, method: str, s: Settings, x: torch.Tensor) -> Allowance:
-    """What the scores may spend beyond their minimum: the work budget less the request's estimate."""
-    spare = cancel.work_budget_tflop() / _tflop_per_image(spec, x) - _request_images(method, s, x, scores=True)
-    return Allowance(max(0, math.floor(spare)))
+    """What the scores may spend beyond their minimum to settle a verdict: what the work budget
+    leaves of the request, at most ``score_extra_tflop``."""
+    spare = min(cancel.work_budget_tflop() - estimated_tflop(spec, method, s, x, scores=True),
+                server_settings.get().score_extra_tflop)
+    return Allowance(max(0, math.floor(spare / _tflop_per_image(spec, x))))
 
 
 def check_budget(spec: ModelSpec, method: str, settings: Settings | None = None, *, scores: bool = True) -> None:

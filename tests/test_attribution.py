@@ -222,7 +222,7 @@ def test_sanity_verdict_on_a_coarse_gradcam_map_does_not_flip_with_the_seed():
     a = attribute(DIGIT, lm, "gradcam", scores=False)
     runs = [add_scores(a, DIGIT, lm, seed=seed).sanity for seed in (1234, 1, 77, 5000, 99999)]
     assert len({s.passed for s in runs}) == 1, [s.summary() for s in runs]
-    assert all(len(s.seeds) >= 5 and s.spread is not None for s in runs)
+    assert all(len(s.seeds) >= 3 and s.spread is not None for s in runs)
     assert len({s.seeds for s in runs}) == 5  # each base seed really re-initialised other copies
 
 
