@@ -448,11 +448,12 @@ def request_tflop(spec: ModelSpec, method: str, settings: Settings | None = None
 
 
 def _allowance(spec: ModelSpec, method: str, s: Settings, x: torch.Tensor) -> Allowance:
-    """What the scores may spend beyond their minimum to settle a verdict: what the work budget
-    leaves of the request, at most ``score_extra_tflop``."""
-    spare = min(cancel.work_budget_tflop() - estimated_tflop(spec, method, s, x, scores=True),
-                server_settings.get().score_extra_tflop)
-    return Allowance(max(0, math.floor(spare / _tflop_per_image(spec, x))))
+    """What the scores may spend beyond the request's estimate (which counts one draw of each):
+    what the work budget leaves, of which at most ``score_extra_tflop`` past their minimum."""
+    per_image = _tflop_per_image(spec, x)
+    spare = cancel.work_budget_tflop() - estimated_tflop(spec, method, s, x, scores=True)
+    return Allowance(max(0, math.floor(spare / per_image)),
+                     max(0, math.floor(server_settings.get().score_extra_tflop / per_image)))
 
 
 def check_budget(spec: ModelSpec, method: str, settings: Settings | None = None, *, scores: bool = True) -> None:
@@ -611,7 +612,8 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("ig", "Integrated Gradients", "pixel", False,
                "gradients averaged along a straight path from a baseline image to the input",
-               _ig, lambda s, x: (0, s.steps), knobs=(STEPS,)),
+               # Its convergence delta runs f(x) and f(baseline) besides the path's gradients.
+               _ig, lambda s, x: (2, s.steps), knobs=(STEPS,)),
         Method("saliency", "Saliency", "pixel", False,
                "absolute gradient of the class score with respect to each pixel", _saliency),
         Method("smoothgrad", "SmoothGrad", "pixel", False,

@@ -58,16 +58,28 @@ _RANDOM_CURVES = LRU(256, name="deletion random orders")
 
 @dataclass
 class Allowance:
-    """Images through the network the scores of one request may still spend (the work budget
-    less the map's own), shared by the scores in turn."""
+    """Images through the network the scores of one request may still spend, shared by the
+    scores in turn: ``images`` is what the work budget leaves of the request; ``extra``, what may
+    still go beyond the scores' minimum (3 re-initialisations, 19 random orders) to settle a
+    verdict (None: no separate limit)."""
 
     images: int
+    extra: int | None = None
 
-    def take(self, n: int, *, keep: int = 0) -> bool:
-        """Spend ``n`` images if that leaves at least ``keep`` for what comes after."""
-        if self.images - n < keep:
+    def affordable(self, unit: int, *, beyond: bool = False, keep: int = 0) -> int:
+        """How many draws of ``unit`` images fit, leaving ``keep`` for what comes after."""
+        left = self.images - keep
+        if beyond and self.extra is not None:
+            left = min(left, self.extra)
+        return max(0, left) // unit
+
+    def take(self, n: int, *, beyond: bool = False, keep: int = 0) -> bool:
+        """Spend ``n`` images if they fit (``beyond``: past the scores' minimum), leaving ``keep``."""
+        if n and self.affordable(n, beyond=beyond, keep=keep) < 1:
             return False
         self.images -= n
+        if beyond and self.extra is not None:
+            self.extra -= n
         return True
 
 
@@ -251,7 +263,8 @@ def sanity_check(s: ScoreInput) -> Sanity:
 
     while len(seeds) < SANITY_MAX_SEEDS and not clear():
         # The first run is the score's minimum, counted when the request was admitted.
-        if seeds and s.allowance is not None and not s.allowance.take(s.rerun_images, keep=keep):
+        if seeds and s.allowance is not None and not s.allowance.take(
+                s.rerun_images, beyond=len(seeds) >= SANITY_MIN_SEEDS, keep=keep):
             budget = True
             break
         seed = s.seed + len(seeds)
@@ -423,10 +436,12 @@ def deletion_curve(
         # the others are paid from the allowance.
         free = 0 if curves else 1
         paid = want - len(curves) - free
-        if allowance is not None and paid * (steps - 1) > allowance.images:
-            budget, paid = True, allowance.images // (steps - 1)
+        beyond = len(curves) >= DELETION_ORDERS  # settling a verdict, past the minimum
         if allowance is not None:
-            allowance.take(paid * (steps - 1))
+            can = allowance.affordable(steps - 1, beyond=beyond)
+            if paid > can:
+                budget, paid = True, can
+            allowance.take(paid * (steps - 1), beyond=beyond)
         curves += compute(range(len(curves), len(curves) + free + paid))
         if key and len(curves) > len(known):
             known = tuple(curves)
