@@ -412,7 +412,7 @@ def attribution_slide(a, title: str, lines: Sequence[str], *, warning: str | Non
     w, h = SLIDE_SIZE
     dpi = 120
     fig = new_figure(w / dpi, h / dpi, dpi=dpi)
-    gs = fig.add_gridspec(3, 2, height_ratios=[0.16, 0.64, 0.2], hspace=0.18, wspace=0.12,
+    gs = fig.add_gridspec(3, 2, height_ratios=[0.14, 0.58, 0.28], hspace=0.16, wspace=0.12,
                           left=0.04, right=0.96, top=0.97, bottom=0.03)
     head = fig.add_subplot(gs[0, :])
     head.axis("off")
@@ -424,7 +424,7 @@ def attribution_slide(a, title: str, lines: Sequence[str], *, warning: str | Non
     _draw_signed(fig, fig.add_subplot(gs[1, 1]), a)
     foot = fig.add_subplot(gs[2, :])
     foot.axis("off")
-    foot.text(0, 1, "\n".join(lines), fontsize=14, va="top", wrap=True, linespacing=1.5)
+    foot.text(0, 1, "\n".join(lines), fontsize=13, va="top", wrap=True, linespacing=1.4)
     for ax in fig.axes:
         ax.tick_params(labelsize=12)
         if ax.get_title():

@@ -92,13 +92,18 @@ def slide(a, look: str | None = None):
     return render.attribution_slide(a, slide_title(a), lines, warning=warning, look=render.Look.parse(look))
 
 
+# The map's curve, the random orders' mean, and the band that holds 90% of them (one grey).
+DELETION_SERIES = ("most attributed first", "random orders: mean", "random orders: 5th percentile",
+                   "random orders: 95th percentile")
+DELETION_COLOURS = dict(zip(DELETION_SERIES, ("#0072B2", "#E69F00", "#999999", "#999999")))
+
+
 def deletion_frame(a) -> pd.DataFrame | None:
     if not a.deletion:
         return None
     d = a.deletion
-    rows = [{"removed": f, "probability": p, "order": "most attributed first"} for f, p in zip(d.fractions, d.probs)]
-    for name, curve in ((f"random orders: mean of {d.orders}", d.random_probs), ("random orders: 5th percentile", d.random_low),
-                        ("random orders: 95th percentile", d.random_high)):
+    rows = [{"removed": f, "probability": p, "order": DELETION_SERIES[0]} for f, p in zip(d.fractions, d.probs)]
+    for name, curve in zip(DELETION_SERIES[1:], (d.random_probs, d.random_low, d.random_high)):
         rows += [{"removed": f, "probability": p, "order": name} for f, p in zip(d.fractions, curve)]
     return pd.DataFrame(rows)
 
@@ -361,7 +366,8 @@ def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
                 c["signed"] = gr.Image(label="signed map", show_label=False, interactive=False, buttons=["download"], alt_text=ALT_SIGNED)
             c["scores"] = gr.Markdown(elem_id="attr-scores", label="scores")
             gr.Markdown(SCORE_HELP, elem_classes=["cz-note"])
-            c["deletion"] = gr.LinePlot(x="removed", y="probability", color="order", height=260, elem_id="attr-deletion",
+            c["deletion"] = gr.LinePlot(x="removed", y="probability", color="order", color_map=DELETION_COLOURS,
+                                        height=260, elem_id="attr-deletion",
                                         elem_classes=["cz-plot"], color_title="pixels removed",
                                         title="Deletion curve", x_title="fraction of pixels removed", label="deletion curve")
             c["files"] = gr.File(label="Downloads: a 1920 × 1080 slide (maps, model, weights, method, layer, target, scores), overlay PNG, signed PNG, raw attribution (.npy)", file_count="multiple")
