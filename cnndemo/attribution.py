@@ -243,7 +243,6 @@ def score_sentences(a, bold=str) -> list[str]:
     return lines
 
 
-
 # ----------------------------------------------------------------------------- model copies
 
 def attribution_model(lm: LoadedModel) -> nn.Module:

@@ -146,8 +146,8 @@ class Sanity:
 
     ``correlations[i]`` is None when undefined: a constant map (all zeros, say) has no ranking to
     compare. ``untrained``: the network itself has random weights, so both maps describe noise
-    and the verdict says nothing about the method. ``budget``: the work budget stopped the
-    re-initialisations before the interval was clear of the threshold.
+    and the verdict says nothing about the method. ``budget``: a limit on the scores' work
+    (``Allowance``) stopped the re-initialisations before the interval was clear of the threshold.
     """
 
     correlations: tuple[float | None, ...]
@@ -202,13 +202,13 @@ class Sanity:
         else:
             v = "fails: the map barely changes when the top layers are re-initialised"
         if self.budget and self.passed is None:
-            v += " (this server's work budget allowed no more re-initialisations)"
+            v += " (this server's limits on work allowed no more re-initialisations)"
         if self.untrained:
             v += " (but the network is untrained: both maps describe noise)"
         return v
 
     def summary(self) -> str:
-        """'+0.098 ± 0.373 over 20 re-initialisations (95% interval of the mean -0.08 to +0.27)'."""
+        """'+0.098 ± 0.373 (sd) over 20 re-initialisations, mean's 95% interval -0.08 to +0.27'."""
         if self.rank_correlation is None:
             return "undefined"
         n, text = len(self.defined), f"{self.rank_correlation:+.3f}"
@@ -296,7 +296,7 @@ class Deletion:
     random_aucs: tuple[float, ...]
     flat: bool = False  # the map is constant: it orders no pixel before another
     untrained: bool = False
-    budget: bool = False  # the work budget allowed fewer than DELETION_ORDERS random orders
+    budget: bool = False  # a limit on the scores' work stopped the random orders (``Allowance``)
 
     @property
     def random_auc(self) -> float:
@@ -347,7 +347,7 @@ class Deletion:
             v = (f"inconclusive: {k} of {n} random orders did {as_well} (p = {self.p_value:.2f}, "
                  f"over 0.05), so the map is not shown to differ from a random order")
             if self.budget:
-                v += "; this server's work budget allowed no more random orders"
+                v += "; this server's limits on work allowed no more random orders"
         if self.untrained:
             v += " (but the network is untrained: the curve describes noise)"
         return v

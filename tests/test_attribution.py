@@ -244,9 +244,9 @@ def test_scores_stop_at_the_work_budget_and_say_so(cat, setenv):
     setenv("CNNDEMO_WORK_BUDGET_TFLOP", str(request_tflop(ZOO["squeezenet1_0"], "saliency") * 1.001))
     a = attribute(cat, "squeezenet1_0", "saliency")
     assert len(a.sanity.seeds) == 1 and a.sanity.budget and a.sanity.passed is None
-    assert "work budget" in a.sanity.verdict
+    assert "limits on work" in a.sanity.verdict
     assert a.deletion.orders == 1 and a.deletion.budget and not a.deletion.outside_band
-    assert "work budget" in a.deletion.verdict
+    assert "limits on work" in a.deletion.verdict
 
 
 def test_sanity_uses_a_copy_with_reinitialised_top_layers():

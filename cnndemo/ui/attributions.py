@@ -14,8 +14,8 @@ import pandas as pd
 
 from .. import render
 from ..branches import explore
-from ..attribution import (METHODS, Settings, attribute_shared, check_budget, get_method, knobs, layer_choices, score_sentences,
-                           request_key, request_tflop)
+from ..attribution import (METHODS, Settings, attribute_shared, check_budget, get_method, knobs,
+                           layer_choices, score_sentences, request_key, request_tflop)
 from ..cancel import Cancelled, work_budget_tflop, check_budget as check_budget_total
 from ..errors import UserError
 from ..pipeline import prepare
