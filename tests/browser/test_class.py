@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from cnndemo.cli.diagnostics.server import cpu_seconds
-from conftest import local_get
+from conftest import AppServer, local_get
 from test_public_api import raw_call, upload
 from test_ui import LONG, SHOTS, browser, choose, tap_when_still  # noqa: F401 (browser: the fixture)
 
@@ -72,7 +72,18 @@ def settles(pages, server, window_s: float = 3.0, within_s: float = 60.0) -> Non
             p.remove_listener("request", listen)
 
 
-def test_a_class_follows_the_teacher(browser, app_server, examples, tmp_path):
+@pytest.fixture
+def class_server():
+    """A server of the class test's own. A class's results for each view it followed are computed
+    for the room and not cancelled when its pages leave; on the shared server that work ran on
+    into the next tests (a phone's branch view then waited over 120 s)."""
+    server = AppServer()
+    yield server
+    server.stop()
+
+
+def test_a_class_follows_the_teacher(browser, class_server, examples, tmp_path):
+    app_server = class_server
     contexts, lag = [], {}
 
     def page(width=1280, height=900, query=""):
