@@ -390,11 +390,16 @@ def deletion_curve(
     and baseline, so random orders already computed for them are reused, at no cost."""
     h, w = x.shape[-2:]
     n = h * w
-    rnds = [torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+
+    def perm(k: int) -> torch.Tensor:
+        """Random order ``k`` (seed ``seed`` + k)."""
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed + k))
+
+    first = perm(0)
     # Most attributed first; pixels with equal attribution go in the first random order's
     # sequence, not top-left first. So a constant map deletes exactly as that order does.
     place_in_random = np.empty(n, dtype=np.int64)
-    place_in_random[rnds[0].numpy()] = np.arange(n)
+    place_in_random[first.numpy()] = np.arange(n)
     magnitude = np.abs(heat).ravel()
     order = torch.from_numpy(np.lexsort((place_in_random, -magnitude)).copy())
     fractions = [i / steps for i in range(steps + 1)]
@@ -417,7 +422,7 @@ def deletion_curve(
         return out
 
     def compute(ks: range) -> list[tuple[float, ...]]:
-        perms = [rnds[0] if k == 0 else torch.randperm(n, generator=torch.Generator().manual_seed(seed + k)) for k in ks]
+        perms = [first if k == 0 else perm(k) for k in ks]
         inner = probs([(r, f) for r in perms for f in fractions[1:-1]])
         return [(p_attr[0], *inner[i * (steps - 1):(i + 1) * (steps - 1)], p_attr[-1]) for i in range(len(perms))]
 
