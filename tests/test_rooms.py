@@ -255,6 +255,40 @@ def test_a_page_watch_signals_changes_and_ends_when_its_page_leaves(monkeypatch)
     asyncio.run(scenario())
 
 
+def test_a_followed_view_is_applied_in_steps_and_its_results_come_once():
+    """A view with a new image: the tab first when it differs, then the image with the old
+    results emptied, then the rest; the page's own chains skip that image and model while the
+    class delivers them, and compute again after the page's own next change."""
+    from cnndemo.rooms import SHELF
+    from cnndemo.ui import explore
+    from cnndemo.ui.room import STUDENT_FIELDS, apply_controls
+
+    cat, rocket = (str(SHELF.path(f"example:{n}")) for n in ("cat.jpg", "rocket.jpg"))
+    view = View(model="googlenet", image="example:cat.jpg", block="inception4a")
+    page = dict.fromkeys(STUDENT_FIELDS[1:])
+    page.update(ex_model="googlenet", ex_image=rocket, ex_block="inception4c", ex_branch="1x1")
+
+    def step(n, tab="explore"):
+        return apply_controls(view.to_json(), tab, *(page[k] for k in STUDENT_FIELDS[1:]), step=n)
+
+    assert set(step(0, tab="attributions")) == {"tabs"}
+    first = step(0)
+    assert first["ex_image"] == cat and first["label"] is None and "ex_block" not in first
+    assert "Computing" in first["block_note"]
+    page["ex_image"] = cat
+    second = step(1)
+    assert second["ex_block"].value == "inception4a" and "ex_image" not in second and "label" not in second
+    # The page's own chains, fired by the image set above, leave the view's results to the class.
+    followed, applying = view.to_json(), 12.5
+    assert explore.class_delivers(cat, "googlenet", followed, applying)
+    assert explore.results_pending("googlenet", "inception4a", cat, followed, applying, new_model=False) == {}
+    # The page's own next image ends that: the results are emptied and the application forgotten.
+    mine = explore.results_pending("googlenet", "inception4a", rocket, followed, applying, new_model=False)
+    assert mine["label"] is None and mine["applying"] is None
+    assert not explore.class_delivers(cat, "googlenet", followed, None)
+    assert not explore.class_delivers(cat, "vgg16", followed, applying)
+
+
 def test_the_teachers_publish_is_the_first_event_of_an_explore_change_and_reads_the_diagrams_branch():
     """The browser sends a change's events in the order they were registered: a new image, model,
     block or branch click, and Explain, reach the class before the teacher's own events for them."""

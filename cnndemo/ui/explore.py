@@ -67,8 +67,7 @@ def on_model_change(key: str, checkpoint: dict | None):
     return {"card": model_card(key), "banner": weights_banner(info, key)}
 
 
-@user_errors
-def predict(image: str | None, model: str, checkpoint: dict | None = None, progress=gr.Progress()):
+def prediction(image: str | None, model: str, checkpoint: dict | None = None, progress=gr.Progress()):
     """Top-5 predictions for one image on one zoo model, with the image the network saw.
 
     Args:
@@ -79,7 +78,8 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
         return {"label": None, "seen": None, "banner": weights_banner(None, model), "json": None,
                 "info": "Give the model an image: upload one, use the webcam, paste, or pick an example."}
     lm = get_model(model, checkpoint, progress)
-    progress(0.9, desc=f"running {lm.spec.name}")
+    if progress is not None:  # None: a step that shows no progress (a class's follow)
+        progress(0.9, desc=f"running {lm.spec.name}")
     ex = explore(image, lm)
     pred = ex.prediction
     warnings = [n for n in ex.input_notes if n.startswith(PHOTO_WARNING)]
@@ -93,6 +93,37 @@ def predict(image: str | None, model: str, checkpoint: dict | None = None, progr
     seen = picture(("seen", ex.model, ex.weights_ident, ex.image_digest), lambda: render.enlarged(ex.seen))
     return {"label": pred.as_label(), "seen": seen, "info": info,
             "banner": weights_banner(lm.weights, model), "json": pred.to_json()}
+
+
+predict = user_errors(prediction)
+
+
+def class_delivers(image, model: str, followed: dict | None, applying) -> bool:
+    """Whether a class (or a link) applied a view of this model and image to the page
+    (``applying``: set by the application, ended by the page's own next image or model, by
+    leaving or breaking away from the class; ``followed``: its view). The view's top-5 and maps
+    then come in one step from the room (``ui.room.follow_explore``), and the page's own chains
+    for the new image or model skip their work: a following page draws each result once. (Its
+    change events can reach the server seconds after the view's results.)"""
+    if not applying or not followed or followed.get("tab") == "attributions" or followed.get("model") != model:
+        return False
+    return bool(image) and SHELF.ref(image) == followed.get("image")
+
+
+@user_errors
+def predict_unless_delivered(image, model: str, checkpoint, followed, applying, progress=gr.Progress()):
+    """The top-5 of a new image or model (``prediction``), unless the class delivers it."""
+    if class_delivers(image, model, followed, applying):
+        return {k: gr.skip() for k in PREDICTION}
+    return prediction(image, model, checkpoint, progress)
+
+
+@user_errors
+def branches_unless_delivered(image, model: str, block: str, checkpoint, look, followed, applying):
+    """The block's maps after a prediction (``branches_result``), unless the class delivers them."""
+    if class_delivers(image, model, followed, applying):
+        return {k: gr.skip() for k in BRANCH_MAPS}
+    return branches_result(image, model, block, checkpoint, look)
 
 
 @user_errors
@@ -148,12 +179,18 @@ def ablation_cleared(key: str):
             "ablate": gr.Button(interactive=spec.has_branches)}
 
 
-def results_pending(key: str, block: str | None, image: str | None, followed: dict | None = None, *,
-                    new_model: bool) -> dict:
+def results_pending(key: str, block: str | None, image: str | None, followed: dict | None = None,
+                    applying=None, *, new_model: bool) -> dict:
     """The moment the model or image changes, nothing from the last one stays readable: every
     result is emptied and the note says what is being computed (no network runs here). A new
-    model also shows its own blocks at once."""
+    model also shows its own blocks at once. (Nothing here while a class delivers the view: the
+    step that set its image or model emptied the results, ``ui.room.apply_controls``.)"""
+    if class_delivers(image, key, followed, applying):
+        return {}
     spec = ZOO[key]
+    # Any other image or model (the page's own) ends the application: a later return to its
+    # model and image is computed here again.
+    ended = {"applying": None} if applying else {}
     # A new model keeps the block on screen when it has one of that name (a followed or linked
     # view sets both at once); otherwise it shows its default block.
     block = valid_block(key, block)
@@ -166,7 +203,7 @@ def results_pending(key: str, block: str | None, image: str | None, followed: di
     if followed_branch(image, key, block, followed):
         out.pop("branch_view")  # the followed view's branch stays on screen
         out.pop("branch", None)
-    return out
+    return {**out, **ended}
 
 
 def share_chart_style(key: str, block: str) -> dict:
@@ -423,7 +460,9 @@ def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
     order), once the model, image, block, diagram and the knock-out's controls exist."""
     # The view a class or a link made this page show (``ui.room``): its clicked branch survives
     # the change events that setting it fires.
-    c: dict = {"checkpoint": checkpoint_state, "look": look, "followed": session_state(None)}
+    # ``applying``: that view is being applied (its results then come in one step, ``class_delivers``).
+    c: dict = {"checkpoint": checkpoint_state, "look": look, "followed": session_state(None),
+               "applying": session_state(None)}
     _prediction_section(c)
     _architecture_section(c)
     _branches_section(c)
@@ -592,35 +631,45 @@ def _branch_events(c: dict) -> None:
 
 def _chains(c: dict) -> None:
     """The chains that span the sections: a new image (or Predict) empties every result, predicts,
-    then draws the block's maps; a new model also shows its card and then its architecture."""
+    then draws the block's maps; a new model also shows its card and then its architecture. (A
+    new image or model that a class or a link set skips its work: ``class_delivers``.)"""
     predicted, prediction_outputs = by_name(predict, c, PREDICTION)
     maps, maps_outputs = by_name(show_branches, c, BRANCH_MAPS)
     # After every prediction, the branch maps of the block on screen (no API endpoint of its own).
     then_branches = dict(fn=maps, inputs=[c["image"], c["model"], c["block"], c["checkpoint"], c["look"]],
                          outputs=maps_outputs, api_visibility="private", concurrency_id=LIGHT)
+    followed = [c["followed"], c["applying"]]
+    own, own_outputs = by_name(predict_unless_delivered, c, PREDICTION)
+    own_maps, _ = by_name(branches_unless_delivered, c, BRANCH_MAPS)
+    then_own_branches = dict(then_branches, fn=own_maps, inputs=[*then_branches["inputs"], *followed])
     # Results are emptied first, in the same chain: an emptying that raced the prediction could
     # land after it and hide a finished result.
-    pending_inputs = [c["model"], c["block"], c["image"], c["followed"]]
+    pending_inputs = [c["model"], c["block"], c["image"], *followed]
     image_pending, outputs_i = by_name(
-        lambda key, block, image, followed: results_pending(key, block, image, followed, new_model=False), c, SHOWN)
-    c["predict_event"] = gr.on(
-        triggers=[c["run"].click, c["image"].change], fn=image_pending, inputs=pending_inputs, outputs=outputs_i,
-        api_visibility="private", queue=False, show_progress="hidden",
-    ).then(
+        lambda key, block, image, followed, applying: results_pending(key, block, image, followed, applying,
+                                                                      new_model=False), c, (*SHOWN, "applying"))
+    pending = dict(fn=image_pending, inputs=pending_inputs, outputs=outputs_i, api_visibility="private", queue=False,
+                   show_progress="hidden")
+    c["run"].click(**pending).then(
         fn=predicted, inputs=[c["image"], c["model"], c["checkpoint"]], outputs=prediction_outputs,
         api_name="predict", concurrency_id=LIGHT,
     ).then(**then_branches)
+    c["image"].change(**pending).then(
+        fn=own, inputs=[c["image"], c["model"], c["checkpoint"], *followed], outputs=own_outputs,
+        api_visibility="private", concurrency_id=LIGHT,
+    ).then(**then_own_branches)
     model_pending, outputs_m = by_name(
-        lambda key, block, image, followed: results_pending(key, block, image, followed, new_model=True), c,
-        (*SHOWN, "block", "branch"))
+        lambda key, block, image, followed, applying: results_pending(key, block, image, followed, applying,
+                                                                      new_model=True), c,
+        (*SHOWN, "block", "branch", "applying"))
     card, card_outputs = by_name(on_model_change, c, ("card", "banner"))
     c["model"].change(
         model_pending, pending_inputs, outputs_m, api_visibility="private", queue=False, show_progress="hidden"
     ).then(
         card, [c["model"], c["checkpoint"]], card_outputs, api_visibility="private"
     ).then(
-        predicted, [c["image"], c["model"], c["checkpoint"]], prediction_outputs, api_visibility="private",
+        own, [c["image"], c["model"], c["checkpoint"], *followed], own_outputs, api_visibility="private",
         concurrency_id=LIGHT,
-    ).then(**then_branches).then(
+    ).then(**then_own_branches).then(
         user_errors(architecture_rows), [c["model"]], [c["arch"]], api_visibility="private"
     )

@@ -264,9 +264,12 @@ async def page_watch(member: dict | None):
 
 def to_apply(view: View, version: int | None = None) -> dict:
     """A view for ``apply_controls`` (set off by the new ``view_version``: the controls are
-    outputs of that step alone, because a visible control that is an output of an event fires
-    its change events even when the event leaves it as it is, and the tick runs every second)."""
-    out = {"view_state": view.to_json(), "view_version": time.monotonic()}
+    outputs of those steps alone, because a visible control that is an output of an event fires
+    its change events even when the event leaves it as it is, and the tick runs every second).
+    ``applying`` marks the application: the view's results are delivered in one step
+    (``explore.class_delivers``)."""
+    stamp = time.monotonic()
+    out = {"view_state": view.to_json(), "view_version": stamp, "applying": stamp}
     if version is not None:
         out["applied"] = version
     return out
@@ -281,12 +284,14 @@ def switch_tab(view: View) -> dict:
     return {"tabs": gr.Tabs(selected=view.tab)}
 
 
-# The steps that apply a view, in order: the tab, then (once it is shown) the image, the model
-# and the rest, each a step of its own. (Sent at once, or the model before the image while
-# events that read the image still ran, a new image's change events fired again and again.)
-# When the tab and the image stay, the first step sets everything and the others find nothing.
-APPLY_STEPS = ("tab", "image", "model", "rest")
-# Before the first step after a tab switch: wait (up to 5 s) until the tab's controls are on the page.
+# A view is applied in up to three steps: the tab (when the page shows another), then (once it
+# is shown) the image, then the rest. Each step sets the first of these that differs, so a view
+# without a new tab or image is set in the first step. (Sent at once, or the model before the
+# image while events that read the image still ran, a new image's change events fired again and
+# again.) The view's results are drawn after the second step (``follow_explore``): by then the
+# step that set a new image or model has emptied the old results.
+APPLY_STEPS = 3
+# Before the second step: wait (up to 5 s) until the tab's controls are on the page.
 # A tab's controls are first put on the page when it is first shown, which can take longer than
 # the server takes to answer; a value sent before that is kept and set later, and such an image
 # fires its change events again and again.
@@ -300,26 +305,31 @@ SHOWN_JS = """async (view, ...rest) => {
 }"""
 
 
-def apply_controls(view_json: dict | None, tab: str, *controls, step: str = "tab") -> dict:
-    """Set the page's controls to the view to apply (only those that show something else), one
-    ``step`` of ``APPLY_STEPS``."""
+def apply_controls(view_json: dict | None, tab: str, *controls, step: int = 0) -> dict:
+    """Step ``step`` of applying a view (``APPLY_STEPS``): the tab (the first step only), else
+    the image, else every other control that shows something else. The step that sets an
+    Explore view's new image or model (the first or second: the results are drawn after it)
+    also empties its results (``explore.results_pending``); the page's own chains skip while
+    the class delivers them."""
     if not view_json:
         return {}
     view = View.parse(view_json)
-    if step == "tab" and tab != view.tab:
+    if step == 0 and tab != view.tab:
         return switch_tab(view)
-    out = apply_view(view, dict(zip(STUDENT_FIELDS[1:], controls), tab=view.tab))
-    if step == "tab":  # the tab is shown: a view without a new image is set in this first step
-        step = "image" if any(k.endswith("_image") for k in out) else "rest"
-    if step == "rest":
-        return out
-    return {k: v for k, v in out.items() if k.endswith("_" + step)}
+    now = dict(zip(STUDENT_FIELDS[1:], controls), tab=view.tab)
+    out = apply_view(view, now)
+    image = {k: v for k, v in out.items() if k.endswith("_image")}
+    setting = image or out
+    if step < 2 and view.tab == "explore" and ("ex_image" in out or "ex_model" in out):
+        shown = image.get("ex_image", now.get("ex_image"))
+        setting.update(explore.results_pending(view.model, view.block, shown, new_model=False))
+    return setting
 
 
 def ended(member: dict, why: str) -> dict:
     """The page leaves a class that is gone (ended, idle, or a server restart), saying so."""
     return {"member": {}, "banner": banner({}, note=f"Class {member.get('code', '')} has ended. {why}"),
-            "poll_group": gr.Group(visible=False), "shown": None, **_visibility({})}
+            "poll_group": gr.Group(visible=False), "shown": None, "applying": None, **_visibility({})}
 
 
 # ---------------------------------------------------------------------------- the buttons
@@ -369,7 +379,7 @@ def _client(request: gr.Request | None) -> str | None:
 
 def break_away(member):
     member = {**(member or {}), "following": False}
-    return {"member": member, "banner": banner(member), "shown": None}
+    return {"member": member, "banner": banner(member), "shown": None, "applying": None}
 
 
 def catch_up(member):
@@ -519,8 +529,9 @@ def open_page(member, request: gr.Request):
 
 
 def follow_explore(view_json: dict | None, checkpoint, look):
-    """A followed (or linked) Explore view's results: the block's maps, the branch clicked,
-    the knock-out, each from the shared caches."""
+    """A followed (or linked) Explore view's results in one step, each from the shared caches:
+    the top-5, the block's maps, the diagram with the branch clicked, and the knock-out. (The
+    page's own chains skip a new image or model meanwhile: ``explore.class_delivers``.)"""
     if not view_json or view_json.get("tab") == "attributions":
         return {}
     view = View.parse(view_json)
@@ -529,7 +540,11 @@ def follow_explore(view_json: dict | None, checkpoint, look):
         return {}
     image = str(image)
     block = explore.valid_block(view.model, view.block)
-    out = dict(explore.branches_result(image, view.model, block, checkpoint, look))
+    out = dict(explore.prediction(image, view.model, checkpoint, progress=None))
+    out.update(explore.branches_result(image, view.model, block, checkpoint, look))
+    # The plots' order and colours come with their values (a page's own chain sets them a step before).
+    out["share_plot"] = gr.BarPlot(out["share_plot"], **explore.share_chart_style(view.model, block))
+    out["depth_plot"] = gr.BarPlot(out["depth_plot"], **explore.depth_chart_style(view.model))
     # The diagram of this block, with the clicked branch large (or none clicked).
     out.update(explore.branch_view(image, view.model, block, view.branch or None, checkpoint, look))
     out.pop("branch", None)
@@ -610,6 +625,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     objects, Explore's and Attributions' components)."""
     ex, at = page["explore"], page["attributions"]
     c["view_state"] = ex["followed"]  # the view to show: Explore's resets keep its clicked branch
+    c["applying"] = ex["applying"]  # a view was applied: Explore's own chains skip its results
     names = {"tabs": page["tabs"], "ex_model": ex["model"], "ex_image": ex["image"], "ex_block": ex["block"],
              "ex_branch": ex["branch"], "ex_mode": ex["mode"], "at_model": at["model"], "at_image": at["image"],
              "at_method": at["method"], "at_target": at["target"], "at_layer": at["layer"],
@@ -617,7 +633,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     every = {**c, **names}
     controls = _controls(c, ex, at)
     room_outputs = ("member", "banner", "poll_group", "poll_md", "poll_choice", "poll_text", "poll_send", "poll_plot",
-                    "poll_truth", "shown", "applied", "behind", "view_state", "view_version", "teacher_row",
+                    "poll_truth", "shown", "applied", "behind", "view_state", "view_version", "applying", "teacher_row",
                     "student_row", "timer", "tools")
     private = dict(api_visibility="private")
 
@@ -662,15 +678,19 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
 
     # A followed or linked view: its results, from the shared caches.
     shown_explore, explore_outputs = by_name(
-        user_errors(follow_explore), ex, (*explore.BRANCH_MAPS, "diagram", "branch_view", *explore.ABLATION))
+        user_errors(follow_explore), ex,
+        (*explore.PREDICTION, *explore.BRANCH_MAPS, "diagram", "branch_view", *explore.ABLATION))
+    every_shown = {**every, **{k: ex[k] for k in explore.SHOWN}}
     applying = None
-    for step in APPLY_STEPS:
-        applied, applied_outputs = by_name(functools.partial(apply_controls, step=step), every, names)
+    for step in range(APPLY_STEPS):
+        applied, applied_outputs = by_name(functools.partial(apply_controls, step=step), every_shown,
+                                           (*names, *explore.SHOWN))
         applying = (c["view_version"].change if applying is None else applying.then)(
             applied, [c["view_state"], *controls], applied_outputs, queue=False, show_progress="hidden",
-            js=SHOWN_JS if step == APPLY_STEPS[1] else None, **private)
-    applying.then(shown_explore, [c["view_state"], checkpoint, look], explore_outputs, concurrency_id=LIGHT,
-                  **private)
+            js=SHOWN_JS if step == 1 else None, **private)
+        if step == 1:
+            applying.then(shown_explore, [c["view_state"], checkpoint, look], explore_outputs,
+                          concurrency_id=LIGHT, **private)
     shown_attr, attr_outputs = by_name(user_errors(follow_attribution), at, (*attributions.OUTPUTS, "shown"))
     applying.then(shown_attr, [c["view_state"], checkpoint, look, at["image"], at["model"], at["method"], at["target"],
                                at["layer"]], attr_outputs, **heavy_lane(), **private)
