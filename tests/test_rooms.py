@@ -289,6 +289,45 @@ def test_a_followed_view_is_applied_in_steps_and_its_results_come_once():
     assert not explore.class_delivers(cat, "vgg16", followed, applying)
 
 
+def test_a_classs_results_stop_when_the_teacher_moves_on_or_every_watch_leaves(monkeypatch):
+    """The results computed once for a class's watches: a newer view's results stop the older
+    ones' work, and the last watch leaving stops what is still running (nobody would read it)."""
+    import asyncio
+    import threading
+
+    from cnndemo import cancel
+    from cnndemo.ui import room as ui_room
+
+    rooms = Rooms(max_members=2)
+    monkeypatch.setattr(ui_room, "registry", lambda: rooms)
+    monkeypatch.setattr(ui_room, "WATCH_TICK_S", 0.01)
+    started = threading.Semaphore(0)
+
+    def slow(view, progress=None):  # work that stops only when it is cancelled (or after 30 s)
+        started.release()
+        for _ in range(3000):
+            cancel.check()
+            threading.Event().wait(0.01)
+        return {"top5": "finished"}
+
+    monkeypatch.setattr(ui_room, "view_results", slow)
+    code, secret = rooms.open(CAT)
+
+    async def scenario():
+        first = asyncio.ensure_future(ui_room._room_results(code, 1, CAT))
+        await asyncio.to_thread(started.acquire)
+        second = asyncio.ensure_future(ui_room._room_results(code, 2, CAT.changed(block="inception4a")))
+        assert "moved on" in (await asyncio.wait_for(first, 10))["error"]
+        await asyncio.to_thread(started.acquire)
+        watch = ui_room.room_changes(code, secret=secret)
+        await anext(watch)  # a watch of the class, then it leaves: the last one
+        await watch.aclose()
+        assert "Every page left" in (await asyncio.wait_for(second, 10))["error"]
+        assert code not in ui_room._ROOM_RESULTS
+
+    asyncio.run(scenario())
+
+
 def test_the_teachers_publish_is_the_first_event_of_an_explore_change_and_reads_the_diagrams_branch():
     """The browser sends a change's events in the order they were registered: a new image, model,
     block or branch click, and Explain, reach the class before the teacher's own events for them."""

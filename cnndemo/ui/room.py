@@ -21,6 +21,7 @@ import collections
 import functools
 import html
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -28,6 +29,7 @@ import anyio
 import gradio as gr
 import pandas as pd
 
+from .. import cancel
 from ..attribution import knobs
 from ..branches import explore as explore_image
 from ..rooms import SHELF, TABS, RoomError, View, branch_poll, normalise_code, prediction_poll, registry, text_poll
@@ -157,6 +159,7 @@ async def room_changes(code: str, member: str | None = None, secret: str | None 
         _WATCHES[code] -= 1
         if _WATCHES[code] <= 0:
             del _WATCHES[code]
+            drop_room_results(code, "Every page left the class before these results were ready.")
 
 
 # ---------------------------------------------------------------------------- what the page shows
@@ -790,27 +793,42 @@ async def api_watch(code: str, member: str = "", secret: str = "", results: bool
         yield out
 
 
-_ROOM_RESULTS: collections.OrderedDict = collections.OrderedDict()  # room code -> (version, future)
+_ROOM_RESULTS: collections.OrderedDict = collections.OrderedDict()  # room code -> (version, future, token)
 
 
 async def _room_results(code: str, version: int, view: View) -> dict:
     """The view's results for every watch of a class: one computation per version (in a
-    thread, from the shared caches), which a watch that goes away does not cancel."""
+    thread, from the shared caches), which a watch that goes away does not cancel. A newer
+    version's results, or the class's last watch leaving, stop it (``drop_room_results``)."""
     held = _ROOM_RESULTS.get(code)
     if held is None or held[0] != version:
-        held = (version, asyncio.ensure_future(anyio.to_thread.run_sync(_results_or_error, view)))
+        drop_room_results(code, "The teacher moved on before these results were ready.")
+        token = threading.Event()
+        held = (version, asyncio.ensure_future(anyio.to_thread.run_sync(_results_or_error, view, token)), token)
         _ROOM_RESULTS[code] = held
         while len(_ROOM_RESULTS) > 2 * registry().max_rooms:
-            _ROOM_RESULTS.popitem(last=False)
+            drop_room_results(next(iter(_ROOM_RESULTS)), "Too many classes were computing at once.")
     _ROOM_RESULTS.move_to_end(code)
     return await asyncio.shield(held[1])
 
 
-def _results_or_error(view: View) -> dict:
-    try:
-        return view_results(view)
-    except Exception as e:  # the class still follows the view; its results say why they are missing
-        return {"error": as_gr_error(e, "room_watch").message}
+def drop_room_results(code: str, why: str) -> None:
+    """Forget a class's results; work still running for them stops at its next check and says
+    ``why``."""
+    held = _ROOM_RESULTS.pop(code, None)
+    if held is not None and not held[1].done():
+        held[2].why = why
+        held[2].set()
+
+
+def _results_or_error(view: View, token: threading.Event) -> dict:
+    with cancel.cancellable(token):
+        try:
+            return view_results(view)
+        except cancel.Cancelled:
+            return {"error": getattr(token, "why", "The results were cancelled.")}
+        except Exception as e:  # the class still follows the view; its results say why they are missing
+            return {"error": as_gr_error(e, "room_watch").message}
 
 
 def view_results(view: View, progress=None) -> dict:
