@@ -531,9 +531,10 @@ def open_page(member, request: gr.Request):
 # ---------------------------------------------------------------------------- results for a followed view
 
 
-def follow_explore(view_json: dict | None, checkpoint, look):
+def follow_explore(view_json: dict | None, checkpoint, look, top5=None):
     """A followed (or linked) Explore view's results in one step, each from the shared caches:
-    the top-5, the block's maps, the diagram with the branch clicked, and the knock-out. (The
+    the top-5 (unless the page shows it: ``top5``, emptied by the step that set a new image or
+    model), the block's maps, the diagram with the branch clicked, and the knock-out. (The
     page's own chains skip a new image or model meanwhile: ``explore.class_delivers``.)"""
     if not view_json or view_json.get("tab") == "attributions":
         return {}
@@ -543,7 +544,7 @@ def follow_explore(view_json: dict | None, checkpoint, look):
         return {}
     image = str(image)
     block = explore.valid_block(view.model, view.block)
-    out = dict(explore.prediction(image, view.model, checkpoint, progress=None))
+    out = {} if top5 else dict(explore.prediction(image, view.model, checkpoint, progress=None))
     out.update(explore.branches_result(image, view.model, block, checkpoint, look))
     # The plots' order and colours come with their values (a page's own chain sets them a step before).
     out["share_plot"] = gr.BarPlot(out["share_plot"], **explore.share_chart_style(view.model, block))
@@ -692,7 +693,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
             applied, [c["view_state"], *controls], applied_outputs, queue=False, show_progress="hidden",
             js=SHOWN_JS if step == 1 else None, **private)
         if step == 1:
-            applying.then(shown_explore, [c["view_state"], checkpoint, look], explore_outputs,
+            applying.then(shown_explore, [c["view_state"], checkpoint, look, ex["label"]], explore_outputs,
                           concurrency_id=LIGHT, **private)
     shown_attr, attr_outputs = by_name(user_errors(follow_attribution), at, (*attributions.OUTPUTS, "shown"))
     applying.then(shown_attr, [c["view_state"], checkpoint, look, at["image"], at["model"], at["method"], at["target"],
