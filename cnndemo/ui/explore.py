@@ -654,7 +654,10 @@ def _chains(c: dict) -> None:
         fn=predicted, inputs=[c["image"], c["model"], c["checkpoint"]], outputs=prediction_outputs,
         api_name="predict", concurrency_id=LIGHT,
     ).then(**then_branches)
-    c["image"].change(**pending).then(
+    # "once", as a click's: a change while the chain runs is dropped. (A change event's own default,
+    # "always_last", runs the chain again after it, and each run re-reads the image, which Gradio
+    # can report as another change: a new image after a new block then looped every 2-3 s.)
+    c["image"].change(**pending, trigger_mode="once").then(
         fn=own, inputs=[c["image"], c["model"], c["checkpoint"], *followed], outputs=own_outputs,
         api_visibility="private", concurrency_id=LIGHT,
     ).then(**then_own_branches)

@@ -210,3 +210,24 @@ def test_a_link_opens_its_view_and_the_page_settles(browser, app_server):
         settles([page], app_server)
     finally:
         ctx.close()
+
+
+def test_a_new_image_after_a_new_block_settles(browser, app_server, examples):
+    """One page, no class: a new image after a new block draws its results once, and the page
+    then falls quiet (the image's chain had run again and again, every 2-3 s, for as long as the
+    page was open)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(LONG)
+        page.goto(app_server.url)
+        page.wait_for_selector("#explore-image")
+        page.set_input_files("#explore-image input[type=file]", str(examples / "cat.jpg"))
+        follow([page], {"top5": "%"})
+        choose(page, "explore-block", "inception4a")
+        page.wait_for_function("document.querySelector('#explore-block-note').innerText.startsWith('inception4a')")
+        page.set_input_files("#explore-image input[type=file]", str(examples / "coffee.jpg"))
+        page.wait_for_function("document.querySelector('#explore-block-note').innerText.startsWith('inception4a')")
+        settles([page], app_server, within_s=30.0)
+    finally:
+        ctx.close()
