@@ -349,6 +349,35 @@ def run_bench_room(args) -> int:
     return 0 if out["errors"] == 0 and out["missed"] == 0 else 1
 
 
+def _setup_follow(p):
+    p.add_argument("--students", type=int, default=3, help="student pages (default 3; the second at 390 px)")
+    p.add_argument("--chromium", default="/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None,
+                   help="the Chromium to run (default /usr/bin/chromium when present, else Playwright's own)")
+    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench-follow", "a teacher and N student pages in Chromium follow eight changes: seconds per page, CPU "
+         "of server and browsers", _setup_follow)
+def run_bench_follow(args) -> int:
+    from .browsers import run_browser_follow
+
+    env = dict(kv.split("=", 1) for kv in args.env)
+    out = run_browser_follow(args.students, chromium=args.chromium, env=env,
+                             progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        emit(out)
+    else:
+        print(f"a teacher and {out['students']} student pages on {out['cores']} cores: slowest student "
+              f"{out['slowest_student_max_s']} s; missed {out['missed']}; CPU server {out['server_cpu_s']} s, "
+              f"browsers {out['browsers_cpu_s']} s")
+        for r in out["changes"]:
+            print(f"  {r['change']:<40} teacher {r['teacher_s']} s, slowest student {r['slowest_student_s']} s "
+                  f"(behind {r['behind_teacher_s']} s); CPU server {r['server_cpu_s']} s, browsers "
+                  f"{r['browsers_cpu_s']} s")
+    return 0 if out["missed"] == 0 else 1
+
+
 def _setup_bench_checkpoints(p):
     p.add_argument("--model", default="resnet50", choices=list(ZOO), metavar="KEY", help="zoo key (default resnet50)")
     p.add_argument("--json", action="store_true")
