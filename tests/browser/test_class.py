@@ -22,7 +22,7 @@ SAME = """(want) => {
   const tab = document.querySelector('[role=tab][aria-selected=true]');
   const now = {model: v('#explore-model input'), block: v('#explore-block input'),
                branch: sel ? sel.dataset.branch : '', tab: tab ? tab.innerText.trim() : '',
-               top5: (document.querySelector('#explore-top5') || {}).innerText || '',
+               top5: Array.from(document.querySelectorAll('#explore-top5 dl')).map((d) => d.textContent).join('|'),
                knocked: ((document.querySelector('#explore-after') || {}).innerText || '').includes('%')};
   return Object.entries(want).every(([k, x]) => ['top5', 'model'].includes(k) ? (now[k] || '').includes(x) : now[k] === x);
 }"""

@@ -51,9 +51,11 @@ CHANGES = [  # (what, how the teacher does it, what every page then shows)
 WATCH_JS = """([kind, value]) => {
   const text = (sel) => ((document.querySelector(sel) || {}).textContent || '');
   const branch = () => { const s = document.querySelector('#explore-diagram .cz-selected'); return s ? s.dataset.branch : ''; };
-  const before = text('#explore-top5');
+  // The top-5's own rows: a progress bar over the component shows percentages of its own.
+  const top5 = () => Array.from(document.querySelectorAll('#explore-top5 dl')).map((d) => d.textContent).join('|');
+  const before = top5();
   const shown = {
-    top5: () => text('#explore-top5').includes('%') && text('#explore-top5') !== before,
+    top5: () => top5().includes('%') && top5() !== before,
     block: () => text('#explore-block-note').includes(value + ' \u00b7') && !text('#explore-block-note').includes('Computing'),
     branch: () => branch() === value,
   }[kind];
