@@ -102,19 +102,23 @@ def run_browser_follow(students: int = 3, *, chromium: str | None = None, env: d
     say = progress or (lambda _m: None)
     server = start_server(env, ("--offline",), watch=True)
     sent = [0.0]  # when a page last sent an event other than a look at the room
+    counts: dict[int, int] = {}  # events each page sent (besides its looks at the room)
     config = json.loads(local_get(server.port, "/config")[1])
     watched = {c["id"] for c in config["components"]
                if c["type"] == "timer" or c.get("props", {}).get("elem_id") == "room-signal"}
     looks = {i for i, d in enumerate(config["dependencies"]) if any(t[0] in watched for t in d["targets"])}
 
-    def on_request(request):
-        if request.method == "POST" and ("/queue/join" in request.url or "/run/predict" in request.url):
-            try:
-                fn = json.loads(request.post_data or "{}").get("fn_index")
-            except ValueError:
-                return
-            if fn is not None and fn not in looks:
-                sent[0] = time.perf_counter()
+    def listener(index: int):
+        def on_request(request):
+            if request.method == "POST" and ("/queue/join" in request.url or "/run/predict" in request.url):
+                try:
+                    fn = json.loads(request.post_data or "{}").get("fn_index")
+                except ValueError:
+                    return
+                if fn is not None and fn not in looks:
+                    sent[0] = time.perf_counter()
+                    counts[index] = counts.get(index, 0) + 1
+        return on_request
 
     try:
         with sync_playwright() as pw:
@@ -128,7 +132,8 @@ def run_browser_follow(students: int = 3, *, chromium: str | None = None, env: d
                                           has_touch=width < 500)
                 pg = ctx.new_page()
                 pg.set_default_timeout(SHOWN_LIMIT_S * 1000)
-                pg.on("request", on_request)
+                pg.on("request", listener(len(counts)))
+                counts[len(counts)] = 0
                 pg.goto(server.url.rstrip("/") + "/" + query)
                 pg.wait_for_selector("#explore-image")
                 return pg
@@ -149,6 +154,7 @@ def run_browser_follow(students: int = 3, *, chromium: str | None = None, env: d
                 for p in pages:
                     p.evaluate(WATCH_JS, [kind, value])
                 c0, b0, t0 = cpu_seconds(server.proc.pid), _browser_cpu(), time.time()
+                sent_before = dict(counts)
                 _act(teacher, how, value, examples)
                 seen: dict[int, float] = {}
                 while len(seen) < len(pages) and time.time() - t0 < SHOWN_LIMIT_S:
@@ -167,10 +173,12 @@ def run_browser_follow(students: int = 3, *, chromium: str | None = None, env: d
                 done = [s for s in row["students_s"] if s is not None]
                 row["slowest_student_s"] = max(done) if done else None
                 row["behind_teacher_s"] = round(max(done) - row["teacher_s"], 2) if done else None
+                _quiet(teacher, sent)
+                row["events_per_page"] = [counts[i] - sent_before.get(i, 0) for i in sorted(counts)]
                 rows.append(row)
                 say(f"  {what}: teacher {row['teacher_s']} s, students {row['students_s']} s; CPU server "
-                    f"{row['server_cpu_s']} s, browsers {row['browsers_cpu_s']} s in {row['wall_s']} s")
-                _quiet(teacher, sent)
+                    f"{row['server_cpu_s']} s, browsers {row['browsers_cpu_s']} s in {row['wall_s']} s; events "
+                    f"{row['events_per_page']}")
             browser.close()
         students_all = [s for r in rows for s in r["students_s"] if s is not None]
         return {"students": students, "pages": students + 1, "cores": os.cpu_count(), "changes": rows,
