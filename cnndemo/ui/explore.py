@@ -460,7 +460,8 @@ def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
     order), once the model, image, block, diagram and the knock-out's controls exist."""
     # The view a class or a link made this page show (``ui.room``): its clicked branch survives
     # the change events that setting it fires.
-    # ``applying``: that view is being applied (its results then come in one step, ``class_delivers``).
+    # ``applying``: that view was applied, until the page's own next image or model (its results
+    # come in one step meanwhile: ``class_delivers``).
     c: dict = {"checkpoint": checkpoint_state, "look": look, "followed": session_state(None),
                "applying": session_state(None)}
     _prediction_section(c)

@@ -20,6 +20,7 @@ from ... import cache, settings
 from ...attribution import INTERNAL_BATCH, Settings, attribute
 from ...bench import measure, plain_loop_ms, prepare
 from ...branches import explore_tensor
+from .browsers import run_browser_follow
 from .classroom import run_classroom
 from . import peer  # noqa: F401 (registers peer-check)
 from ...lessons import load_lesson
@@ -360,8 +361,6 @@ def _setup_follow(p):
 @command("bench-follow", "a teacher and N student pages in Chromium follow eight changes: seconds per page, CPU "
          "of server and browsers", _setup_follow)
 def run_bench_follow(args) -> int:
-    from .browsers import run_browser_follow
-
     env = dict(kv.split("=", 1) for kv in args.env)
     out = run_browser_follow(args.students, chromium=args.chromium, env=env,
                              progress=lambda m: print(m, file=sys.stderr, flush=True))

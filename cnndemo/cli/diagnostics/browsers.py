@@ -29,6 +29,7 @@ import os
 import time
 from pathlib import Path
 
+from ...paths import EXAMPLES_DIR
 from .server import cpu_seconds, local_get, start_server
 
 QUIET_S = 1.5  # a change is over when no page has sent an event for this long (besides its looks at the room)
@@ -96,7 +97,6 @@ def run_browser_follow(students: int = 3, *, chromium: str | None = None, env: d
         from playwright.sync_api import sync_playwright
     except ImportError as e:  # a measurement tool: the app itself never needs it
         raise SystemExit("bench-follow needs Playwright: pip install -r requirements-dev.txt") from e
-    from ...ui.common import EXAMPLES_DIR
 
     examples = Path(examples or EXAMPLES_DIR)
     say = progress or (lambda _m: None)
