@@ -326,6 +326,11 @@ def apply_controls(view_json: dict | None, tab: str, *controls, step: int = 0) -
     if step < 2 and view.tab == "explore" and ("ex_image" in out or "ex_model" in out):
         shown = image.get("ex_image", now.get("ex_image"))
         setting.update(explore.results_pending(view.model, view.block, shown, new_model=False))
+    elif step < 2 and view.tab == "explore" and "ex_block" in setting:
+        # A new block: its maps emptied and its plots' order and colours set before its values
+        # come (as the teacher's own block.input does; a value sent with them is not drawn).
+        block = explore.valid_block(view.model, view.block)
+        setting.update(explore.branches_pending(view.model, block, now.get("ex_image")))
     return setting
 
 
@@ -546,9 +551,6 @@ def follow_explore(view_json: dict | None, checkpoint, look, top5=None):
     block = explore.valid_block(view.model, view.block)
     out = {} if top5 else dict(explore.prediction(image, view.model, checkpoint, progress=None))
     out.update(explore.branches_result(image, view.model, block, checkpoint, look))
-    # The plots' order and colours come with their values (a page's own chain sets them a step before).
-    out["share_plot"] = gr.BarPlot(out["share_plot"], **explore.share_chart_style(view.model, block))
-    out["depth_plot"] = gr.BarPlot(out["depth_plot"], **explore.depth_chart_style(view.model))
     # The diagram of this block, with the clicked branch large (or none clicked).
     out.update(explore.branch_view(image, view.model, block, view.branch or None, checkpoint, look))
     out.pop("branch", None)
