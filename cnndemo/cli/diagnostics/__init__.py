@@ -286,12 +286,26 @@ def run_soak(args) -> int:
     return 0 if not errors and res["hooks_left"] == 0 else 1
 
 
+def _env_argument(p) -> None:
+    """``--env KEY=VALUE ...``: settings for the server a benchmark starts."""
+    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings, e.g. CNNDEMO_WORKERS=2")
+
+
+def _server_env(args) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in args.env)
+
+
+def _to_stderr(message: str) -> None:
+    """A benchmark's progress, on standard error (standard output carries its results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _setup_classroom(p):
     p.add_argument("--students", type=int, nargs="+", default=[10, 30, 60], help="class sizes, run in turn")
     p.add_argument("--lesson", default="default",
                    help="default (predict, switch block, knock out, IG, draw a digit), photo (the same, every student on a "
                         "photo and a drawing of their own: @photo, @drawing), predict, or a JSON file")
-    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings, e.g. CNNDEMO_WORKERS=2")
+    _env_argument(p)
     p.add_argument("--rounds", type=int, default=1, help="repeat each class size this many times, pooled")
     p.add_argument("--client", choices=("browser", "gradio"), default="browser",
                    help="how each student talks to the app: as a browser does, over plain HTTP (default), or "
@@ -302,9 +316,9 @@ def _setup_classroom(p):
 
 @command("bench-classroom", "N simulated students run a lesson against the app on loopback", _setup_classroom)
 def run_bench_classroom(args) -> int:
-    env = dict(kv.split("=", 1) for kv in args.env)
+    env = _server_env(args)
     out = run_classroom(args.students, load_lesson(args.lesson), env=env, time_limit=args.time_limit, rounds=args.rounds,
-                        progress=lambda msg: print(msg, file=sys.stderr, flush=True), client=args.client)
+                        progress=_to_stderr, client=args.client)
     if args.json:
         emit(out)
         return 0
@@ -325,7 +339,7 @@ def _setup_room(p):
                    help="gradio_client (default; ~0.15 s of CPU per call on the same cores), or a page's plain HTTP requests")
     p.add_argument("--transport", choices=("watch", "poll"), default="watch",
                    help="watch: one room_watch stream per student (default); poll: room_state once a second, as a page does")
-    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings")
+    _env_argument(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -333,9 +347,9 @@ def _setup_room(p):
 def run_bench_room(args) -> int:
     from .follow import run_follow
 
-    env = dict(kv.split("=", 1) for kv in args.env)
+    env = _server_env(args)
     out = run_follow(args.students, poll_s=args.poll, env=env, client=args.client, transport=args.transport,
-                     progress=lambda m: print(m, file=sys.stderr, flush=True))
+                     progress=_to_stderr)
     if args.json:
         emit(out)
     else:
@@ -354,16 +368,16 @@ def _setup_follow(p):
     p.add_argument("--students", type=int, default=3, help="student pages (default 3; the second at 390 px)")
     p.add_argument("--chromium", default="/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None,
                    help="the Chromium to run (default /usr/bin/chromium when present, else Playwright's own)")
-    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings")
+    _env_argument(p)
     p.add_argument("--json", action="store_true")
 
 
 @command("bench-follow", "a teacher and N student pages in Chromium follow eight changes: seconds per page, CPU "
          "of server and browsers", _setup_follow)
 def run_bench_follow(args) -> int:
-    env = dict(kv.split("=", 1) for kv in args.env)
+    env = _server_env(args)
     out = run_browser_follow(args.students, chromium=args.chromium, env=env,
-                             progress=lambda m: print(m, file=sys.stderr, flush=True))
+                             progress=_to_stderr)
     if args.json:
         emit(out)
     else:
