@@ -332,15 +332,16 @@ def test_the_teachers_publish_is_the_first_event_of_an_explore_change_and_reads_
     """The browser sends a change's events in the order they were registered: a new image, model,
     block or branch click, and Explain, reach the class before the teacher's own events for them."""
     from cnndemo.ui import build_demo, explore
-    from cnndemo.ui.room import page_view, publish_explore
+    from cnndemo.ui.room import page_view, publish_explore, publish_new_explore
 
     demo = build_demo()
     ids = {b.elem_id: i for i, b in demo.blocks.items() if getattr(b, "elem_id", None)}
     def first(elem, event):
         return next(bf for bf in demo.fns.values() if any(t[0] == ids[elem] and t[1] == event for t in bf.targets))
 
-    for elem in ("explore-image", "explore-model", "explore-block", "explore-diagram"):
-        assert first(elem, "change").fn.__name__ == publish_explore.__name__, elem
+    for elem in ("explore-image", "explore-model", "explore-block"):
+        assert first(elem, "change").fn.__name__ == publish_new_explore.__name__, elem
+    assert first("explore-diagram", "change").fn.__name__ == publish_explore.__name__
     assert "first_publish" in first("explore-ablate", "click").fn.__qualname__
     for elem, event in (("attr-image", "change"), ("attr-model", "change"), ("attr-method", "change"), ("attr-run", "click")):
         fn = first(elem, event).fn
@@ -351,3 +352,30 @@ def test_the_teachers_publish_is_the_first_event_of_an_explore_change_and_reads_
     assert explore.selected_branch(explore.block_diagram("googlenet", "inception4a")) == ""
     view = page_view("explore", "googlenet", None, "inception4a", "pool", "zero", diagram, *[None] * 5)
     assert view.branch == "3x3" and view.block == "inception4a"  # the diagram's, not the ablation's "pool"
+
+
+def test_a_new_image_model_or_block_reaches_the_class_once_without_the_old_branch(monkeypatch):
+    """The teacher's diagram still shows the old branch when a new image's change events come
+    (twice), and is drawn again with nothing selected a moment later: the class gets one new view,
+    with no branch, not the old branch first."""
+    from cnndemo.rooms import SHELF
+    from cnndemo.ui import explore
+    from cnndemo.ui import room as ui_room
+
+    rooms = Rooms()
+    monkeypatch.setattr(ui_room, "registry", lambda: rooms)
+    code, secret = rooms.open(CAT)
+    teacher = {"code": code, "secret": secret, "role": "teacher"}
+    cat, coffee = (str(SHELF.path(f"example:{n}")) for n in ("cat.jpg", "coffee.jpg"))
+    clicked = explore.block_diagram("googlenet", "inception4a", "3x3")
+    ui_room.publish_explore(teacher, "explore", "googlenet", cat, "inception4a", clicked)
+    assert rooms.state(code, secret=secret)["view"].branch == "3x3"
+    version = rooms.state(code, secret=secret)["version"]
+    for _ in range(2):  # the new image's change events
+        ui_room.publish_new_explore(teacher, "explore", "googlenet", coffee, "inception4a")
+    # then the diagram, drawn again with nothing selected: the view the class has already
+    ui_room.publish_explore(teacher, "explore", "googlenet", coffee, "inception4a",
+                            explore.block_diagram("googlenet", "inception4a"))
+    st = rooms.state(code, secret=secret)
+    assert st["view"].image == "example:coffee.jpg" and st["view"].branch == ""
+    assert st["version"] == version + 1

@@ -484,6 +484,11 @@ def publish_explore(member, tab, model, image, block, diagram, knocked: str | No
                 ablate=ablate, knocked=knocked)
 
 
+def publish_new_explore(member, tab, model, image, block) -> None:
+    """``publish_explore`` for a new model, image or block: no branch is selected in it."""
+    publish_explore(member, tab, model, image, block, None)
+
+
 def first_publish(c: dict):
     """For ``explore.build(first=)``: the teacher's page publishes an Explore change (and a
     knock-out) before the tab's own events for it are sent (the browser sends a change's events
@@ -491,8 +496,14 @@ def first_publish(c: dict):
     publish came after the tab's seven)."""
     def wire_first(ex: dict) -> None:
         view = [c["member"], c["tab"], ex["model"], ex["image"], ex["block"], ex["diagram"]]
-        gr.on([ex["model"].change, ex["image"].change, ex["block"].change, ex["diagram"].change], publish_explore,
-              view, None, queue=False, trigger_mode="always_last", api_visibility="private")
+        # A new model, image or block is published with no branch: the page draws the diagram
+        # again with nothing selected (``explore.diagram_reset``). Published with the diagram as
+        # it still was (its change events come twice for a new image), the class was shown the
+        # old branch for a moment, and every page applied the view twice.
+        gr.on([ex["model"].change, ex["image"].change, ex["block"].change], publish_new_explore, view[:-1], None,
+              queue=False, trigger_mode="always_last", api_visibility="private")
+        ex["diagram"].change(publish_explore, view, None, queue=False, trigger_mode="always_last",
+                             api_visibility="private")
         ex["ablate"].click(lambda *a: publish_explore(*a[:-1], ablate=a[-1] or "zero"),
                            [*view, ex["branch"], ex["mode"]], None, queue=False, api_visibility="private")
     return wire_first
