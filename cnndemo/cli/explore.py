@@ -11,6 +11,7 @@ from ..errors import NotFound, UserError
 from ..branches import ablate, block_infos, explore
 from ..images import ImageError
 from ..predict import predict
+from ..units import unit
 from ..costs import count_model_params
 from ..weights import WeightsError, availability
 from ..zoo import PUBLISHED_KEYS, ZOO
@@ -185,3 +186,25 @@ def run_branches(args) -> int:
         if args.ablate:
             print(f"knocking out {args.ablate} ({args.mode}): top-1 probability changes by {out['top1_delta']:+.4f}")
     return 0
+
+
+def _setup_unit(p):
+    model_arg(p)
+    p.add_argument("--weights", metavar="FILE", help="your own state_dict (.pth/.pt/.safetensors)")
+    p.add_argument("--block", required=True, help="a block (or a plain stage, without --branch)")
+    p.add_argument("--branch", default=None, help="the branch (omit it for a plain stage)")
+    p.add_argument("--channel", type=int, required=True, help="the output channel, in the branch")
+    p.add_argument("--at", type=int, nargs=2, required=True, metavar=("Y", "X"), help="the position on its map")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("image", metavar="IMAGE")
+
+
+@command("unit", "one unit of a branch step by step: its arithmetic and its receptive fields", _setup_unit)
+def run_unit(args) -> int:
+    try:
+        report = unit(args.image, load_model(args.model, args.weights), args.block, args.branch, args.channel,
+                      *args.at)
+    except UserError as e:
+        return fail(args, e)
+    emit({"image": args.image, **report.to_json()} if args.json else "\n".join(report.lines()))
+    return 0 if report.agrees else 1

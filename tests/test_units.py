@@ -1,0 +1,100 @@
+"""One unit step by step: the recomputed arithmetic equals the captured activation, and the
+effective receptive field lies inside the theoretical box, on every zoo model."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from cnndemo.branches import block_infos
+from cnndemo.errors import BadRequest, NotFound
+from cnndemo.units import field_boxes, unit
+from cnndemo.zoo import ZOO
+from test_cli import run_json
+
+
+def _units(key: str, seed: int, n: int):
+    """``n`` random (block, branch, channel, y, x) of a model's branch maps."""
+    rng = random.Random(f"{key}-{seed}")
+    infos = block_infos(ZOO[key])
+    for _ in range(n):
+        info = rng.choice(infos)
+        br = rng.choice(info.branches)
+        c, h, w = br.shape
+        yield info.name, br.name, rng.randrange(c), rng.randrange(h), rng.randrange(w)
+
+
+@pytest.mark.parametrize("key", list(ZOO))
+def test_five_random_units_recompute_to_the_captured_activation(key, cat):
+    for block, branch, c, y, x in _units(key, 0, 5):
+        r = unit(cat, key, block, branch, c, y, x, effective=False)
+        assert r.agrees, (block, branch, c, y, x, r.captured, r.recomputed)
+        assert r.conv is not None or r.passthrough or r.pool  # the arithmetic was shown, not copied
+        if r.conv is not None:
+            assert r.conv.patch.shape == r.conv.kernel_slice.shape == (r.conv.in_channels, *r.conv.kernel)
+
+
+@pytest.mark.parametrize("key", list(ZOO))
+def test_the_effective_field_lies_inside_the_theoretical_box(key, cat):
+    """|d unit / d input| is exactly zero outside the true field: any mass outside the box is
+    an off-by-one in its padding or stride."""
+    tested = 0
+    for block, branch, c, y, x in _units(key, 1, 40):
+        r = unit(cat, key, block, branch, c, y, x)
+        total = float(r.erf.sum())
+        if total == 0:  # a unit that its ReLU zeroed: no gradient reaches the image
+            continue
+        tested += 1
+        assert r.erf_outside <= 1e-6 * total, (block, branch, c, y, x, r.box, r.erf_outside, total)
+        assert r.erf_in_box == pytest.approx(1.0, abs=1e-6) and 0 < r.erf_radius90
+        if tested == 5:
+            break
+    assert tested == 5, f"only {tested} of 40 units of {key} let a gradient through"
+
+
+def test_resnet50s_last_stage_reads_427_pixels_and_its_identity_shortcut_passes_the_input_on(cat):
+    assert field_boxes(ZOO["resnet50"])["layer4.2"].size == (427, 427)
+    r = unit(cat, "resnet50", "layer1.1", "shortcut", 5, 10, 10)
+    assert r.passthrough and r.conv is None and r.agrees
+    assert r.erf_outside <= 1e-6 * r.erf.sum() and r.erf_in_box == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("key, block, branch", [("bn_inception", "inception4e", "pool"),
+                                                ("inception_v3", "Mixed_6a", "pool")])
+def test_a_path_that_only_pools_shows_its_windows_maximum(key, block, branch, cat):
+    """A reduction block's pool path has no convolution: its unit is the largest value of its
+    window of the block's input (a module, or a pool the block applies functionally)."""
+    for _, _, c, y, x in _units(key, 2, 3):
+        r = unit(cat, key, block, branch, c % 64, y % 5, x % 5)
+        assert r.conv is None and r.pool.kind == "max" and r.agrees
+        assert r.pool.value == pytest.approx(float(r.pool.window.max()))
+        assert r.erf_outside <= 1e-6 * r.erf.sum()
+
+
+def test_a_unit_that_does_not_exist_is_refused_with_what_does(cat):
+    with pytest.raises(BadRequest, match="channel below 256 at y below 28"):
+        unit(cat, "vgg16", "stage3", None, 999, 0, 0)
+    with pytest.raises(BadRequest, match="name one"):
+        unit(cat, "googlenet", "inception4b", None, 0, 0, 0)
+    with pytest.raises(NotFound, match="no branch 'nope'.*1x1"):
+        unit(cat, "googlenet", "inception4b", "nope", 0, 0, 0)
+    with pytest.raises(NotFound, match="no block"):
+        unit(cat, "googlenet", "stage9", "1x1", 0, 0, 0)
+
+
+def test_the_unit_command_prints_the_terms_and_the_fields(capsys, cat):
+    rc, (row,) = run_json(capsys, "unit", "--model", "googlenet", "--block", "inception4b", "--branch", "3x3",
+                          "--channel", "72", "--at", "2", "12", "--json", str(cat))
+    assert rc == 0 and row["agrees"]
+    assert abs(row["recomputed"] - row["captured"]) <= 1e-4 * abs(row["captured"]) + 1e-5
+    conv, bn = row["conv"], row["batchnorm"]
+    assert conv["kernel"] == [3, 3] and len(conv["top_inputs"]) == 6
+    assert bn["before"] == pytest.approx(conv["value"])
+    assert set(row["field"]) == {"box", "clipped", "size", "stride", "image"} and row["field"]["size"] == [139, 139]
+    assert 0 < row["effective_field"]["radius90_px"] and row["effective_field"]["in_box"] == pytest.approx(1.0)
+    json.dumps(row)  # plain JSON all the way down
+    rc, (row,) = run_json(capsys, "unit", "--model", "vgg16", "--block", "stage3", "--channel", "999", "--at", "0",
+                          "0", "--json", str(cat))
+    assert rc == 1 and "channel below 256" in row["error"]
