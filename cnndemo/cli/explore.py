@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .. import render
 from .. import weights as W
 from ..errors import NotFound, UserError
@@ -12,6 +14,8 @@ from ..branches import ablate, block_infos, explore
 from ..images import ImageError
 from ..predict import predict
 from ..units import unit
+from ..hide import hide
+from ..pipeline import load_for
 from ..costs import count_model_params
 from ..weights import WeightsError, availability
 from ..zoo import PUBLISHED_KEYS, ZOO
@@ -208,3 +212,36 @@ def run_unit(args) -> int:
         return fail(args, e)
     emit({"image": args.image, **report.to_json()} if args.json else "\n".join(report.lines()))
     return 0 if report.agrees else 1
+
+
+def _setup_hide(p):
+    model_arg(p)
+    p.add_argument("--weights", metavar="FILE", help="your own state_dict (.pth/.pt/.safetensors)")
+    p.add_argument("--rect", type=int, nargs=4, action="append", required=True,
+                   metavar=("TOP", "LEFT", "BOTTOM", "RIGHT"), help="a rectangle to hide, in the image's pixels (inclusive); repeat for more")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="try it N times and report each try's time (warm after the first)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("image", metavar="IMAGE")
+
+
+@command("hide", "paint to hide: the top-5 with rectangles of the image hidden, and the time of a try", _setup_hide)
+def run_hide(args) -> int:
+    try:
+        model = load_model(args.model, args.weights)
+        size = load_for(model.spec, args.image).image.size
+        mask = np.zeros((size[1], size[0]), bool)
+        for top, left, bottom, right in args.rect:
+            mask[max(top, 0):bottom + 1, max(left, 0):right + 1] = True
+        tries = [hide(args.image, model, mask) for _ in range(max(1, args.repeat))]
+    except UserError as e:
+        return fail(args, e)
+    res = tries[-1]
+    times = [round(t.ms, 2) for t in tries]
+    out = {"image": args.image, "model": model.key, "weights": model.weights.kind, **res.to_json(), "tries_ms": times}
+    if args.json:
+        emit(out)
+    else:
+        print(f"{res.target.label}: {res.target.prob:.1%} -> {res.p_after:.1%} ({res.delta:+.1%}) with "
+              f"{res.hidden:.0%} of the image hidden; a try takes {times[-1]:.0f} ms (tries: {times})")
+    return 0
