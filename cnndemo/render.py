@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,57 @@ def _draw_lines(draw, lines, x: int, y: int, width: int) -> int:
 
 def _lines_height(draw, lines, width: int) -> int:
     return sum((size + 4) * len(_wrap(draw, text, _font(size), width)) for text, size, _ in lines)
+
+
+def unit_pick(seen: Image.Image, channel_map: np.ndarray, at: tuple[float, float], *, look: Look = LIGHT,
+              at_least: int = 320) -> Image.Image:
+    """A channel's map over the image the network saw, scaled up by a whole factor (a click's
+    pixel maps back to the unit), with a cross on the picked unit's centre (input pixels)."""
+    img = enlarged(overlay(seen, channel_map), at_least)
+    f = img.size[0] / seen.size[0]
+    draw = ImageDraw.Draw(img)
+    cy, cx = (at[0] + 0.5) * f, (at[1] + 0.5) * f
+    arm, width = max(8, round(10 * look.scale * f ** 0.3)), max(2, round(2 * look.scale))
+    for colour, grow in (("#000000", width + 2), ("#ffffff", width)):
+        draw.line([(cx - arm, cy), (cx + arm, cy)], fill=colour, width=grow)
+        draw.line([(cx, cy - arm), (cx, cy + arm)], fill=colour, width=grow)
+    return img
+
+
+def unit_field(seen: Image.Image, erf: np.ndarray | None, box: tuple[int, int, int, int],
+               radius90: float | None, *, look: Look = LIGHT, at_least: int = 320) -> Image.Image:
+    """Where a unit looks: the effective field (|gradient|, square-rooted so its faint tail
+    shows) over the image, the theoretical box (clipped to the image; dashed where it reaches
+    past it) and the circle that holds 90% of the gradient."""
+    base = seen.convert("RGB")
+    if erf is not None and erf.max() > 0:
+        heat = colorize(np.sqrt(erf / erf.max()), "inferno", 0.0, 1.0)
+        mask = Image.fromarray((np.sqrt(erf / erf.max()) * 220).astype(np.uint8), "L")
+        base = Image.composite(heat, Image.blend(base, Image.new("RGB", base.size, "#000000"), 0.35), mask)
+    img = enlarged(base, at_least)
+    f = img.size[0] / seen.size[0]
+    h, w = seen.size[1], seen.size[0]
+    t, left, b, r = box
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(2 * look.scale))
+    edges = [((left, t), (r + 1, t), t < 0), ((left, b + 1), (r + 1, b + 1), b >= h),
+             ((left, t), (left, b + 1), left < 0), ((r + 1, t), (r + 1, b + 1), r >= w)]
+    for (x0, y0), (x1, y1), outside in edges:
+        pts = [(min(max(x0, 0) * f, img.size[0] - 1), min(max(y0, 0) * f, img.size[1] - 1)),
+               (min(max(x1, 0) * f, img.size[0] - 1), min(max(y1, 0) * f, img.size[1] - 1))]
+        if outside:  # the box's side lies beyond the image: drawn dashed along the image's edge
+            (ax, ay), (bx, by) = pts
+            n = max(1, int(max(abs(bx - ax), abs(by - ay)) // 12))
+            for i in range(0, n, 2):
+                draw.line([(ax + (bx - ax) * i / n, ay + (by - ay) * i / n),
+                           (ax + (bx - ax) * (i + 1) / n, ay + (by - ay) * (i + 1) / n)], fill="#22d3ee", width=width)
+        else:
+            draw.line(pts, fill="#22d3ee", width=width)
+    if radius90:
+        cy, cx = (t + b + 1) / 2 * f, (left + r + 1) / 2 * f
+        rr = radius90 * f
+        draw.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], outline="#ffffff", width=max(1, width - 1))
+    return img
 
 
 def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 92, look: Look = LIGHT) -> Image.Image:

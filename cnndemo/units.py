@@ -76,7 +76,8 @@ def _padding(node: fx.Node, mod: nn.Module | None, kernel, dilation) -> tuple[in
 
 
 def _union(boxes: list[Box]) -> Box:
-    return Box(tuple(max(b.stride[a] for b in boxes) for a in (0, 1)), tuple(min(b.lo[a] for b in boxes) for a in (0, 1)),
+    return Box(tuple(max(b.stride[a] for b in boxes) for a in (0, 1)),
+               tuple(min(b.lo[a] for b in boxes) for a in (0, 1)),
                tuple(max(b.hi[a] for b in boxes) for a in (0, 1)), any(b.whole for b in boxes))
 
 
@@ -199,6 +200,7 @@ class UnitReport:
     erf_in_box: float | None = None  # the share of the gradient's mass inside the box
     erf_outside: float | None = None  # its mass outside the box (exactly zero when the box is right)
     erf_radius90: float | None = None  # the radius (px, from the box's centre) that holds 90% of it
+    channel_map: np.ndarray | None = field(default=None, repr=False)  # the unit's channel, as captured
 
     @property
     def agrees(self) -> bool:
@@ -296,7 +298,8 @@ def _branch(bspec: BlockSpec, name: str | None) -> BranchSpec:
     for br in bspec.branches:
         if br.name == name:
             return br
-    raise NotFound(f"block {bspec.name!r} has no branch {name!r}; branches: {', '.join(b.name for b in bspec.branches)}")
+    names = ", ".join(b.name for b in bspec.branches)
+    raise NotFound(f"block {bspec.name!r} has no branch {name!r}; branches: {names}")
 
 
 def _tap_of(model: nn.Module, br: BranchSpec, channel: int, x: torch.Tensor, bspec: BlockSpec,
@@ -447,10 +450,11 @@ def _recompute(chain: list[_Record], end: _Record, c: int, y: int, x: int, repor
     return value
 
 
-def unit(image: ImageLike, model: LoadedModel | str, block: str, branch: str | None, channel: int, y: int, x: int,
-         *, effective: bool = True) -> UnitReport:
+def unit(image: ImageLike, model: LoadedModel | str, block: str, branch: str | None, channel: int | None = None,
+         y: int | None = None, x: int | None = None, *, effective: bool = True) -> UnitReport:
     """The arithmetic of one unit of a branch (``branch`` None: a plain stage's only path), its
-    theoretical receptive field and (``effective``) its effective one."""
+    theoretical receptive field and (``effective``) its effective one. With no ``channel``: the
+    branch's most active one (largest mean); with no position: the channel's strongest."""
     lm = resolve(model)
     spec = lm.spec
     bspec = spec.block(block)
@@ -477,10 +481,16 @@ def unit(image: ImageLike, model: LoadedModel | str, block: str, branch: str | N
     index = [b.name for b in bspec.branches].index(br.name)
     out = raw[block].branches[index]
     n, h, w = out.shape[1:]
+    if channel is None:
+        channel = int(out[0].float().mean(dim=(1, 2)).argmax())
+    if y is None or x is None:
+        at = int(out[0, channel].argmax()) if 0 <= channel < n else 0
+        y, x = divmod(at, w)
     if not (0 <= channel < n and 0 <= y < h and 0 <= x < w):
         raise BadRequest(f"{block} / {br.name}: the unit must be a channel below {n} at y below {h} and x below "
                          f"{w}; got channel {channel} at ({y}, {x})")
     captured = float(out[0, channel, y, x])
+    channel_map = out[0, channel].float().cpu().numpy()
     offset = 0
     for b, t in zip(bspec.branches, raw[block].branches):
         if b.name == br.name:
@@ -490,7 +500,7 @@ def unit(image: ImageLike, model: LoadedModel | str, block: str, branch: str | N
               if bspec.merge == "concat" else f"{bspec.kind} {bspec.merge}: this branch's channel {channel}"
               if bspec.merge == "add_relu" else f"channel {channel} of {block}'s output")
     report = UnitReport(spec.key, block, br.name, channel, y, x, captured, captured, concat,
-                        image_size=tuple(inp.x.shape[2:]))
+                        image_size=tuple(inp.x.shape[2:]), channel_map=channel_map)
     tap, local = _tap_of(lm.module, br, channel, inp.x, bspec, out.shape)
     boxes = field_boxes(spec)
     if tap is None:  # a branch with no layers: it passes on what it reads (ResNet's identity)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import random
 
+import gradio as gr
+import numpy as np
 import pytest
 
 from cnndemo.branches import block_infos
 from cnndemo.errors import BadRequest, NotFound
+from cnndemo.hide import hide
 from cnndemo.units import field_boxes, unit
 from cnndemo.zoo import ZOO
 from test_cli import run_json
@@ -98,3 +101,82 @@ def test_the_unit_command_prints_the_terms_and_the_fields(capsys, cat):
     rc, (row,) = run_json(capsys, "unit", "--model", "vgg16", "--block", "stage3", "--channel", "999", "--at", "0",
                           "0", "--json", str(cat))
     assert rc == 1 and "channel below 256" in row["error"]
+
+
+# ---------------------------------------------------------------------------- paint to hide
+
+def _ink(examples):
+    from cnndemo.pipeline import load_for
+
+    pixels = np.asarray(load_for(ZOO["mnist_inception"], examples / "digits" / "six.png").image)
+    return pixels[..., 0] < 128  # black ink on white paper
+
+
+def test_hiding_half_a_drawn_six_changes_what_the_trained_network_says(examples):
+    """The digit networks are trained (their weights ship with the app): hiding the left half
+    of the six's strokes takes its 6 away; hiding a corner of empty paper changes nothing."""
+    six = examples / "digits" / "six.png"
+    ink = _ink(examples)
+    left = ink & (np.arange(ink.shape[1])[None, :] < ink.shape[1] // 2)
+    r = hide(six, "mnist_inception", left)
+    assert r.target.label == "6" and r.target.prob > 0.9
+    assert r.p_after < 0.1 and r.after.top[0].label != "6" and r.delta < -0.8
+    assert r.fill_kind == "paper colour" and r.fill == (255, 255, 255)
+    assert np.asarray(r.picture)[left].min() == 255  # the hidden strokes are paper now
+    corner = np.zeros_like(ink)
+    corner[:20, :20] = True
+    assert hide(six, "mnist_inception", corner).delta == pytest.approx(0.0, abs=1e-6)
+
+
+def test_painting_nothing_or_everything_is_refused_with_what_to_do(cat):
+    with pytest.raises(BadRequest, match="Paint over part of the image first"):
+        hide(cat, "squeezenet1_0", np.zeros((10, 10), bool))
+    with pytest.raises(BadRequest, match="whole image"):
+        hide(cat, "squeezenet1_0", np.ones((10, 10), bool))
+    r = hide(cat, "squeezenet1_0", np.eye(10, dtype=bool))  # a mask painted at another size is scaled
+    assert 0 < r.hidden < 0.2 and r.fill_kind == "mean colour"
+
+
+def test_the_editors_painted_layer_is_what_is_hidden(examples):
+    """The page's handler: the painted layer's alpha is the mask (at the canvas's size)."""
+    from PIL import Image
+
+    from cnndemo.ui.unitview import painted_mask, try_hidden
+
+    ink = _ink(examples)
+    layer = np.zeros((*ink.shape, 4), np.uint8)
+    layer[ink & (np.arange(ink.shape[1])[None, :] < ink.shape[1] // 2)] = (255, 0, 255, 255)
+    half = Image.fromarray(layer, "RGBA").resize((140, 140), Image.Resampling.NEAREST)  # a smaller canvas
+    editor = {"background": None, "layers": [half], "composite": None}
+    assert painted_mask(editor).shape == (140, 140)
+    out = try_hidden(str(examples / "digits" / "six.png"), "mnist_inception", None, editor)
+    assert "**6**" in out["hide_note"] and "paper colour" in out["hide_note"]
+    assert max(out["hide_after"], key=out["hide_after"].get) != "6 (6)"
+    with pytest.raises(gr.Error, match="Paint on this image"):
+        try_hidden(str(examples / "digits" / "six.png"), "mnist_inception", None, {"layers": []})
+
+
+def test_the_hide_command_reports_both_top5s_and_each_trys_time(capsys, cat):
+    rc, (row,) = run_json(capsys, "hide", "--model", "squeezenet1_0", "--rect", "40", "40", "120", "120",
+                          "--repeat", "2", "--json", str(cat))
+    assert rc == 0 and len(row["before"]) == len(row["after"]) == 5 and len(row["tries_ms"]) == 2
+    assert row["before"][0]["index"] == row["target"]["index"]
+    assert row["delta"] == pytest.approx(row["p_after"] - row["target"]["prob"])
+    assert 0 < row["hidden_share"] < 1 and row["forward_ms"] > 0
+
+
+# ---------------------------------------------------------------------------- the page's handlers
+
+
+def test_the_page_shows_a_units_steps_and_a_click_picks_the_unit_under_it(cat):
+    from cnndemo.ui.unitview import pick_unit, show_unit
+
+    out = show_unit(str(cat), "googlenet", "inception4b", "3x3", None, "light presenter")
+    assert "equal to 1e-4" in out["unit_steps"] and "input patch" in out["unit_steps"]
+    assert out["unit_pick"].size[0] >= 320 and out["unit_field"].size == out["unit_pick"].size
+    channel = out["unit_channel"]
+    factor = out["unit_pick"].size[0] // 224  # the pick map: the 224 px input scaled by a whole factor
+    click = type("Select", (), {"index": [int(100.5 * factor), int(30.5 * factor)]})()
+    picked = pick_unit(str(cat), "googlenet", "inception4b", "3x3", None, "light", channel, click)
+    # inception4b's maps are 14 x 14 over 224 px: 16 px a unit
+    assert f"channel {channel} at ({30 // 16}, {100 // 16})" in picked["unit_steps"]

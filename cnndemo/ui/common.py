@@ -348,6 +348,16 @@ CSS = """
 .cz-room-code {font-family: var(--font-mono); font-size: 2.6em; font-weight: 800; letter-spacing: 0.12em;}
 body.cz-presenter .cz-room-code {font-size: 4.2em;}
 .cz-room-how {flex: 1 1 260px; overflow-wrap: anywhere;}
+.cz-unit .cz-arith {display: flex; flex-wrap: wrap; align-items: center; gap: 6px 14px; margin: 6px 0;}
+.cz-unit .cz-arith figure {margin: 0;}
+.cz-unit .cz-arith figcaption {text-align: center; font-size: 0.85em; color: var(--body-text-color-subdued);}
+.cz-unit .cz-arith > span {font-size: 1.4em; font-weight: 700;}
+.cz-unit table.cz-grid {border-collapse: collapse; font-family: var(--font-mono); font-size: 0.95em;}
+.cz-unit table.cz-grid td, .cz-unit table.cz-grid th {border: 1px solid var(--border-color-primary);
+  padding: 2px 6px; text-align: right;}
+.cz-unit ol.cz-unit-steps {margin: 6px 0 0 1.2em; font-family: var(--font-mono); font-size: 0.92em;
+  overflow-wrap: anywhere;}
+body.cz-presenter .cz-unit {font-size: 1.35em;}
 .cz-room-count {font-weight: 600;}
 .cz-room.cz-room-student {display: block; font-size: 1.05em;}
 .cz-room-note {padding: 6px 12px; border: 1px dashed var(--border-color-primary); border-radius: 8px;}

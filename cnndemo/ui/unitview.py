@@ -1,0 +1,220 @@
+"""Explore's "one unit, step by step": pick a point on a branch's channel map and see the
+arithmetic that made its value, the box of input pixels it can see, and where its gradient
+actually lands (``cnndemo.units``). And "paint to hide": brush over part of the image and see
+the top-5 with that part hidden (``cnndemo.hide``)."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import numpy as np
+
+from .. import render
+from ..pipeline import prepare
+from ..branches import block_infos
+from ..hide import hide
+from ..units import UnitReport, unit
+from ..zoo import ZOO
+from .common import LIGHT, by_name, get_model, picture, user_errors
+from .guard import bound_blobs
+from .serving import guard_files
+
+OUTPUTS = ("unit_pick", "unit_field", "unit_steps", "unit_channel")
+PICK_SIDE = 320  # the pick map is drawn at least this wide (a whole factor): a click maps back to a unit
+
+INTRO = (
+    "Every number on a branch's map is a sum: the input patch under the kernel, times the kernel, "
+    "plus a bias, then BatchNorm and a ReLU. Pick a point on the channel's map (left) to see that sum "
+    "for the unit there, recomputed from the layer's own weights and checked against the value the "
+    "network produced. On the right: the **box** is every input pixel the unit can see at all (its "
+    "theoretical receptive field: dashed where it reaches past the image, whose padding it reads); "
+    "the **heat** is how much each pixel actually moves it (|d unit / d input|, the effective receptive "
+    "field), and the circle holds 90% of that.")
+
+RESNET_NOTE = (
+    "Why 427 px here and 483 px in Distill's table for ResNet-50's last stage: torchvision puts each "
+    "stage's stride-2 in the 3x3 convolution of its first unit (ResNet v1.5); TF-Slim, which the table "
+    "traced, puts it in the last unit. A stride taken earlier makes every later 3x3 step smaller "
+    "in input pixels, so the same layers add up to a smaller field.")
+
+
+def _grid(values: np.ndarray, fmt: str = "{:+.3f}") -> str:
+    rows = "".join("<tr>" + "".join(f"<td>{fmt.format(v)}</td>" for v in row) + "</tr>" for row in values)
+    return f"<table class='cz-grid'>{rows}</table>"
+
+
+def steps_html(r: UnitReport) -> str:
+    """The unit's arithmetic for the page: the 3x3 (or smaller) case in full for the input
+    channel that contributes most, larger kernels and 1x1 channel mixing summarised."""
+    lines = r.lines()
+    parts = [f"<p class='cz-unit-head'><b>{html.escape(lines[0])}</b></p>"]
+    if r.conv is not None:
+        c = r.conv
+        top, value = c.top_inputs(1)[0]
+        i = top - c.first_channel
+        if c.kernel == (1, 1):
+            rows = "".join(f"<tr><td>channel {ch}</td><td>{c.patch[ch - c.first_channel, 0, 0]:+.4f}</td>"
+                           f"<td>{c.kernel_slice[ch - c.first_channel, 0, 0]:+.4f}</td><td>{v:+.4f}</td></tr>"
+                           for ch, v in c.top_inputs())
+            parts.append("<p>A 1x1 convolution mixes the channels at one position: each input channel's value "
+                         f"times its weight, summed over all {c.in_channels}. The largest terms:</p>"
+                         "<table class='cz-grid cz-terms'><tr><th>input</th><th>value</th><th>weight</th>"
+                         f"<th>product</th></tr>{rows}</table>")
+        elif c.kernel[0] * c.kernel[1] <= 9:
+            parts.append(
+                f"<p>Input channel {top}, the largest of {c.in_channels} contributions: its "
+                f"{c.kernel[0]}x{c.kernel[1]} patch times the kernel, element by element, sums to {value:+.4f}.</p>"
+                "<div class='cz-arith'>"
+                f"<figure>{_grid(c.patch[i])}<figcaption>input patch</figcaption></figure><span>x</span>"
+                f"<figure>{_grid(c.kernel_slice[i])}<figcaption>kernel</figcaption></figure><span>=</span>"
+                f"<figure>{_grid(c.patch[i] * c.kernel_slice[i])}<figcaption>products</figcaption></figure>"
+                f"<span>&Sigma; = {value:+.4f}</span></div>")
+        else:
+            parts.append(f"<p>A {c.kernel[0]}x{c.kernel[1]} kernel: {c.kernel[0] * c.kernel[1]} products per input "
+                         f"channel; input channel {top} contributes most ({value:+.4f}).</p>")
+    parts.append("<ol class='cz-unit-steps'>" + "".join(f"<li>{html.escape(ln.strip())}</li>" for ln in lines[1:])
+                 + "</ol>")
+    if r.model == "resnet50":
+        parts.append(f"<p class='cz-note'>{html.escape(RESNET_NOTE)}</p>")
+    return "<div class='cz-unit'>" + "".join(parts) + "</div>"
+
+
+def _branch_of(model: str, block: str, branch: str | None) -> str | None:
+    spec = ZOO[model]
+    names = [b.name for b in spec.block(block).branches]
+    return branch if branch in names else names[0]
+
+
+def show_unit(image, model: str, block: str, branch: str | None, checkpoint, look, channel=None,
+              at: tuple[int, int] | None = None) -> dict:
+    """One unit of the branch on screen (default: its most active channel's strongest point)."""
+    if not image:
+        raise gr.Error("Give the model an image first.")
+    lm = get_model(model, checkpoint)
+    channel = None if channel is None or channel == "" else int(channel)
+    r = unit(image, lm, block, _branch_of(model, block, branch), channel, *(at or (None, None)))
+    seen = prepare(image, lm).seen()
+    shape = render.Look.parse(look)
+    centre = ((r.box[0] + r.box[2]) / 2, (r.box[1] + r.box[3]) / 2)
+    key = (lm.ident, r.block, r.branch, r.channel, r.y, r.x, str(shape), np.asarray(seen).tobytes().__hash__())
+    pick = picture(("unit-pick", *key), lambda: render.unit_pick(seen, r.channel_map, centre, look=shape,
+                                                                 at_least=PICK_SIDE))
+    field = picture(("unit-field", *key), lambda: render.unit_field(seen, r.erf, r.box, r.erf_radius90, look=shape,
+                                                                    at_least=PICK_SIDE))
+    return {"unit_pick": pick, "unit_field": field, "unit_steps": steps_html(r), "unit_channel": r.channel}
+
+
+def pick_unit(image, model: str, block: str, branch: str | None, checkpoint, look, channel, evt: gr.SelectData):
+    """A click on the channel's map: the unit under it (the map is the input image scaled up by
+    a whole factor, and each unit covers an equal share of it)."""
+    if not image or evt is None or not evt.index:
+        return {}
+    spec = ZOO[model]
+    x_px, y_px = evt.index[:2]
+    seen_h, seen_w = spec.input_size[1:]
+    factor = max(1, -(-PICK_SIDE // max(seen_h, seen_w)))
+    name = _branch_of(model, block, branch)
+    info = next(b for b in block_infos(spec) if b.name == block)
+    _, h, w = next(b for b in info.branches if b.name == name).shape
+    y = min(h - 1, max(0, int(y_px / factor * h / seen_h)))
+    x = min(w - 1, max(0, int(x_px / factor * w / seen_w)))
+    return show_unit(image, model, block, branch, checkpoint, look, channel, (y, x))
+
+
+def build(c: dict) -> None:
+    """The section (closed until opened) and its events; ``c``: Explore's components."""
+    with gr.Accordion("One unit, step by step: its arithmetic and where it looks", open=False,
+                      elem_id="explore-unit"):
+        gr.Markdown(INTRO, elem_classes=["cz-note"])
+        with gr.Row(elem_classes=["cz-stack"]):
+            c["unit_channel"] = gr.Number(label="Channel of the branch (type one and press Enter)", precision=0,
+                                          minimum=0, elem_id="explore-unit-channel")
+            c["unit_go"] = gr.Button("Step through this branch's strongest unit", variant="primary",
+                                     elem_id="explore-unit-go")
+        with gr.Row(elem_classes=["cz-stack"]):
+            c["unit_pick"] = gr.Image(label="The channel's map: click a point", interactive=False,
+                                      elem_id="explore-unit-pick", buttons=["fullscreen"],
+                                      alt_text="The picked channel's activation over the image; a cross marks the unit")
+            c["unit_field"] = gr.Image(label="Where the unit looks", interactive=False, elem_id="explore-unit-field",
+                                       buttons=["download", "fullscreen"],
+                                       alt_text="The unit's receptive field: the box it can see and the "
+                                                "gradient's heat")
+        c["unit_steps"] = gr.HTML(elem_id="explore-unit-steps")
+    inputs = [c["image"], c["model"], c["block"], c["branch"], c["checkpoint"], c["look"]]
+    # The button: the branch's most active channel at its strongest point. A channel typed in:
+    # its strongest point. A click on the map: the unit there, in the channel shown.
+    strongest, outputs = by_name(user_errors(show_unit), c, OUTPUTS)
+    c["unit_go"].click(strongest, inputs, outputs, api_visibility="private", concurrency_id=LIGHT)
+    c["unit_channel"].submit(strongest, [*inputs, c["unit_channel"]], outputs, api_visibility="private",
+                             concurrency_id=LIGHT)
+    picked, _ = by_name(user_errors(pick_unit), c, OUTPUTS)
+    c["unit_pick"].select(picked, [*inputs, c["unit_channel"]], outputs, api_visibility="private",
+                          concurrency_id=LIGHT)
+
+
+# ---------------------------------------------------------------------------- paint to hide
+
+HIDE_OUTPUTS = ("hide_before", "hide_after", "hide_note")
+
+
+def hide_canvas(image):
+    """The Explore image, to paint on (nothing painted yet)."""
+    if not image:
+        raise gr.Error("Give the model an image first.")
+    return {"hide_editor": {"background": image, "layers": [], "composite": image},
+            **dict.fromkeys(HIDE_OUTPUTS)}
+
+
+def painted_mask(editor) -> np.ndarray | None:
+    """Where any layer of an ImageEditor value was painted (its alpha), at the layer's size."""
+    layers = [layer for layer in (editor or {}).get("layers") or [] if layer is not None]
+    if not layers:
+        return None
+    masks = [np.asarray(layer.convert("RGBA"))[..., 3] > 0 for layer in layers]
+    return np.logical_or.reduce([m for m in masks if m.shape == masks[0].shape])
+
+
+def try_hidden(image, model: str, checkpoint, editor) -> dict:
+    """One forward pass with the painted part hidden: the top-5 before and after, and how the
+    intact image's top class moved."""
+    if not image:
+        raise gr.Error("Give the model an image first.")
+    mask = painted_mask(editor)
+    if mask is None:
+        raise gr.Error("Press 'Paint on this image', brush over part of it, then Try.")
+    r = hide(image, get_model(model, checkpoint), mask)
+    fill = ", ".join(map(str, r.fill))
+    note = (f"**{r.target.label}**: {r.target.prob:.1%} → **{r.p_after:.1%}** ({100 * r.delta:+.1f} points) with "
+            f"{r.hidden:.0%} of the image hidden (filled with its {r.fill_kind}, ({fill})). The network ran once: "
+            f"{r.after.ms:.0f} ms; the whole try {r.ms:.0f} ms.")
+    return {"hide_before": r.before.as_label(), "hide_after": r.after.as_label(), "hide_note": note}
+
+
+def build_hide(c: dict) -> None:
+    with gr.Accordion("Paint to hide: cover part of the image and see what the model says", open=False,
+                      elem_id="explore-hide"):
+        gr.Markdown("Press *Paint on this image*, brush over what you think the model looks at, then *Try*. "
+                    "The painted part is filled with the image's mean colour (a digit's: its paper's) and the network "
+                    "runs once: "
+                    "occlusion that you steer by hand.", elem_classes=["cz-note"])
+        with gr.Row(elem_classes=["cz-stack"]):
+            c["hide_editor"] = guard_files(bound_blobs(gr.ImageEditor(
+                type="pil", image_mode="RGBA", sources=(), transforms=(), layers=False, label="Paint over what to hide",
+                brush=gr.Brush(default_size=32, colors=["#ff00ff"], color_mode="fixed"), elem_id="explore-hide-editor",
+                height=420)), images=True)
+            with gr.Column():
+                with gr.Row():
+                    c["hide_load"] = gr.Button("Paint on this image", elem_id="explore-hide-load")
+                    c["hide_try"] = gr.Button("Try", variant="primary", elem_id="explore-hide-try")
+                c["hide_note"] = gr.Markdown(elem_id="explore-hide-note")
+                with gr.Row(elem_classes=["cz-stack"]):
+                    c["hide_before"] = gr.Label(num_top_classes=5, label="Top-5 as it is",
+                                                elem_id="explore-hide-before")
+                    c["hide_after"] = gr.Label(num_top_classes=5, label="Top-5 with the painted part hidden",
+                                               elem_id="explore-hide-after")
+    canvas, canvas_outputs = by_name(user_errors(hide_canvas), c, ("hide_editor", *HIDE_OUTPUTS))
+    c["hide_load"].click(canvas, [c["image"]], canvas_outputs, api_visibility="private", queue=False)
+    tried, tried_outputs = by_name(user_errors(try_hidden), c, HIDE_OUTPUTS)
+    c["hide_try"].click(tried, [c["image"], c["model"], c["checkpoint"], c["hide_editor"]], tried_outputs,
+                        api_visibility="private", concurrency_id=LIGHT)
