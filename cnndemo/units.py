@@ -470,14 +470,15 @@ def unit(image: ImageLike, model: LoadedModel | str, block: str, branch: str | N
 
     # the block's layers (a plain stage's are its branch's modules, the block path its last one)
     roots = (bspec.path, *br.modules, *br.tap_paths)
-    handles = [m.register_forward_hook(record(p)) for p, m in lm.module.named_modules()
-               if any(p == r or p.startswith(r + ".") for r in roots)]
-    try:
-        with cancel.holding(lm.lock), torch.inference_mode():
+    # Hooks live only while this request holds the model's lock (no other forward pass meets them).
+    with cancel.holding(lm.lock), torch.inference_mode():
+        handles = [m.register_forward_hook(record(p)) for p, m in lm.module.named_modules()
+                   if any(p == r or p.startswith(r + ".") for r in roots)]
+        try:
             _, raw = run_with_taps(lm.module, inp.x, [bspec], keep_outputs=False)
-    finally:
-        for h in handles:
-            h.remove()
+        finally:
+            for h in handles:
+                h.remove()
     index = [b.name for b in bspec.branches].index(br.name)
     out = raw[block].branches[index]
     n, h, w = out.shape[1:]
@@ -537,18 +538,18 @@ def _effective_field(lm: LoadedModel, x: torch.Tensor, tap: str | None, bspec: B
         raise _Stop
 
     xg = x.detach().clone().requires_grad_(True)
-    handle = (stop_at.register_forward_hook(hook) if tap is not None
-              else stop_at.register_forward_pre_hook(lambda m, args: hook(m, args, None)))
-    try:
-        with cancel.holding(lm.lock), torch.enable_grad():
+    with cancel.holding(lm.lock), torch.enable_grad():
+        handle = (stop_at.register_forward_hook(hook) if tap is not None
+                  else stop_at.register_forward_pre_hook(lambda m, args: hook(m, args, None)))
+        try:
             try:
                 lm.module(xg)
             except _Stop:
                 pass
-            t = grab["out"]
-            (grad,) = torch.autograd.grad(t[0, local if tap is not None else channel, y, xx], xg)
-    finally:
-        handle.remove()
+        finally:
+            handle.remove()
+        t = grab["out"]
+        (grad,) = torch.autograd.grad(t[0, local if tap is not None else channel, y, xx], xg)
     heat = grad[0].abs().sum(0).double().cpu().numpy()
     report.erf = heat.astype(np.float32)
     total = float(heat.sum())

@@ -57,6 +57,37 @@ def test_the_effective_field_lies_inside_the_theoretical_box(key, cat):
     assert tested == 5, f"only {tested} of 40 units of {key} let a gradient through"
 
 
+def test_a_units_hooks_never_meet_another_requests_forward_pass(cat):
+    """Its hooks live only while it holds the model's lock: while another request holds the
+    lock and runs the model, the unit waits with no hook on it (hooks registered before the lock
+    recorded that other image's layers too)."""
+    import threading
+    import time
+
+    from cnndemo.pipeline import resolve
+    from cnndemo.taps import hook_count
+
+    lm = resolve("googlenet")
+    holding, seen, done = threading.Event(), [], []
+
+    def other_request():
+        with lm.lock:
+            holding.set()
+            t0 = time.monotonic()
+            while hook_count(lm.module) == 0 and time.monotonic() - t0 < 1.0:
+                time.sleep(0.01)  # time for a waiting unit to (wrongly) hook the model
+            seen.append(hook_count(lm.module))
+
+    other = threading.Thread(target=other_request)
+    other.start()
+    holding.wait(10)
+    worker = threading.Thread(target=lambda: done.append(unit(cat, lm, "inception4b", "3x3", 3, 4, 5)))
+    worker.start()
+    other.join(30)
+    worker.join(60)
+    assert seen == [0] and done and done[0].agrees and hook_count(lm.module) == 0
+
+
 def test_resnet50s_last_stage_reads_427_pixels_and_its_identity_shortcut_passes_the_input_on(cat):
     assert field_boxes(ZOO["resnet50"])["layer4.2"].size == (427, 427)
     r = unit(cat, "resnet50", "layer1.1", "shortcut", 5, 10, 10)
