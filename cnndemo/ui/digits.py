@@ -31,16 +31,20 @@ from .guard import bound_blobs
 # The Sketchpad opens with no tool selected, and "Clear canvas" (and undo/redo) deselects the
 # brush, so the next stroke would draw nothing. Select the brush once the tab renders (wait for
 # the button, up to 10 s, instead of guessing a delay), and again after each of those buttons,
-# unless a tool (brush or eraser) is still selected.
-SELECT_BRUSH_JS = """() => {
-  const q = (s) => document.querySelector('#digits-sketch ' + s);
+# unless a tool (brush or eraser) is still selected. ``press``: click the brush once even when
+# it looks selected (an ImageEditor given a new background shows it selected, yet its first
+# stroke is often lost until the tool is pressed).
+def select_brush_js(elem_id: str, *, press: bool = False) -> str:
+    return """() => {
+  const q = (s) => document.querySelector('#ELEM ' + s);
   const toolOn = () => ['Brush', 'Erase'].some((n) => {
     const b = q(`button[aria-label="${n}"]`); return b && b.classList.contains('highlight'); });
   const ensure = () => { const b = q('button[aria-label="Brush"]'); if (b && !toolOn()) b.click(); };
   const t0 = Date.now();
   const tick = () => {
-    const root = document.querySelector('#digits-sketch');
+    const root = document.querySelector('#ELEM');
     if (root && q('button[aria-label="Brush"]')) {
+      if (PRESS) q('button[aria-label="Brush"]').click();
       ensure();
       if (!root.dataset.czBrushKeeper) {
         root.dataset.czBrushKeeper = '1';
@@ -56,7 +60,10 @@ SELECT_BRUSH_JS = """() => {
     if (Date.now() - t0 < 10000) setTimeout(tick, 100);
   };
   tick();
-}"""
+}""".replace("ELEM", elem_id).replace("PRESS", "true" if press else "false")
+
+
+SELECT_BRUSH_JS = select_brush_js("digits-sketch")
 _DATA: list = []
 _DATA_LOCK = threading.Lock()
 

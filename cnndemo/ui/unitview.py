@@ -17,6 +17,7 @@ from ..hide import hide
 from ..units import UnitReport, unit
 from ..zoo import ZOO
 from .common import LIGHT, by_name, get_model, picture, user_errors
+from .digits import select_brush_js
 from .guard import bound_blobs
 from .serving import guard_files
 
@@ -214,7 +215,8 @@ def build_hide(c: dict) -> None:
                     c["hide_after"] = gr.Label(num_top_classes=5, label="Top-5 with the painted part hidden",
                                                elem_id="explore-hide-after")
     canvas, canvas_outputs = by_name(user_errors(hide_canvas), c, ("hide_editor", *HIDE_OUTPUTS))
-    c["hide_load"].click(canvas, [c["image"]], canvas_outputs, api_visibility="private", queue=False)
+    c["hide_load"].click(canvas, [c["image"]], canvas_outputs, api_visibility="private", queue=False).then(
+        None, js=select_brush_js("explore-hide-editor", press=True), api_visibility="private")
     tried, tried_outputs = by_name(user_errors(try_hidden), c, HIDE_OUTPUTS)
     c["hide_try"].click(tried, [c["image"], c["model"], c["checkpoint"], c["hide_editor"]], tried_outputs,
                         api_visibility="private", concurrency_id=LIGHT)
