@@ -302,8 +302,7 @@ def _branch(bspec: BlockSpec, name: str | None) -> BranchSpec:
     raise NotFound(f"block {bspec.name!r} has no branch {name!r}; branches: {names}")
 
 
-def _tap_of(model: nn.Module, br: BranchSpec, channel: int, x: torch.Tensor, bspec: BlockSpec,
-            captured_shape) -> tuple[str | None, int]:
+def _tap_of(model: nn.Module, br: BranchSpec, channel: int, captured_shape) -> tuple[str | None, int]:
     """Which tap module (path) makes branch channel ``channel``, and its channel there."""
     if not br.tap_paths:
         return None, channel
@@ -498,11 +497,12 @@ def unit(image: ImageLike, model: LoadedModel | str, block: str, branch: str | N
             break
         offset += t.shape[1]
     concat = (f"channel {offset + channel} of {block}'s output (channel {channel} of branch {br.name})"
-              if bspec.merge == "concat" else f"{bspec.kind} {bspec.merge}: this branch's channel {channel}"
+              if bspec.merge == "concat" else
+              f"added to the other path's channel {channel}, then a ReLU, makes channel {channel} of {block}'s output"
               if bspec.merge == "add_relu" else f"channel {channel} of {block}'s output")
     report = UnitReport(spec.key, block, br.name, channel, y, x, captured, captured, concat,
                         image_size=tuple(inp.x.shape[2:]), channel_map=channel_map)
-    tap, local = _tap_of(lm.module, br, channel, inp.x, bspec, out.shape)
+    tap, local = _tap_of(lm.module, br, channel, out.shape)
     boxes = field_boxes(spec)
     if tap is None:  # a branch with no layers: it passes on what it reads (ResNet's identity)
         block_in = next(r for r in records if r.path.startswith(bspec.path + ".")).inp

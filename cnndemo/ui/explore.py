@@ -196,7 +196,8 @@ def results_pending(key: str, block: str | None, image: str | None, followed: di
     # view sets both at once); otherwise it shows its default block.
     block = valid_block(key, block)
     note = f"*Computing {spec.name}'s top-5 and branch maps...*" if image else ""
-    out = {"label": None, "seen": None, "info": note, "json": None, **branches_pending(key, block, image)}
+    out = {"label": None, "seen": None, "info": note, "json": None, **branches_pending(key, block, image),
+           **dict.fromkeys(unitview.HIDE_OUTPUTS)}  # (a painted try on the last image or model)
     if new_model:
         branches = branch_choices(key, block)
         out["block"] = gr.Dropdown(choices=block_choices(key), value=block)
@@ -452,7 +453,7 @@ BRANCH_MAPS = ("panel", "block_note", "share_plot", "depth_plot", "branch_table"
 ABLATION = ("before", "after", "ablate_msg", "ablate_json")
 # Everything a new model or image makes stale (emptied first, see results_pending).
 UNIT_SHOWN = unitview.OUTPUTS[:3]  # a picked unit's pictures and steps, emptied with the maps
-SHOWN = ("label", "seen", "info", "json", *BRANCH_MAPS, "branch_view", *UNIT_SHOWN)
+SHOWN = ("label", "seen", "info", "json", *BRANCH_MAPS, "branch_view", *UNIT_SHOWN, *unitview.HIDE_OUTPUTS)
 
 
 def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
