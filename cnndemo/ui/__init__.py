@@ -80,10 +80,10 @@ def build_demo() -> gr.Blocks:
         gr.on([ex["ablate"].click, start["close"].click], hide, None, hidden, api_visibility="private", queue=False)
         # One image across Explore and Attributions: the tab opened shows the image last given.
         # (A page following a class is given the view's image by the class: see room.switch_tab.)
-        attr_tab.select(carry_image, [ex["image"], att["image"], classroom["member"], ex["applying"]],
-                        [att["image"]], api_visibility="private", queue=False)
-        explore_tab.select(carry_image, [att["image"], ex["image"], classroom["member"], ex["applying"]],
-                           [ex["image"]], api_visibility="private", queue=False)
+        attr_tab.select(carry_image, [ex["image"], att["image"], classroom["member"]], [att["image"]],
+                        api_visibility="private", queue=False)
+        explore_tab.select(carry_image, [att["image"], ex["image"], classroom["member"]], [ex["image"]],
+                           api_visibility="private", queue=False)
         # The Sketchpad opens with no tool selected; pick the brush so a class can draw at once.
         digits_tab.select(None, None, None, js=digits.SELECT_BRUSH_JS, api_visibility="private")
         # While weights are fetched in the background, the status line refreshes itself.
@@ -112,11 +112,10 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-def carry_image(source: str | None, current: str | None, member: dict | None = None, applying=None):
+def carry_image(source: str | None, current: str | None, member: dict | None = None):
     """The other tab's image, unless there is none, it is already this one, or the page follows
-    a class or shows a link's view (whose view says which image each tab shows; its tab is shown
-    by a click that fires this event: ``room.SHOWN_JS``)."""
-    if room.following(member) or applying or not source or source == current:
+    a class (whose view says which image each tab shows)."""
+    if room.following(member) or not source or source == current:
         return gr.skip()
     return source
 

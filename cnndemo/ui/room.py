@@ -272,7 +272,7 @@ def to_apply(view: View, version: int | None = None) -> dict:
     ``applying`` marks the application: the view's results are delivered in one step
     (``explore.class_delivers``)."""
     stamp = time.monotonic()
-    out = {"view_state": view.to_json(), "view_version": stamp, "applying": stamp, "tab_to_show": view.tab}
+    out = {"view_state": view.to_json(), "view_version": stamp, "applying": stamp}
     if version is not None:
         out["applied"] = version
     return out
@@ -294,11 +294,8 @@ def switch_tab(view: View) -> dict:
 # again.) The view's results are drawn after the second step (``follow_explore``): by then the
 # step that set a new image or model has emptied the old results.
 APPLY_STEPS = 3
-# Before the first and second steps: show the view's tab (``tab_to_show``, set with the view) by
+# Before the second step: show the view's tab (``tab_to_show``, which every first step sets) by
 # clicking its button as a person does, then wait (up to 5 s) until its controls are on the page.
-# The first step then sets nothing when the page showed another tab, so the image is set a
-# round trip after the tab is shown (set as the tab is shown, it fired its change events again
-# and again).
 # A tab's controls are first put on the page when it is first shown, which can take longer than
 # the server takes to answer; a value sent before that is kept and set later, and such an image
 # fires its change events again and again.
@@ -668,8 +665,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     every = {**c, **names}
     controls = _controls(c, ex, at)
     room_outputs = ("member", "banner", "poll_group", "poll_md", "poll_choice", "poll_text", "poll_send", "poll_plot",
-                    "poll_truth", "shown", "applied", "behind", "view_state", "view_version", "applying", "tab_to_show",
-                    "teacher_row",
+                    "poll_truth", "shown", "applied", "behind", "view_state", "view_version", "applying", "teacher_row",
                     "student_row", "timer", "tools")
     private = dict(api_visibility="private")
 
@@ -723,7 +719,7 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
                                            (*names, *explore.SHOWN))
         applying = (c["view_version"].change if applying is None else applying.then)(
             applied, [c["view_state"], c["tab_to_show"], *controls], applied_outputs, queue=False,
-            show_progress="hidden", js=SHOWN_JS if step < 2 else None, **private)
+            show_progress="hidden", js=SHOWN_JS if step == 1 else None, **private)
         if step == 1:
             applying.then(shown_explore, [c["view_state"], checkpoint, look, ex["label"]], explore_outputs,
                           concurrency_id=LIGHT, **private)
