@@ -280,11 +280,11 @@ def to_apply(view: View, version: int | None = None) -> dict:
 
 def switch_tab(view: View) -> dict:
     """The first step of applying ``view`` when the page shows another tab: the tab alone. The
-    next step's ``SHOWN_JS`` shows it and sets the controls once it is shown. An image is never
-    set while its tab is hidden (nor in the same step that hides or shows it): Gradio then fires
-    its change events again and again once the tab is shown (every event that reads the image
-    sets it anew), and the page spends the lesson re-clearing its results."""
-    return {"tab_to_show": view.tab}
+    next step sets the controls once the tab is shown. An image is never set while its tab is
+    hidden (nor in the same step that hides or shows it): Gradio then fires its change events
+    again and again once the tab is shown (every event that reads the image sets it anew), and
+    the page spends the lesson re-clearing its results."""
+    return {"tabs": gr.Tabs(selected=view.tab)}
 
 
 # A view is applied in up to three steps: the tab (when the page shows another), then (once it
@@ -294,24 +294,17 @@ def switch_tab(view: View) -> dict:
 # again.) The view's results are drawn after the second step (``follow_explore``): by then the
 # step that set a new image or model has emptied the old results.
 APPLY_STEPS = 3
-# Before the second step: show the view's tab (``tab_to_show``, which every first step sets) by
-# clicking its button as a person does, then wait (up to 5 s) until its controls are on the page.
+# Before the second step: wait (up to 5 s) until the tab's controls are on the page.
 # A tab's controls are first put on the page when it is first shown, which can take longer than
 # the server takes to answer; a value sent before that is kept and set later, and such an image
 # fires its change events again and again.
-# (Not a ``gr.Tabs(selected=)`` output: once a layout has been an output of an event, the page
-# reads it again, with every component inside it, each time any of its events reports progress
-# (Gradio's loading statuses). For the tabs, that is the whole app: it cost a following page
-# about a second of its browser's time per change.)
-SHOWN_JS = """async (view, tab, ...rest) => {
-  const button = tab && document.querySelector(`button[role=tab][data-tab-id="${tab}"]`);
-  if (button && button.getAttribute('aria-selected') !== 'true') button.click();
+SHOWN_JS = """async (view, ...rest) => {
   const probes = {explore: ['#explore-image', '#explore-model'], attributions: ['#attr-image', '#attr-model']};
-  const wanted = probes[tab] || [];
+  const wanted = probes[(view || {}).tab] || [];
   const ready = () => wanted.every((sel) => document.querySelector(sel));
   for (let i = 0; i < 100 && !ready(); i++) await new Promise((r) => setTimeout(r, 50));
   await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-  return [view, tab, ...rest];
+  return [view, ...rest];
 }"""
 
 
@@ -338,14 +331,7 @@ def apply_controls(view_json: dict | None, tab: str, *controls, step: int = 0) -
         # come (as the teacher's own block.input does; a value sent with them is not drawn).
         block = explore.valid_block(view.model, view.block)
         setting.update(explore.branches_pending(view.model, block, now.get("ex_image")))
-    if step == 0:
-        setting["tab_to_show"] = view.tab  # (shown already: SHOWN_JS has nothing to click)
     return setting
-
-
-def _apply_step(view_json: dict | None, _tab_to_show: str, tab: str, *controls, step: int = 0) -> dict:
-    """``apply_controls`` as the page calls it (``tab_to_show`` is read by ``SHOWN_JS`` alone)."""
-    return apply_controls(view_json, tab, *controls, step=step)
 
 
 def ended(member: dict, why: str) -> dict:
@@ -610,7 +596,6 @@ def build() -> dict:
     c["shown"] = session_state(None)
     c["view_version"] = gr.Number(0, visible="hidden", elem_id="room-version", label="view version")
     c["link_query"] = gr.Textbox("", visible="hidden", label="link query", max_length=4000)
-    c["tab_to_show"] = gr.Textbox("", visible="hidden", label="tab to show", max_length=20)
     c["timer"] = gr.Timer(FALLBACK_S, active=False)
     c["behind"] = session_state(None)  # the version the timer's last look found unapplied
     c["room_signal"] = gr.Number(0, visible="hidden", elem_id="room-signal", label="room changed")
@@ -653,12 +638,12 @@ def build() -> dict:
 
 
 def wire(c: dict, page: dict, checkpoint, look) -> None:
-    """Connect the class tools to the page. ``page``: the controls by name (the tab objects,
-    Explore's and Attributions' components)."""
+    """Connect the class tools to the page. ``page``: the controls by name (``tabs``, the tab
+    objects, Explore's and Attributions' components)."""
     ex, at = page["explore"], page["attributions"]
     c["view_state"] = ex["followed"]  # the view to show: Explore's resets keep its clicked branch
     c["applying"] = ex["applying"]  # a view was applied: Explore's own chains skip its results
-    names = {"tab_to_show": c["tab_to_show"], "ex_model": ex["model"], "ex_image": ex["image"], "ex_block": ex["block"],
+    names = {"tabs": page["tabs"], "ex_model": ex["model"], "ex_image": ex["image"], "ex_block": ex["block"],
              "ex_branch": ex["branch"], "ex_mode": ex["mode"], "at_model": at["model"], "at_image": at["image"],
              "at_method": at["method"], "at_target": at["target"], "at_layer": at["layer"],
              **{f"knob_{k}": s for k, s in zip(knobs(), at["knobs"])}}
@@ -715,11 +700,11 @@ def wire(c: dict, page: dict, checkpoint, look) -> None:
     every_shown = {**every, **{k: ex[k] for k in explore.SHOWN}}
     applying = None
     for step in range(APPLY_STEPS):
-        applied, applied_outputs = by_name(functools.partial(_apply_step, step=step), every_shown,
+        applied, applied_outputs = by_name(functools.partial(apply_controls, step=step), every_shown,
                                            (*names, *explore.SHOWN))
         applying = (c["view_version"].change if applying is None else applying.then)(
-            applied, [c["view_state"], c["tab_to_show"], *controls], applied_outputs, queue=False,
-            show_progress="hidden", js=SHOWN_JS if step == 1 else None, **private)
+            applied, [c["view_state"], *controls], applied_outputs, queue=False, show_progress="hidden",
+            js=SHOWN_JS if step == 1 else None, **private)
         if step == 1:
             applying.then(shown_explore, [c["view_state"], checkpoint, look, ex["label"]], explore_outputs,
                           concurrency_id=LIGHT, **private)
