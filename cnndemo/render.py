@@ -99,11 +99,16 @@ def overlay(base: Image.Image, arr: np.ndarray, *, alpha: float = 0.55, cmap: st
     return Image.blend(base.convert("RGB"), heat, alpha)
 
 
+def enlarge_factor(size: tuple[int, int], at_least: int = 224) -> int:
+    """The whole factor ``enlarged`` scales a picture of ``size`` by (1: left as it is)."""
+    return max(1, -(-at_least // max(size)))
+
+
 def enlarged(img: Image.Image, at_least: int = 224) -> Image.Image:
     """A small picture (a 28 x 28 digit) scaled up by a whole factor, pixels kept sharp, so a
     browser shows its pixels rather than a smudge; larger pictures are returned as they are."""
-    factor = -(-at_least // max(img.size))
-    if factor <= 1:
+    factor = enlarge_factor(img.size, at_least)
+    if factor == 1:
         return img
     return img.resize((img.size[0] * factor, img.size[1] * factor), Image.Resampling.NEAREST)
 

@@ -94,11 +94,12 @@ def show_unit(image, model: str, block: str, branch: str | None, checkpoint, loo
         raise gr.Error("Give the model an image first.")
     lm = get_model(model, checkpoint)
     channel = None if channel is None or channel == "" else int(channel)
-    r = unit(image, lm, block, _branch_of(model, block, branch), channel, *(at or (None, None)))
-    seen = prepare(image, lm).seen()
+    inp = prepare(image, lm)  # opened once: ``unit`` reuses it, and its digest keys the pictures
+    r = unit(inp, lm, block, _branch_of(model, block, branch), channel, *(at or (None, None)))
+    seen = inp.seen()
     shape = render.Look.parse(look)
     centre = ((r.box[0] + r.box[2]) / 2, (r.box[1] + r.box[3]) / 2)
-    key = (lm.ident, r.block, r.branch, r.channel, r.y, r.x, str(shape), np.asarray(seen).tobytes().__hash__())
+    key = (lm.ident, inp.opened.digest, r.block, r.branch, r.channel, r.y, r.x, str(shape))
     pick = picture(("unit-pick", *key), lambda: render.unit_pick(seen, r.channel_map, centre, look=shape,
                                                                  at_least=PICK_SIDE))
     field = picture(("unit-field", *key), lambda: render.unit_field(seen, r.erf, r.box, r.erf_radius90, look=shape,
@@ -114,7 +115,7 @@ def pick_unit(image, model: str, block: str, branch: str | None, checkpoint, loo
     spec = ZOO[model]
     x_px, y_px = evt.index[:2]
     seen_h, seen_w = spec.input_size[1:]
-    factor = max(1, -(-PICK_SIDE // max(seen_h, seen_w)))
+    factor = render.enlarge_factor((seen_w, seen_h), PICK_SIDE)  # as unit_pick drew it
     name = _branch_of(model, block, branch)
     info = next(b for b in block_infos(spec) if b.name == block)
     _, h, w = next(b for b in info.branches if b.name == name).shape
