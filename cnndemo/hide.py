@@ -78,3 +78,41 @@ def hide(image: ImageLike, model: LoadedModel | str, mask: np.ndarray, *, top: i
     p_after = float(torch.softmax(logits.detach().float()[0], 0)[target.index])
     return HideResult(before, after, target, p_after, float(mask.mean()), fill,
                       "paper colour" if digit else "mean colour", (time.perf_counter() - t0) * 1000, hidden_img)
+
+
+Rect = tuple[int, int, int, int]  # top, left, bottom, right: image pixels, inclusive
+
+
+def parse_rects(text: str) -> list[Rect]:
+    """Rectangles written as ``"TOP LEFT BOTTOM RIGHT"``, several separated by ``;``
+    (commas allowed between the numbers), as the API takes them."""
+    rects = []
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        fields = part.replace(",", " ").split()
+        try:
+            numbers = [int(f) for f in fields]
+        except ValueError:
+            raise BadRequest(f"A rectangle is four whole numbers, TOP LEFT BOTTOM RIGHT; got {part.strip()!r}") from None
+        if len(numbers) != 4:
+            raise BadRequest(f"A rectangle is four whole numbers, TOP LEFT BOTTOM RIGHT; got {part.strip()!r}")
+        rects.append(tuple(numbers))
+    if not rects:
+        raise BadRequest("Name at least one rectangle to hide: TOP LEFT BOTTOM RIGHT, in the image's pixels.")
+    return rects
+
+
+def rect_mask(size: tuple[int, int], rects: list[Rect]) -> np.ndarray:
+    """The mask (True: hidden) of an image of ``size`` (width, height) with ``rects`` hidden;
+    a rectangle is clipped to the image, and one wholly outside it is an error."""
+    width, height = size
+    mask = np.zeros((height, width), bool)
+    for top, left, bottom, right in rects:
+        if bottom < top or right < left:
+            raise BadRequest(f"The rectangle {top} {left} {bottom} {right} is empty: BOTTOM must be at least TOP "
+                             "and RIGHT at least LEFT.")
+        if top >= height or left >= width or bottom < 0 or right < 0:
+            raise BadRequest(f"The rectangle {top} {left} {bottom} {right} lies outside the {width}x{height} image.")
+        mask[max(top, 0):bottom + 1, max(left, 0):right + 1] = True
+    return mask

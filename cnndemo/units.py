@@ -262,18 +262,18 @@ class UnitReport:
                "agrees": self.agrees, "concat": self.concat, "passthrough": self.passthrough or None}
         if self.conv is not None:
             c = self.conv
-            out["conv"] = {"path": c.path, "kernel": list(c.kernel), "stride": list(c.stride),
+            out["conv"] = {"module": c.path, "kernel": list(c.kernel), "stride": list(c.stride),
                            "padding": list(c.padding), "dilation": list(c.dilation), "in_channels": c.in_channels,
                            "at": list(c.at), "sum_of_products": c.value - c.bias, "bias": c.bias, "value": c.value,
                            "top_inputs": [{"channel": i, "contribution": v} for i, v in c.top_inputs()]}
         if self.bn is not None:
             b = self.bn
-            out["batchnorm"] = {"path": b.path, "gamma": b.gamma, "beta": b.beta, "running_mean": b.mean,
+            out["batchnorm"] = {"module": b.path, "gamma": b.gamma, "beta": b.beta, "running_mean": b.mean,
                                 "running_var": b.var, "eps": b.eps, "before": b.before, "after": b.value}
         if self.relu is not None:
             out["relu"] = {"before": self.relu[0], "after": self.relu[1]}
         if self.pool is not None:
-            out["pool"] = {"path": self.pool.path, "kind": self.pool.kind, "kernel": list(self.pool.kernel),
+            out["pool"] = {"module": self.pool.path, "kind": self.pool.kind, "kernel": list(self.pool.kernel),
                            "stride": list(self.pool.stride), "winner": list(self.pool.winner), "value": self.pool.value}
         if self.theory is not None:
             out["field"] = {"box": list(self.box), "clipped": list(self.clipped_box),

@@ -62,3 +62,41 @@ def test_training_lab_model_serves_only_its_own_session(app_server, tmp_path):
     theirs = other.predict(image=handle_file(str(digit)), api_name="/digits")[-1]
     assert mine["mnist_resnet"]["weights"] == "custom" and "this session" in mine["mnist_resnet"]["source"]
     assert theirs["mnist_resnet"]["weights"] == "pretrained"
+
+
+def test_unit_and_hide_endpoints_mirror_the_library(client, examples, cat):
+    """/unit returns the same unit as ``cnndemo.units.unit`` (the shipped digit weights), its
+    value recomputed; /hide hides exactly the rectangles' share of the image."""
+    from cnndemo.units import unit
+
+    six = examples / "digits" / "six.png"
+    got = client.predict(image=handle_file(str(six)), model="mnist_inception", block="incept1", branch="5x5",
+                         channel=3, y=4, x=5, api_name="/unit")
+    mine = unit(six, "mnist_inception", "incept1", "5x5", 3, 4, 5)
+    assert got["weights"] == "pretrained" and got["agrees"] is True
+    assert got["at"] == [4, 5] and got["channel"] == 3
+    assert abs(got["captured"] - mine.captured) <= 1e-5 * max(1.0, abs(mine.captured))
+    assert got["field"]["box"] == list(mine.box)
+    # Empty channel and position: the branch's most active channel at its strongest point.
+    strongest = client.predict(image=handle_file(str(six)), model="mnist_inception", block="incept1",
+                               branch="5x5", channel=None, y=None, x=None, api_name="/unit")
+    auto = unit(six, "mnist_inception", "incept1", "5x5")
+    assert (strongest["channel"], strongest["at"]) == (auto.channel, [auto.y, auto.x])
+    with pytest.raises(Exception, match="no branch '7x7'"):
+        client.predict(image=handle_file(str(six)), model="mnist_inception", block="incept1", branch="7x7",
+                       channel=0, y=0, x=0, api_name="/unit")
+    with pytest.raises(Exception, match="channel below"):
+        client.predict(image=handle_file(str(six)), model="mnist_inception", block="incept1", branch="5x5",
+                       channel=9999, y=0, x=0, api_name="/unit")
+
+    from PIL import Image
+    w, h = Image.open(cat).size
+    res = client.predict(image=handle_file(str(cat)), model="googlenet", rects="0 0 99 199; 0 0 9 9",
+                         api_name="/hide")
+    assert res["hidden_share"] == pytest.approx(100 * 200 / (w * h))
+    assert len(res["before"]) == 5 and len(res["after"]) == 5 and res["fill_kind"] == "mean colour"
+    assert res["p_after"] == pytest.approx(res["target"]["prob"] + res["delta"])
+    for bad, says in (("1 2 3", "four whole numbers"), ("", "at least one rectangle"),
+                      (f"{h} 0 {h + 5} 5", "outside"), ("5 5 1 1", "empty")):
+        with pytest.raises(Exception, match=says):
+            client.predict(image=handle_file(str(cat)), model="googlenet", rects=bad, api_name="/hide")

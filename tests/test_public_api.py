@@ -91,6 +91,8 @@ def test_no_endpoint_opens_a_server_path(server, tmp_path, cat):
         "digits": lambda fd: [fd],
         "attribute": lambda fd: [fd, "squeezenet1_0", "saliency", None, None, 4, 1, 32, 24],
         "load_checkpoint": lambda fd: [fd, "squeezenet1_0"],
+        "unit": lambda fd: [fd, "googlenet", "inception3a", "1x1", 0, 0, 0],
+        "hide": lambda fd: [fd, "googlenet", "0 0 10 10"],
     }
     meta = {"_type": "gradio.FileData"}
     for api, data in calls.items():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .. import render
 from .. import weights as W
 from ..errors import NotFound, UserError
@@ -14,7 +12,7 @@ from ..branches import ablate, block_infos, explore
 from ..images import ImageError
 from ..predict import predict
 from ..units import unit
-from ..hide import hide
+from ..hide import hide, rect_mask
 from ..pipeline import load_for
 from ..costs import count_model_params
 from ..weights import WeightsError, availability
@@ -229,10 +227,7 @@ def _setup_hide(p):
 def run_hide(args) -> int:
     try:
         model = load_model(args.model, args.weights)
-        size = load_for(model.spec, args.image).image.size
-        mask = np.zeros((size[1], size[0]), bool)
-        for top, left, bottom, right in args.rect:
-            mask[max(top, 0):bottom + 1, max(left, 0):right + 1] = True
+        mask = rect_mask(load_for(model.spec, args.image).image.size, [tuple(r) for r in args.rect])
         tries = [hide(args.image, model, mask) for _ in range(max(1, args.repeat))]
     except UserError as e:
         return fail(args, e)

@@ -473,6 +473,7 @@ def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
     _ablation_section(c, first)
     unitview.build(c)
     unitview.build_hide(c)
+    unitview.build_api(c)
     _branch_events(c)
     _chains(c)
     return c

@@ -13,13 +13,15 @@ import numpy as np
 from .. import render
 from ..pipeline import prepare
 from ..branches import block_infos
-from ..hide import hide
+from ..errors import BadRequest
+from ..hide import hide, parse_rects, rect_mask
+from ..pipeline import load_for
 from ..units import UnitReport, unit
 from ..zoo import ZOO
 from .common import LIGHT, by_name, get_model, picture, user_errors
 from .digits import select_brush_js
 from .guard import bound_blobs
-from .serving import guard_files
+from .serving import guard_files, image_input
 
 OUTPUTS = ("unit_pick", "unit_field", "unit_steps", "unit_channel")
 PICK_SIDE = 320  # the pick map is drawn at least this wide (a whole factor): a click maps back to a unit
@@ -221,3 +223,73 @@ def build_hide(c: dict) -> None:
     tried, tried_outputs = by_name(user_errors(try_hidden), c, HIDE_OUTPUTS)
     c["hide_try"].click(tried, [c["image"], c["model"], c["checkpoint"], c["hide_editor"]], tried_outputs,
                         api_visibility="private", concurrency_id=LIGHT)
+
+
+# ---------------------------------------------------------------------------- the API
+
+def _whole(value, name: str) -> int | None:
+    """A whole number from the API's Number (empty: None)."""
+    if value is None or value == "":
+        return None
+    if float(value) != int(float(value)):
+        raise BadRequest(f"{name} must be a whole number; got {value}")
+    return int(float(value))
+
+
+def api_unit(image, model: str, block: str, branch: str, channel, y, x, checkpoint) -> dict:
+    """One unit step by step, as ``python -m cnndemo unit --json`` prints it: the value the
+    network produced, the value recomputed from the layer's weights and its terms (the top input
+    channels' contributions, bias, BatchNorm's parameters, the ReLU), the theoretical receptive
+    field in input pixels, and the effective field's in-box share and 90% radius.
+
+    Args:
+        image: the image.
+        model: a model key (as /predict takes it).
+        block: one of the model's blocks, or a plain stage; empty: the model's default block.
+        branch: the block's branch; empty for a plain stage (a block of one path).
+        channel: the output channel in the branch; empty: the branch's most active channel.
+        y: the row on the branch's map; empty (with x): the channel's strongest point.
+        x: the column on the branch's map.
+    """
+    if not image:
+        raise BadRequest("Send an image.")
+    lm = get_model(model, checkpoint)
+    r = unit(image, lm, block or lm.spec.default_block or "", branch or None, _whole(channel, "channel"),
+             _whole(y, "y"), _whole(x, "x"))
+    return {"weights": lm.weights.kind, **r.to_json()}
+
+
+def api_hide(image, model: str, rects: str, checkpoint) -> dict:
+    """Paint to hide, from a script: the top-5 with rectangles of the image hidden (filled with
+    its mean colour, a digit's with its paper's), the intact top class's probability before and
+    after, and the time of the try (as ``python -m cnndemo hide --json`` prints it).
+
+    Args:
+        image: the image.
+        model: a model key (as /predict takes it).
+        rects: the rectangles to hide, "TOP LEFT BOTTOM RIGHT" in the image's pixels (inclusive), several
+            separated by ";".
+    """
+    if not image:
+        raise BadRequest("Send an image.")
+    lm = get_model(model, checkpoint)
+    mask = rect_mask(load_for(lm.spec, image).image.size, parse_rects(rects))
+    return {"weights": lm.weights.kind, **hide(image, lm, mask).to_json()}
+
+
+def build_api(c: dict) -> None:
+    """``/unit`` and ``/hide``: endpoints for scripts, on inputs of their own that no page shows
+    (the page's own events pick a unit by a click and read a painted layer)."""
+    with gr.Group(visible=False):
+        image = image_input(label="image")
+        model = gr.Textbox(label="model")
+        block = gr.Textbox(label="block")
+        branch = gr.Textbox(label="branch")
+        channel, y, x = (gr.Number(label=name, precision=0) for name in ("channel", "y", "x"))
+        rects = gr.Textbox(label="rects")
+        unit_json = gr.JSON(label="unit")
+        hide_json = gr.JSON(label="hide")
+    gr.on([], user_errors(api_unit), [image, model, block, branch, channel, y, x, c["checkpoint"]], [unit_json],
+          api_name="unit", concurrency_id=LIGHT)
+    gr.on([], user_errors(api_hide), [image, model, rects, c["checkpoint"]], [hide_json],
+          api_name="hide", concurrency_id=LIGHT)
