@@ -294,41 +294,75 @@ def unit_field(seen: Image.Image, erf: np.ndarray | None, box: tuple[int, int, i
     return img
 
 
-def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 92, look: Look = LIGHT) -> Image.Image:
-    """One row per branch: facts, its mean activation over the input image, its top channels.
+@dataclass(frozen=True)
+class PanelLayout:
+    """Where ``block_panel`` puts everything: the canvas, the header's height, and for each
+    branch its text lines and the square of every map (x, y, side) with the channel it shows
+    (None: the branch's mean map)."""
+    width: int
+    height: int
+    head: int
+    head_lines: list
+    rows: list  # per branch: (its text lines, the y of its row)
+    spots: list  # per branch: [(channel or None, (x, y, side)), ...], mean map first
 
-    Composed with Pillow (tens of milliseconds) rather than a 40-axes figure (over a second);
-    drawn for ``look`` (the theme's background, and larger text in presenter mode).
-    """
-    from PIL import ImageDraw
+    def spot_at(self, x: float, y: float) -> tuple[int, int | None, float, float] | None:
+        """The map under the panel pixel (x, y): (branch index, channel or None, fractions down
+        and across the map), or None off every map."""
+        for i, maps in enumerate(self.spots):
+            for channel, (x0, y0, side) in maps:
+                if x0 <= x < x0 + side and y0 <= y < y0 + side:
+                    return i, channel, (y - y0) / side, (x - x0) / side
+        return None
 
+
+def panel_layout(block, *, tile: int = 92, look: Look = LIGHT) -> PanelLayout:
+    """``block_panel``'s layout, without drawing (a click on the panel maps back through it)."""
     z = look.scale
     k = max(len(b.top_channels) for b in block.branches)
     big, pad = int(tile * 1.7), 8
     text_w, label_h = int(300 * z), round(11 * z) + 5
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    rows = [_branch_lines(block, b, look) for b in block.branches]
-    row_hs = [max(big, label_h + tile, _lines_height(probe, lines, text_w - pad)) + 2 * pad for lines in rows]
+    lines = [_branch_lines(block, b, look) for b in block.branches]
+    row_hs = [max(big, label_h + tile, _lines_height(probe, ls, text_w - pad)) + 2 * pad for ls in lines]
     width = text_w + big + pad * 3 + k * (tile + 4)
     subtitle = (f"left: mean activation over the image, over all its channels; right: the {k} most active "
                 "channels of each branch")
     head_lines = [(f"{block.info.name} · {block.info.kind}", round(17 * z), look.ink), (subtitle, round(12 * z), look.muted)]
     head = _lines_height(probe, head_lines, width - 2 * pad) + 2 * pad
-    canvas = Image.new("RGB", (width, head + sum(row_hs)), look.paper)
-    draw = ImageDraw.Draw(canvas)
-    _draw_lines(draw, head_lines, pad, pad, width - 2 * pad)
-    label = _font(round(11 * z))
-    y0 = head
-    for b, lines, row_h in zip(block.branches, rows, row_hs):
+    rows, spots, y0 = [], [], head
+    for b, ls, row_h in zip(block.branches, lines, row_hs):
         y = y0 + pad
-        _draw_lines(draw, lines, pad, y, text_w - pad)
-        canvas.paste(overlay(seen, b.mean_map, cmap=cmap).resize((big, big)), (text_w, y))
+        rows.append((ls, y))
         x0 = text_w + big + pad * 2
-        for c, (chan, m) in enumerate(zip(b.top_channels, b.top_maps)):
-            x = x0 + c * (tile + 4)
-            canvas.paste(colorize(m, cmap).resize((tile, tile), Image.Resampling.NEAREST), (x, y + label_h))
-            draw.text((x, y), f"#{chan}", fill=look.muted, font=label)
+        spots.append([(None, (text_w, y, big))] + [(chan, (x0 + c * (tile + 4), y + label_h, tile))
+                                                    for c, chan in enumerate(b.top_channels)])
         y0 += row_h
+    return PanelLayout(width, y0, head, head_lines, rows, spots)
+
+
+def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 92, look: Look = LIGHT) -> Image.Image:
+    """One row per branch: facts, its mean activation over the input image, its top channels.
+
+    Composed with Pillow (tens of milliseconds) rather than a 40-axes figure (over a second);
+    drawn for ``look`` (the theme's background, and larger text in presenter mode), where
+    ``panel_layout`` says.
+    """
+    lay = panel_layout(block, tile=tile, look=look)
+    pad, text_w = 8, int(300 * look.scale)
+    canvas = Image.new("RGB", (lay.width, lay.height), look.paper)
+    draw = ImageDraw.Draw(canvas)
+    _draw_lines(draw, lay.head_lines, pad, pad, lay.width - 2 * pad)
+    label = _font(round(11 * look.scale))
+    label_h = round(11 * look.scale) + 5
+    for b, (lines, y), maps in zip(block.branches, lay.rows, lay.spots):
+        _draw_lines(draw, lines, pad, y, text_w - pad)
+        for (chan, (x, y0, side)), m in zip(maps, [b.mean_map, *b.top_maps]):
+            if chan is None:
+                canvas.paste(overlay(seen, m, cmap=cmap).resize((side, side)), (x, y0))
+            else:
+                canvas.paste(colorize(m, cmap).resize((side, side), Image.Resampling.NEAREST), (x, y0))
+                draw.text((x, y0 - label_h), f"#{chan}", fill=look.muted, font=label)
     return canvas
 
 

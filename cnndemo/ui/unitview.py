@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import render
 from ..pipeline import prepare
-from ..branches import block_infos
+from ..branches import block_infos, explore
 from ..errors import BadRequest
 from ..hide import hide, parse_rects, rect_mask
 from ..pipeline import load_for
@@ -28,8 +28,8 @@ PICK_SIDE = 320  # the pick map is drawn at least this wide (a whole factor): a 
 
 INTRO = (
     "Every number on a branch's map is a sum: the input patch under the kernel, times the kernel, "
-    "plus a bias, then BatchNorm and a ReLU. Pick a point on the channel's map (left) to see that sum "
-    "for the unit there, recomputed from the layer's own weights and checked against the value the "
+    "plus a bias, then BatchNorm and a ReLU. Click any map in the branch-maps panel above, or a point on "
+    "the channel's map (left), to see that sum for the unit there, recomputed from the layer's own weights and checked against the value the "
     "network produced. On the right: the **box** is every input pixel the unit can see at all (its "
     "theoretical receptive field: dashed where it reaches past the image, whose padding it reads); "
     "the **heat** is how much each pixel actually moves it (|d unit / d input|, the effective receptive "
@@ -126,10 +126,29 @@ def pick_unit(image, model: str, block: str, branch: str | None, checkpoint, loo
     return show_unit(image, model, block, branch, checkpoint, look, channel, (y, x))
 
 
+def panel_unit(image, model: str, block: str, checkpoint, look, evt: gr.SelectData):
+    """A click on the branch-maps panel: the unit under it, in the branch of that row (on a
+    channel's map: that channel; on the branch's mean map: its most active channel there). The
+    section opens on it, and the branch becomes the one the section and the ablation name."""
+    if not image or evt is None or not evt.index:
+        return {}
+    lm = get_model(model, checkpoint)
+    bm = explore(image, lm).blocks[block]  # the exploration the panel was drawn from (cached)
+    hit = render.panel_layout(bm, look=render.Look.parse(look)).spot_at(*evt.index[:2])
+    if hit is None:  # the text beside the maps
+        return {}
+    i, channel, fy, fx = hit
+    b = bm.branches[i]
+    _, h, w = b.info.shape
+    at = (min(h - 1, int(fy * h)), min(w - 1, int(fx * w)))
+    shown = show_unit(image, model, block, b.info.name, checkpoint, look, channel, at)
+    return {**shown, "branch": gr.Dropdown(value=b.info.name), "unit_section": gr.Accordion(open=True)}
+
+
 def build(c: dict) -> None:
     """The section (closed until opened) and its events; ``c``: Explore's components."""
     with gr.Accordion("One unit, step by step: its arithmetic and where it looks", open=False,
-                      elem_id="explore-unit"):
+                      elem_id="explore-unit") as c["unit_section"]:
         gr.Markdown(INTRO, elem_classes=["cz-note"])
         with gr.Row(elem_classes=["cz-stack"]):
             c["unit_channel"] = gr.Number(label="Channel of the branch (type one and press Enter)", precision=0,
@@ -155,6 +174,9 @@ def build(c: dict) -> None:
     picked, _ = by_name(user_errors(pick_unit), c, OUTPUTS)
     c["unit_pick"].select(picked, [*inputs, c["unit_channel"]], outputs, api_visibility="private",
                           concurrency_id=LIGHT)
+    on_panel, panel_outputs = by_name(user_errors(panel_unit), c, (*OUTPUTS, "branch", "unit_section"))
+    c["panel"].select(on_panel, [c["image"], c["model"], c["block"], c["checkpoint"], c["look"]], panel_outputs,
+                      api_visibility="private", concurrency_id=LIGHT, scroll_to_output=True)
 
 
 # ---------------------------------------------------------------------------- paint to hide

@@ -136,6 +136,19 @@ def test_a_click_on_a_channel_map_steps_through_the_unit_under_it(page, examples
     page.wait_for_function("(b) => { const h = document.querySelector('#explore-unit-steps .cz-unit-head');"
                            " return h && h.innerText !== b; }", arg=first)
     assert "at (9, 4)" in head.inner_text() and "equal to 1e-4" in page.inner_text("#explore-unit-steps")
+    # A click on a channel's map in the branch-maps panel: that branch, that channel, that point.
+    from cnndemo import render
+    from cnndemo.branches import explore
+
+    bm = explore(examples / "cat.jpg", "googlenet").blocks["inception4c"]  # the server's seeded weights
+    lay = render.panel_layout(bm)
+    channel, (x, y, side) = lay.spots[2][1]
+    page.evaluate("document.querySelector('#explore-panel').scrollIntoView()")
+    tap_when_still(page, "#explore-panel img", at=((x + 0.75 * side) / lay.width, (y + 0.25 * side) / lay.height))
+    want = f"inception4c / {bm.branches[2].info.name} · channel {channel} at (3, 10)"
+    page.wait_for_function("(w) => (document.querySelector('#explore-unit-steps .cz-unit-head') || {}).innerText"
+                           "?.includes(w)", arg=want)
+    assert "equal to 1e-4" in page.inner_text("#explore-unit-steps")
     choose(page, "explore-block", "inception3a")
     page.wait_for_function("!document.querySelector('#explore-unit-steps .cz-unit-head')")
     # Paint to hide is checked through its handler (tests/test_units.py): in headless Chromium
