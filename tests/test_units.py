@@ -13,6 +13,7 @@ import pytest
 from cnndemo.branches import block_infos
 from cnndemo.errors import BadRequest, NotFound
 from cnndemo.hide import hide
+from cnndemo.paths import EXAMPLES_DIR
 from cnndemo.units import field_boxes, unit
 from cnndemo.zoo import ZOO
 from test_cli import run_json
@@ -211,3 +212,26 @@ def test_the_page_shows_a_units_steps_and_a_click_picks_the_unit_under_it(cat):
     picked = pick_unit(str(cat), "googlenet", "inception4b", "3x3", None, "light", channel, click)
     # inception4b's maps are 14 x 14 over 224 px: 16 px a unit
     assert f"channel {channel} at ({30 // 16}, {100 // 16})" in picked["unit_steps"]
+
+
+def test_a_click_on_the_branch_panel_maps_back_to_the_map_under_it():
+    """``render.panel_layout`` is where ``block_panel`` draws: each map's square holds that
+    map's pixels, and a point maps back to its branch, channel and place."""
+    from cnndemo import render
+    from cnndemo.branches import explore
+
+    ex = explore(EXAMPLES_DIR / "cat.jpg", "mnist_inception")
+    bm = ex.blocks["incept1"]
+    for look in (render.LIGHT, render.Look.parse("dark presenter")):
+        lay = render.panel_layout(bm, look=look)
+        panel = np.asarray(render.block_panel(bm, ex.seen, look=look))
+        assert panel.shape[:2] == (lay.height, lay.width)
+        for i, maps in enumerate(lay.spots):
+            assert [ch for ch, _ in maps] == [None, *bm.branches[i].top_channels]
+            for channel, (x, y, side) in maps:
+                assert lay.spot_at(x + 0.5 * side, y + 0.25 * side) == (i, channel, 0.25, 0.5)
+                if channel is not None:  # the channel's own map, drawn at that square
+                    m = bm.branches[i].top_maps[[c for c, _ in maps[1:]].index(channel)]
+                    tile = np.asarray(render.colorize(m).resize((side, side), render.Image.Resampling.NEAREST))
+                    assert (panel[y:y + side, x:x + side] == tile).all()
+        assert lay.spot_at(2, 2) is None and lay.spot_at(2, lay.rows[0][1] + 5) is None
