@@ -8,6 +8,7 @@ model meanwhile). ``status()`` says how far it got, for the app's status line.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ class PrefetchState:
 
 _STATE = PrefetchState()
 _LOCK = threading.Lock()
+LOG = logging.getLogger(__name__)
 
 
 def published_sources() -> list[tuple[str, W.TorchvisionWeights]]:
@@ -92,7 +94,10 @@ def run(sources: list[tuple[str, W.TorchvisionWeights]] | None = None) -> Prefet
                 W.fetch(src, progress=progress)
                 with _LOCK:
                     _STATE.done.append(key)
-            except W.WeightsError as e:
+            except Exception as e:  # noqa: BLE001 (one model's failure must not end the others' fetch)
+                # The status line shows it too; the log keeps it for whoever runs the server.
+                LOG.warning("background fetch of %s's weights failed: %s", key, e,
+                            exc_info=not isinstance(e, W.WeightsError))
                 with _LOCK:
                     _STATE.failed[key] = str(e)
     finally:

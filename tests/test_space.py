@@ -100,7 +100,7 @@ def private_hub(tmp_path, monkeypatch, setenv):
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
-def test_prefetch_fetches_smallest_first_verified(tmp_path, private_hub, monkeypatch, setenv):
+def test_prefetch_fetches_smallest_first_verified(tmp_path, private_hub, monkeypatch, setenv, caplog):
     sources = mirror_files(tmp_path / "mirror", {"big": 300_000, "small": 20_000, "mid": 100_000})
     sources.sort(key=lambda kv: kv[1].meta["_file_size"])
     # One file is corrupted on the mirror: its hash no longer matches its name.
@@ -109,11 +109,14 @@ def test_prefetch_fetches_smallest_first_verified(tmp_path, private_hub, monkeyp
     mirror = SlowMirror(tmp_path / "mirror", rate=4_000_000)
     setenv("CNNDEMO_WEIGHTS_URL", mirror.url)
     try:
-        state = prefetch.run(sources)
+        with caplog.at_level("WARNING", logger="cnndemo.prefetch"):
+            state = prefetch.run(sources)
     finally:
         mirror.close()
     assert state.done == ["small", "big"] and list(state.failed) == ["mid"]
     assert "SHA-256" in state.failed["mid"]
+    # The failure is logged for whoever runs the server, not only shown in the status line.
+    assert [r.getMessage() for r in caplog.records] == [f"background fetch of mid's weights failed: {state.failed['mid']}"]
     assert sorted(p.name for p in private_hub.iterdir()) == sorted(s.filename for k, s in sources if k != "mid")
     assert "2 of 3 published checkpoints ready" in prefetch.describe() and "could not be fetched" in prefetch.describe()
 
