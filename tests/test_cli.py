@@ -82,3 +82,13 @@ def test_module_entry_point(cat):
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout)
     assert row["model"] == "squeezenet1_0" and len(row["top"]) == 5
+
+
+def test_attribute_shows_its_progress_on_stderr(capsys, cat):
+    """A long attribution shows a bar (tqdm, on stderr) of its passes and scores; stdout keeps
+    only the JSON."""
+    rc = main(["attribute", "--model", "mnist_resnet", "--method", "ig", "--steps", "16",
+               "--json", str(cat)])
+    captured = capsys.readouterr()
+    assert rc == 0 and json.loads(captured.out)["method"]
+    assert "Integrated Gradients: pass" in captured.err and "%" in captured.err

@@ -11,7 +11,7 @@ from .. import render
 from ..attribution import METHODS, Settings, attribute, knobs, score_sentences
 from ..scores import SANITY_SEED
 from ..errors import UserError
-from .common import command, emit, fail, load_model, model_arg
+from .common import CliProgress, command, emit, fail, load_model, model_arg
 
 
 def _setup_attribute(p):
@@ -33,13 +33,16 @@ def _setup_attribute(p):
 
 @command("attribute", "an attribution map (Captum) with its sanity and deletion scores", _setup_attribute)
 def run_attribute(args) -> int:
+    bar = CliProgress()  # on stderr: the passes through the network, then each score
     try:
         settings = Settings(**{k.name: k.check(getattr(args, k.name)) for k in knobs().values()})
         model = load_model(args.model, args.weights)
         a = attribute(args.image, model, args.method, target=args.target, layer=args.layer,
-                      settings=settings, scores=not args.no_scores, seed=args.seed)
+                      settings=settings, scores=not args.no_scores, seed=args.seed, progress=bar)
     except UserError as e:
         return fail(args, e)
+    finally:
+        bar.close()
     out = a.to_json()
     out["image"] = args.image
     if args.npy:
