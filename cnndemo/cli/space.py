@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from .. import settings
+from ..serve import add_arguments, read_lesson, serve
 from .diagnostics.server import start_server
 from ..paths import CHECKOUT, EXAMPLES_DIR
 from ..zoo import DEFAULT_MODEL
@@ -19,17 +20,12 @@ def _setup_check_space(p):
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the app")
 
 
-def _front_matter(readme: Path) -> dict[str, str]:
-    lines = readme.read_text().splitlines()
-    if not lines or lines[0].strip() != "---":
-        return {}
-    out = {}
-    for line in lines[1:]:
-        if line.strip() == "---":
-            break
-        key, _, value = line.partition(":")
-        out[key.strip()] = value.strip().strip('"').strip("'")
-    return out
+def _front_matter(readme: Path) -> dict:
+    """The Space's settings: README's YAML front matter, read by huggingface_hub (the parser the
+    hub itself uses); {} when there is none."""
+    from huggingface_hub import metadata_load
+
+    return metadata_load(readme) or {}
 
 
 def _listening_on_all_interfaces(port: int) -> bool:
@@ -51,8 +47,13 @@ def _listening_on_all_interfaces(port: int) -> bool:
          "start the app as a Space does and call /predict", _setup_check_space)
 def run_check_space(args) -> int:
     root = CHECKOUT
+    if not (root / "README.md").is_file() or not (root / "requirements.txt").is_file():
+        print(f"check-space checks a checkout (README.md's front matter, requirements.txt, app.py); {root} is "
+              "an installed package. Run it in the Space's repository.", file=sys.stderr)
+        return 2
     meta = _front_matter(root / "README.md")
     version = meta.get("python_version")
+    version = None if version is None else str(version)
     ok = True
     print(f"front matter: sdk {meta.get('sdk')} {meta.get('sdk_version')}, python_version {version or 'MISSING (Spaces default to 3.10)'}")
     if not version:
@@ -89,3 +90,14 @@ def run_check_space(args) -> int:
         server.stop()
     print("ready to push" if ok else "NOT ready: see above")
     return 0 if ok else 1
+
+
+@command("serve", "start the web app (what `python app.py` starts in a checkout)",
+         lambda p: add_arguments(p, under_cli=True))
+def run_serve(args) -> int:
+    problem = read_lesson(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    serve(args)
+    return 0

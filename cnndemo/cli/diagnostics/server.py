@@ -91,7 +91,7 @@ class Server:
 
 def start_server(env: dict[str, str] | None = None, app_args: tuple[str, ...] = ("--offline",),
                  timeout: float = 120, *, as_space: bool = False, watch: bool = False) -> Server:
-    """``python app.py`` on a free loopback port, with an upload folder of its own (unless
+    """``python app.py`` (``python -m cnndemo serve`` outside a checkout) on a free loopback port, with an upload folder of its own (unless
     ``env`` names one); returns once it answers HTTP 200, or raises with the end of its log.
 
     ``as_space``: started the way a Hugging Face Space starts it (``SPACE_ID`` set, the port
@@ -109,7 +109,9 @@ def start_server(env: dict[str, str] | None = None, app_args: tuple[str, ...] = 
     log = Path(tempfile.mkstemp(prefix="cnndemo-app-", suffix=".log")[1])
     t0 = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *address, *app_args],
+        # An installed package has no app.py: its ``serve`` command starts the same app.
+        app = [str(ROOT / "app.py")] if (ROOT / "app.py").is_file() else ["-m", "cnndemo", "serve"]
+        proc = subprocess.Popen([sys.executable, *app, *address, *app_args],
                                 cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
