@@ -1,9 +1,10 @@
 """Where the shipped files are: ``assets/`` beside the package in a checkout (or an editable
-install), else the copy a regular ``pip install .`` puts under ``<prefix>/share/cnndemo``."""
+install), else inside the installed package (``cnndemo/assets``, package data read through
+``importlib.resources``)."""
 
 from __future__ import annotations
 
-import sys
+from importlib import resources
 from pathlib import Path
 
 
@@ -15,8 +16,9 @@ def _assets() -> Path:
     here = CHECKOUT / "assets"
     if here.is_dir():
         return here
-    installed = Path(sys.prefix) / "share" / "cnndemo" / "assets"
-    return installed if installed.is_dir() else here
+    # An installed wheel (site-packages, or ``pip install --target``): package data. A zipped
+    # package is not supported: the weights and examples are opened as files.
+    return Path(str(resources.files("cnndemo") / "assets"))
 
 
 ASSETS = _assets()

@@ -43,6 +43,11 @@ class WeightsError(UserError):
     """A human-readable reason why weights could not be used."""
 
 
+class IncompleteInstall(RuntimeError):
+    """A file that ships with cnndemo is missing: the installation is broken. Not a reason to
+    fall back to random weights (the digit networks would then answer at chance, quietly)."""
+
+
 def is_offline() -> bool:
     return settings.get().offline
 
@@ -752,8 +757,11 @@ def save_bundled(state: dict[str, torch.Tensor], path: Path) -> str:
 
 def read_bundled(src: BundledWeights) -> tuple[dict[str, torch.Tensor], str]:
     """The bundled state_dict after checking the file against its training record."""
-    if not src.path.is_file():
-        raise WeightsError(f"the bundled weights file {src.path.name} is missing")
+    for shipped in (src.path, src.record_path):
+        if not shipped.is_file():
+            raise IncompleteInstall(
+                f"{shipped} is missing: it ships with cnndemo, so the installation is incomplete. Reinstall "
+                "cnndemo, or restore assets/weights from the repository.")
     digest = sha256_file(src.path)
     expected = src.record().get("sha256")
     if not expected:
