@@ -8,9 +8,11 @@ The same app starts from an installed package with ``cnndemo serve``.
 
 from __future__ import annotations
 
-from cnndemo.serve import build, main, parse_args  # noqa: F401 (parse_args: for scripts and tests)
+from cnndemo.serve import main, parse_args  # noqa: F401 (parse_args: for scripts and tests)
 
 if __name__ == "__main__":
     main()
 else:
-    demo = build()
+    from cnndemo.ui import build_app
+
+    demo = build_app()

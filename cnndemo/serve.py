@@ -1,12 +1,13 @@
 """Start the web app: ``python app.py`` in a checkout, ``cnndemo serve`` from an installed
-package. The options are parsed before anything heavy is imported, so ``--help`` answers at
-once; the demo is built only when it is about to be launched (or when ``app.py`` is imported,
-as Hugging Face Spaces and ``gradio app.py`` do)."""
+package. The options are parsed here, before anything heavy is imported, so ``--help`` answers
+at once; ``cnndemo.ui.serve`` then builds the demo and launches it.
+
+An entry point of the app (like ``app.py``), kept out of ``cnndemo.ui`` only because importing
+that package imports Gradio."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 
 from . import settings
 
@@ -35,59 +36,18 @@ def add_arguments(p: argparse.ArgumentParser, *, under_cli: bool = False) -> Non
                         "predict, or a lesson file (JSON; see README) (CNNDEMO_WARM)")
 
 
-def read_lesson(args: argparse.Namespace) -> str | None:
-    """Read ``--warm``'s lesson into ``args.lesson``; what is wrong with it, or None."""
-    args.lesson = None
-    if args.warm:
-        from .lessons import load_lesson
-
-        try:
-            args.lesson = load_lesson(args.warm)
-        except (OSError, ValueError) as e:
-            return f"--warm {args.warm}: {e}"
-    return None
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="CNN Zoo Lab web app")
     add_arguments(p)
-    args = p.parse_args(argv)
-    problem = read_lesson(args)
-    if problem:
-        p.error(problem)
-    return args
+    return p.parse_args(argv)
 
 
-def build():
-    """The app's Blocks (no model is loaded and the network is not touched)."""
-    from .prefetch import persistent_torch_home
+def start(args: argparse.Namespace) -> int:
+    """Build and launch the app for parsed ``args`` (returns when the server stops)."""
+    from .ui import serve
 
-    home = persistent_torch_home()
-    if home is not None:  # a Space's /data bucket survives restarts; its own disk does not
-        settings.export_default("TORCH_HOME", str(home))
-    from .ui import build_demo
-
-    return build_demo()
-
-
-def serve(args: argparse.Namespace, demo=None) -> None:
-    """Launch the app with parsed ``args`` (``demo``: one already built, else built here)."""
-    # The app's own notes (a lesson warmed, an upload folder emptied, work stopped for a closed
-    # tab, a failed weight fetch) go to the console; other libraries keep their own levels.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s cnndemo: %(message)s", "%H:%M:%S"))
-    logging.getLogger("cnndemo").addHandler(handler)
-    logging.getLogger("cnndemo").setLevel(logging.INFO)
-    if args.offline:
-        settings.configure(offline=True)
-    if args.device:
-        settings.configure(device=args.device)
-    demo = demo if demo is not None else build()
-    from .ui import launch
-
-    launch(demo, host=args.host, port=args.port, share=args.share, mcp=args.mcp, prefetch=args.prefetch,
-           warm=(args.warm, args.lesson) if args.warm else None)
+    return serve(args)
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve(parse_args(argv))
+    raise SystemExit(start(parse_args(argv)))

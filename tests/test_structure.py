@@ -14,7 +14,9 @@ from cnndemo.attribution import METHODS
 from cnndemo.cli.common import COMMANDS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cnndemo"
-MAX_LOCAL_IMPORTS = 12
+# 13: the app's launcher (cnndemo.serve) imports the UI only once its options are read, so that
+# `python app.py --help` imports no Gradio.
+MAX_LOCAL_IMPORTS = 13
 
 
 def _modules() -> dict[str, Path]:
@@ -92,7 +94,7 @@ def test_no_import_cycles_and_the_core_never_imports_the_app_or_the_cli():
         edges.setdefault(src, set()).add(dst)
     assert _cycles(edges) == []
     upward = [(s, d) for s, d, _ in imports
-              if not s.startswith(("cnndemo.ui", "cnndemo.cli", "cnndemo.__main__"))
+              if not s.startswith(("cnndemo.ui", "cnndemo.cli", "cnndemo.__main__", "cnndemo.serve"))
               and d.startswith(("cnndemo.ui", "cnndemo.cli"))]
     assert upward == []
 

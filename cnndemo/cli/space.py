@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from .. import settings
-from ..serve import add_arguments, read_lesson, serve
+from ..serve import add_arguments, start
 from .diagnostics.server import start_server
 from ..paths import CHECKOUT, EXAMPLES_DIR
 from ..zoo import DEFAULT_MODEL
@@ -95,9 +95,4 @@ def run_check_space(args) -> int:
 @command("serve", "start the web app (what `python app.py` starts in a checkout)",
          lambda p: add_arguments(p, under_cli=True))
 def run_serve(args) -> int:
-    problem = read_lesson(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    serve(args)
-    return 0
+    return start(args)

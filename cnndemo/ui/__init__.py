@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import gradio as gr
 
 from . import attributions, compare, digits, explore, room, start as start_panel, warm as warm_lesson
 from .common import CSS, EXAMPLES_DIR, HEAVY_LANE, LIGHT, LOOK_JS, PRESENTER_JS, by_name, session_state, tune_allocator, weights_status
 from .. import prefetch as weights_prefetch
+from ..lessons import load_lesson
 from ..render import Look
 from ..runtime import configure_threads
 from .. import settings
 from ..weights import is_offline
 from .serving import install_atomic_cache_writes
-from . import guard
+from . import apitypes, guard
 
 def build_demo() -> gr.Blocks:
     """Build the Blocks app (not launched). Nothing here loads a model."""
@@ -108,8 +112,43 @@ def build_demo() -> gr.Blocks:
     guard.install_disconnect_cancel(demo)
     guard.install_session_context(demo)
     guard.install_input_checks(demo)
+    apitypes.install(demo)
     demo.cnndemo_uploads = uploads
     return demo
+
+
+def build_app() -> gr.Blocks:
+    """The app's Blocks as ``python app.py`` serves it: Gradio's cache kept in a Space's
+    persistent bucket when it has one. No model is loaded and the network is not touched."""
+    home = weights_prefetch.persistent_torch_home()
+    if home is not None:  # a Space's /data bucket survives restarts; its own disk does not
+        settings.export_default("TORCH_HOME", str(home))
+    return build_demo()
+
+
+def serve(args, demo: gr.Blocks | None = None) -> int:
+    """Launch the app for parsed options (``cnndemo.serve``: ``python app.py`` and ``cnndemo
+    serve``); returns the exit status once the server stops (2: a lesson that cannot be read)."""
+    # The app's own notes (a lesson warmed, an upload folder emptied, work stopped for a closed
+    # tab, a failed weight fetch) go to the console; other libraries keep their own levels.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s cnndemo: %(message)s", "%H:%M:%S"))
+    logging.getLogger("cnndemo").addHandler(handler)
+    logging.getLogger("cnndemo").setLevel(logging.INFO)
+    if args.offline:
+        settings.configure(offline=True)
+    if args.device:
+        settings.configure(device=args.device)
+    lesson = None
+    if args.warm:
+        try:
+            lesson = load_lesson(args.warm)
+        except (OSError, ValueError) as e:
+            print(f"error: --warm {args.warm}: {e}", file=sys.stderr)
+            return 2
+    launch(demo if demo is not None else build_app(), host=args.host, port=args.port, share=args.share, mcp=args.mcp,
+           prefetch=args.prefetch, warm=(args.warm, lesson) if args.warm else None)
+    return 0
 
 
 def carry_image(source: str | None, current: str | None, member: dict | None = None):
