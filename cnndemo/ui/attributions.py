@@ -335,7 +335,8 @@ def _shared_target_update(image, models: list[str] | None):
 def knob_sliders() -> list[gr.Slider]:
     """One slider per method knob, from its declaration (range, default, label)."""
     with gr.Accordion("Quality knobs", open=False):
-        return [gr.Slider(k.low, k.high, value=k.default, step=1 if k.integer else None, label=k.label)
+        return [gr.Slider(k.low, k.high, value=k.default, step=1 if k.integer else None, precision=0 if k.integer else None,
+                          label=k.label)
                 for k in knobs().values()]
 
 

@@ -14,9 +14,10 @@ from ..bench import (benchmark_tflop, default_modes, estimated_seconds, noise_no
                      scaling, scaling_tflop)
 from ..cancel import work_budget_tflop, check_budget
 from ..costs import FLOPS_CONVENTION, PARAMS_CONVENTION, ops_per_forward, branch_costs, factorisation_savings, model_stats, reduction_savings, stage_costs
+from ..errors import NotFound
 from ..lanes import HEAVY
 from ..runtime import pick_device
-from ..zoo import DEFAULT_MODEL, ZOO
+from ..zoo import DEFAULT_MODEL, ZOO, get_spec
 from .common import by_name, gr_progress, heavy_lane, model_choices, requests_running, user_errors
 
 # Live measurements by settings: a second click on the same settings shows the same run.
@@ -367,10 +368,12 @@ def anatomy_tables(model: str, block: str | None):
         model: a zoo key.
         block: a block name; empty for the model's default block.
     """
-    spec = ZOO[model]
+    spec = get_spec(model)
+    # Empty (or the dropdown's "-" of a model without blocks): the default block; another
+    # model's block name is refused with this model's names.
+    block = spec.default_block if block in (None, "", "-") else spec.block(block).name
     stages = [[s.name, s.layer, " × ".join(map(str, s.shape)), f"{s.params:,}", f"{s.flops / 1e6:,.1f}"]
               for s in stage_costs(spec)]
-    block = block if block in [b.name for b in spec.blocks] else spec.default_block
     branches, savings = [], []
     if spec.has_branches:
         branches = [[b.branch, b.path, f"{b.params:,}", f"{b.flops / 1e6:,.1f}"] for b in branch_costs(spec, block)]
@@ -424,7 +427,7 @@ def build() -> dict:
         c["channels_last"] = gr.Checkbox(label="channels_last", value=False, info="on anyway for bf16 and fp16")
         c["compile"] = gr.Checkbox(label="also torch.compile", value=False,
                                    info="one more mode; compiling takes a minute or more per model")
-        c["runs"] = gr.Slider(5, 50, value=LIVE_DEFAULT["runs"], step=1, label="Timed runs per setting")
+        c["runs"] = gr.Slider(5, 50, value=LIVE_DEFAULT["runs"], step=1, precision=0, label="Timed runs per setting")
         c["quick"] = gr.Button("Quick preset (3 models, batch 1)", size="sm")
         c["go"] = gr.Button("Run benchmark", variant="primary")
     c["estimate"] = gr.Markdown(elem_id="compare-estimate", elem_classes=["cz-note"])
@@ -484,7 +487,22 @@ def build() -> dict:
     c["an_model"].change(_blocks_update, [c["an_model"]], [c["an_block"]], api_visibility="private").then(
         tables, [c["an_model"], c["an_block"]], table_outputs, api_name="anatomy_refresh", api_visibility="private")
     c["an_block"].input(tables, [c["an_model"], c["an_block"]], table_outputs, api_name="anatomy")
+    gr.api(user_errors(api_stats), api_name="stats")
     return c
+
+
+def api_stats(models: list[str] | None = None) -> list[dict]:
+    """Each model's totals, as the Compare tab's table shows them: parameters, MiB of float32
+    weights, FLOPs for one image at its input size, and its published (or measured) accuracy.
+
+    Args:
+        models: zoo keys, e.g. ["googlenet", "resnet50"]; empty: the whole zoo.
+    """
+    keys = list(models or ZOO)
+    unknown = [k for k in keys if k not in ZOO]
+    if unknown:
+        raise NotFound(f"not in the zoo: {', '.join(map(str, unknown))}; the zoo: {', '.join(ZOO)}")
+    return [model_stats(k).to_json() for k in keys]
 
 
 LOADED = ("stats", "params_plot", "flops_plot", "reference", "results", "bubble", "stages", "branch_costs",

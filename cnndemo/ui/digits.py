@@ -281,7 +281,8 @@ def build(look: gr.State) -> dict:
     # One under the other, each at the page's full width: side by side, their text was too small to read.
     with gr.Column():
         for b in showcase.blocks:
-            c[f"panel_{b.name}"] = gr.Image(label=b.name, show_label=False, interactive=False,
+            c[f"panel_{b.name}"] = gr.Image(label=f"branch maps of {showcase.name} {b.name}", show_label=False,
+                                            interactive=False,
                                             alt_text=f"What each branch of {b.name} saw: facts, mean map and top channels")
     # Titled above the picture: a label drawn over it hid the start of the map's own title.
     gr.Markdown(f"**Which pixels mattered** (Integrated Gradients, {showcase.name})", elem_classes=["cz-caption"])
@@ -299,10 +300,10 @@ def build(look: gr.State) -> dict:
                 "above. It lives in your session only; nobody else's model (and no file) changes.")
     with gr.Row():
         c["t_model"] = gr.Dropdown([(ZOO[k].name, k) for k in DIGIT_KEYS], value="mnist_resnet", label="Network")
-        c["t_epochs"] = gr.Slider(1, 5, value=2, step=1, label="Epochs")
+        c["t_epochs"] = gr.Slider(1, 5, value=2, step=1, precision=0, label="Epochs")
         c["t_batch"] = gr.Dropdown([8, 16, 32, 64, 128, 256], value=64, label="Batch size")
         c["t_lr"] = gr.Number(value=0.05, minimum=0.0001, maximum=1.0, label="Learning rate")
-        c["t_limit"] = gr.Slider(500, 4000, value=2000, step=100, label="Training digits")
+        c["t_limit"] = gr.Slider(500, 4000, value=2000, step=100, precision=0, label="Training digits")
     with gr.Row():
         c["t_go"] = gr.Button("Train", variant="primary")
         c["t_forget"] = gr.Button("Use the shipped weights again")

@@ -46,7 +46,7 @@ from gradio.components.image_editor import EditorDataBlobs
 from gradio.utils import InvalidPathError
 
 from .. import settings
-from .serving import NOT_UPLOADED
+from .serving import NOT_UPLOADED, PRIVATE_URL
 
 log = logging.getLogger("cnndemo")
 
@@ -619,6 +619,9 @@ def install_input_checks(demo: gr.Blocks) -> None:
             # Gradio's own messages can echo a server path: say what is wrong, never what was sent.
             if "not uploaded" in str(e) or isinstance(e, InvalidPathError):
                 raise gr.Error(NOT_UPLOADED, print_exception=False) from None
+            if isinstance(e, ValueError) and str(e).startswith("Hostname ") and "failed validation" in str(e):
+                # Gradio's guard against server-side request forgery: no fetch from a private address.
+                raise gr.Error(PRIVATE_URL, print_exception=False) from None
             raise gr.Error(f"An input of this request is not in the form its parameter takes ({type(e).__name__}); "
                            "the API page lists each parameter's form.", print_exception=False) from None
 

@@ -50,6 +50,10 @@ from ..shared import RESULTS
 NOT_UPLOADED = (
     "This file was not uploaded to the app. Send the file itself (as an upload), not a path on the server."
 )
+PRIVATE_URL = (
+    "The file's URL is on a private address (this server, or a machine on its network), which the app does not "
+    "fetch from. Send the file itself (an upload, or a data: URL), or a public URL."
+)
 
 
 # ----------------------------------------------------------------------------- file inputs
