@@ -251,28 +251,38 @@ def _reduce_large(im: Image.Image, notes: list[str]) -> Image.Image:
     return small
 
 
+_RESCALE_ROWS = 256  # rows converted at a time: float32 copies of a band, never of the whole image
+
+
+def _float_rows(arr: np.ndarray, r0: int) -> np.ndarray:
+    """Rows ``r0`` onwards (one band) as float32, non-finite values set to 0."""
+    band = arr[r0:r0 + _RESCALE_ROWS].astype(np.float32)
+    if arr.dtype.kind == "f":
+        band[~np.isfinite(band)] = 0.0
+    return band
+
+
 def _rescale_to_8bit(arr: np.ndarray, full_scale: float | None) -> Image.Image:
-    """Scale integer or float pixels to 8 bits, in float32 and in place (a 40-megapixel image
-    would otherwise need several float64 copies: ~2 GB)."""
-    arr = arr.astype(np.float32)  # one copy; everything below works in place
-    finite = np.isfinite(arr)
-    if not finite.all():
-        arr[~finite] = 0.0
-    del finite
+    """Scale integer or float pixels to 8 bits, a band of rows at a time in float32 (a
+    40-megapixel image would otherwise need several whole float copies: ~2 GB in float64)."""
+    bands = range(0, arr.shape[0], _RESCALE_ROWS)
     if full_scale is None:  # float data: [0, 1] is the convention, anything else is min-max
-        lo, hi = float(arr.min()), float(arr.max())
+        lo = min((float(_float_rows(arr, r).min()) for r in bands), default=0.0)
+        hi = max((float(_float_rows(arr, r).max()) for r in bands), default=0.0)
         if lo >= 0.0 and hi <= 1.0:
             lo, hi = 0.0, 1.0
     else:
         lo, hi = 0.0, full_scale
+    out = np.zeros(arr.shape[:2], np.uint8)
     if hi > lo:
-        arr -= lo
-        arr *= 255.0 / (hi - lo)
-    else:
-        arr[...] = 0.0
-    np.rint(arr, out=arr)
-    np.clip(arr, 0, 255, out=arr)
-    return Image.fromarray(arr.astype(np.uint8), "L")
+        for r in bands:
+            band = _float_rows(arr, r)
+            band -= lo
+            band *= 255.0 / (hi - lo)
+            np.rint(band, out=band)
+            np.clip(band, 0, 255, out=band)
+            out[r:r + _RESCALE_ROWS] = band
+    return Image.fromarray(out, "L")
 
 
 def _to_display_mode(im: Image.Image, notes: list[str], keep_alpha: bool) -> Image.Image:
