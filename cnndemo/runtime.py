@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import settings
+from . import settings, zerogpu
 from .errors import BadRequest
 from .cancel import ProgressFn
 from . import weights as W
@@ -52,8 +52,15 @@ def configure_threads() -> int:
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """'auto' (or None): CUDA when present, else CPU. Honours CNNDEMO_DEVICE."""
+    """'auto' (or None): CUDA when present, else CPU. Honours CNNDEMO_DEVICE. On ZeroGPU the
+    process has a GPU only inside a ``spaces.GPU`` task (``cnndemo.zerogpu``): "auto" is the CPU
+    outside one, and "cuda" names the task's GPU."""
     name = (name or settings.get().device or "auto").lower()
+    if zerogpu.available():
+        if name == "auto":
+            return torch.device("cuda" if zerogpu.inside else "cpu")
+        if name.startswith("cuda"):
+            return torch.device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

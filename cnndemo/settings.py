@@ -69,6 +69,7 @@ class Settings:
     rooms: int = 20
     room_members: int = 60
     room_idle_s: float = 3600.0
+    zero_gpu: bool = False  # set by Hugging Face's ZeroGPU runtime
 
     ENV = {
         "offline": "CNNDEMO_OFFLINE", "device": "CNNDEMO_DEVICE", "weights_url": "CNNDEMO_WEIGHTS_URL",
@@ -85,6 +86,7 @@ class Settings:
         "partial_upload_s": "CNNDEMO_PARTIAL_UPLOAD_S", "upload_dir": "GRADIO_TEMP_DIR", "space_id": "SPACE_ID",
         "server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT", "mcp": "CNNDEMO_MCP", "warm": "CNNDEMO_WARM",
         "rooms": "CNNDEMO_ROOMS", "room_members": "CNNDEMO_ROOM_MEMBERS", "room_idle_s": "CNNDEMO_ROOM_IDLE",
+        "zero_gpu": "SPACES_ZERO_GPU",
     }
 
     # ------------------------------------------------------------------ derived values

@@ -323,3 +323,43 @@ def test_a_model_built_without_its_auxiliary_heads_shows_the_published_files_siz
         row = next(r for r in stats_rows() if r[0] == ZOO[key].name)
         assert row[2] == f"{s.weight_mb:.1f} (file {published:.1f})"
     assert model_stats("resnet50").file_mb is None  # nothing left out: its size is the file's
+
+
+def test_on_zerogpu_the_benchmark_is_a_gpu_task_with_a_computed_duration(setenv, monkeypatch):
+    """ZeroGPU (SPACES_ZERO_GPU set): "auto" is the CPU, and Compare's CUDA benchmark runs as a
+    spaces.GPU task: its function and arguments cross a pickle boundary, its duration comes from
+    the work, and the note says the figures are not a benchmark. (A stand-in for ``spaces``
+    runs the task's function on this CPU, after the same pickling.)"""
+    import asyncio
+    import pickle
+    import sys
+    import types
+
+    from cnndemo import runtime, zerogpu
+    from cnndemo.ui.compare import run_compare
+
+    calls = []
+
+    def gpu(task, duration):
+        def run(*args):
+            calls.append(duration(*args))
+            fn, a, kw, est = pickle.loads(pickle.dumps(args))  # what the forked worker receives
+            assert fn is bench.run_benchmark and kw["device"] == "cuda"
+            zerogpu.inside = True
+            try:  # the stand-in has no GPU: the same work on the CPU
+                return pickle.loads(pickle.dumps(fn(*a, **{**kw, "device": "cpu", "modes": ("eager",)})))
+            finally:
+                zerogpu.inside = False
+        return run
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    monkeypatch.setattr(zerogpu, "_task", None)
+    setenv("SPACES_ZERO_GPU", "true")
+    assert runtime.pick_device("auto").type == "cpu" and runtime.pick_device("cuda").type == "cuda"
+    out = asyncio.run(run_compare(["squeezenet1_0"], "cuda", [1], "fp32", False, False, 5))
+    assert len(calls) == 1 and 15 <= calls[0] <= 300
+    assert out["note"].startswith("**Not a benchmark**") and out["json"]["results"][0]["model"] == "squeezenet1_0"
+    with pytest.raises(Exception, match="torch.compile is not available on ZeroGPU"):
+        asyncio.run(run_compare(["squeezenet1_0"], "cuda", [8], "fp32", False, True, 5))
+    setenv("SPACES_ZERO_GPU", None)
+    assert runtime.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
