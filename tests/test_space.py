@@ -155,3 +155,34 @@ def test_prefetch_does_not_delay_a_first_request(tmp_path, private_hub, monkeypa
         mirror.close()
     assert prefetch.status().done == ["a", "b"]
     assert during < alone * 1.5 + 0.005, f"median {during * 1000:.1f} ms during the prefetch vs {alone * 1000:.1f} ms"
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu", "zerogpu"])
+def test_space_config_writes_each_hardware_profile(profile, tmp_path, monkeypatch, capsys):
+    """`space-config PROFILE --write`: requirements.txt and README's front matter for the
+    Space's hardware; every package of requirements.txt is pinned in each profile."""
+    from huggingface_hub import metadata_load
+
+    from cnndemo.cli import main, space
+    from conftest import ROOT
+
+    for name in ("README.md", "requirements.txt"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    monkeypatch.setattr(space, "CHECKOUT", tmp_path)
+    assert main(["space-config", profile, "--write"]) == 0
+    meta = metadata_load(tmp_path / "README.md")
+    assert meta["python_version"] == {"zerogpu": "3.10"}.get(profile, "3.12") and meta["sdk"] == "gradio"
+    assert meta["suggested_hardware"] == {"cpu": "cpu-basic", "gpu": "t4-small", "zerogpu": "zero-a10g"}[profile]
+    assert (tmp_path / "README.md").read_text().split("---", 2)[2] == (ROOT / "README.md").read_text().split("---", 2)[2]
+
+    def pins(text):
+        return dict(line.split("==") for line in text.splitlines() if "==" in line and not line.startswith("#"))
+
+    base, written = pins((ROOT / "requirements.txt").read_text()), pins((tmp_path / "requirements.txt").read_text())
+    if profile == "gpu":
+        assert written == base
+    elif profile == "cpu":
+        assert written == {k: v + "+cpu" if k in ("torch", "torchvision") else v for k, v in base.items()}
+        assert f"--extra-index-url {space.CPU_INDEX}" in (tmp_path / "requirements.txt").read_text()
+    else:
+        assert set(written) == set(base) | {"spaces"} and written["torch"] == "2.8.0"

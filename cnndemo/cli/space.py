@@ -96,3 +96,66 @@ def run_check_space(args) -> int:
          lambda p: add_arguments(p, under_cli=True))
 def run_serve(args) -> int:
     return start(args)
+
+
+# ----------------------------------------------------------------------------- hardware profiles
+
+# ZeroGPU runs Python 3.10.13 and a list of supported torch releases that Hugging Face updates
+# (https://huggingface.co/docs/hub/spaces-zerogpu). This set resolved and installed for Python
+# 3.10.13 on 2026-12-01 with torch 2.8.0 on that list; the suite's non-slow part passes in it.
+ZEROGPU_PINS = ("torch==2.8.0", "torchvision==0.23.0", "gradio==6.31.0", "captum==0.9.0", "pillow==12.3.0",
+                "safetensors==0.8.0", "matplotlib==3.10.9", "numpy==2.2.6", "pandas==2.3.3", "mlxtend==0.23.4",
+                "scikit-learn==1.7.2", "scipy==1.15.3", "tqdm==4.70.1", "spaces==0.51.3")
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+PROFILES = {
+    # name: (python_version, suggested_hardware, what it gives)
+    "cpu": ("3.12", "cpu-basic", "CPU basic, with PyTorch's CPU-only wheels (about 190 MB instead of about 3 GB)"),
+    "gpu": ("3.12", "t4-small", "a dedicated GPU: requirements.txt as it is (PyPI's CUDA wheels)"),
+    "zerogpu": ("3.10", "zero-a10g", "ZeroGPU: Python 3.10 and torch 2.8.0; the app on the CPU, Compare's "
+                                     "benchmark as spaces.GPU tasks"),
+}
+
+
+def profile_requirements(name: str, base: str) -> str:
+    """requirements.txt for a hardware profile, from the checkout's own (``base``, its text)."""
+    if name == "gpu":
+        return base
+    if name == "zerogpu":
+        return ("# ZeroGPU (python -m cnndemo space-config zerogpu): Python 3.10.13 and a torch release on its list.\n"
+                + "\n".join(ZEROGPU_PINS) + "\n")
+    out = ["# CPU basic (python -m cnndemo space-config cpu): PyTorch's CPU-only wheels, from its own index.",
+           f"--extra-index-url {CPU_INDEX}"]
+    for line in base.splitlines():
+        pkg = line.split("==")[0].strip()
+        out.append(f"{line.strip()}+cpu" if pkg in ("torch", "torchvision") and "==" in line else line)
+    return "\n".join(out) + "\n"
+
+
+def _setup_space_config(p):
+    p.add_argument("profile", choices=list(PROFILES), help="the Space's hardware: cpu, gpu or zerogpu")
+    p.add_argument("--write", action="store_true",
+                   help="write requirements.txt and README's front matter (python_version, suggested_hardware) "
+                        "in this checkout; without it, print them")
+
+
+@command("space-config", "requirements.txt and front matter for a Space's hardware (cpu, gpu, zerogpu)",
+         _setup_space_config)
+def run_space_config(args) -> int:
+    from huggingface_hub import metadata_load, metadata_save
+
+    readme, reqs = CHECKOUT / "README.md", CHECKOUT / "requirements.txt"
+    if not readme.is_file() or not reqs.is_file():
+        print(f"space-config writes a checkout's README.md and requirements.txt; {CHECKOUT} has none.", file=sys.stderr)
+        return 2
+    python, hardware, what = PROFILES[args.profile]
+    text = profile_requirements(args.profile, reqs.read_text())
+    if not args.write:
+        print(f"# {args.profile}: {what}\n# front matter: python_version \"{python}\", suggested_hardware {hardware}\n"
+              + text, end="")
+        return 0
+    meta = metadata_load(readme) or {}
+    meta.update(python_version=python, suggested_hardware=hardware)
+    metadata_save(readme, meta)
+    reqs.write_text(text)
+    print(f"wrote {reqs} and {readme}'s front matter for {args.profile}: {what}")
+    return 0
