@@ -80,10 +80,20 @@ class OverBudget(BadRequest):
     """The settings ask for more work than one request may do; the message gives both figures."""
 
 
+# Set when the server shuts down (Ctrl-C): every request's work stops at its next check, so the
+# process does not wait for an attribution or a benchmark that nobody will see.
+_STOPPING = threading.Event()
+
+
+def stop_all() -> None:
+    """Cancel the work of every request, now and from now on (the server is going away)."""
+    _STOPPING.set()
+
+
 def check() -> None:
     """Raise ``Cancelled`` if the current request was cancelled; otherwise return at once."""
     token = _TOKEN.get()
-    if token is not None and token.is_set():
+    if token is not None and (token.is_set() or _STOPPING.is_set()):
         raise Cancelled("the request was cancelled")
 
 

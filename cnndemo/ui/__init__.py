@@ -9,6 +9,7 @@ import gradio as gr
 
 from . import attributions, compare, digits, explore, room, start as start_panel, warm as warm_lesson
 from .common import CSS, EXAMPLES_DIR, HEAVY_LANE, LIGHT, LOOK_JS, PRESENTER_JS, by_name, session_state, tune_allocator, weights_status
+from .. import cancel
 from .. import prefetch as weights_prefetch
 from ..lessons import load_lesson
 from ..render import Look
@@ -188,6 +189,7 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
         except ImportError:
             raise SystemExit("--mcp needs Gradio's MCP extra: pip install \"gradio[mcp]==6.31.0\"") from None
         kwargs["mcp_server"] = True
+    block = not kwargs.pop("prevent_thread_lock", False)
     demo.launch(
         server_name=host,
         server_port=port,
@@ -203,8 +205,17 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
         footer_links=["api", "settings"],
         state_session_capacity=settings.get().sessions,
         app_kwargs=app_kwargs,
+        prevent_thread_lock=True,
         **kwargs,
     )
+    # Ctrl-C: uvicorn waits for open event streams (every page, every client) until Gradio stops
+    # waiting, 5 s later; a second is enough for a reply in flight. Then the work that still runs
+    # stops at its next check, instead of the process waiting for it to finish.
+    if demo.server is not None:
+        demo.server.config.timeout_graceful_shutdown = 1
+    if block:
+        demo.block_thread()
+        cancel.stop_all()
     return demo
 
 
