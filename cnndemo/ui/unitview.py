@@ -42,6 +42,21 @@ RESNET_NOTE = (
     "in input pixels, so the same layers add up to a smaller field.")
 
 
+# Once the steps are on the page (the event's outputs are drawn a moment after it returns).
+SHOW_SECTION_JS = """() => {
+  let tries = 0;
+  const go = () => {
+    const section = document.querySelector('#explore-unit');
+    if (section && (document.querySelector('#explore-unit-steps .cz-unit-head') || tries > 60)) {
+      section.scrollIntoView({behavior: 'smooth', block: 'start'});
+    } else if (tries++ <= 60) {
+      setTimeout(go, 50);
+    }
+  };
+  go();
+}"""
+
+
 def _grid(values: np.ndarray, fmt: str = "{:+.3f}") -> str:
     rows = "".join("<tr>" + "".join(f"<td>{fmt.format(v)}</td>" for v in row) + "</tr>" for row in values)
     return f"<table class='cz-grid'>{rows}</table>"
@@ -175,8 +190,11 @@ def build(c: dict) -> None:
     c["unit_pick"].select(picked, [*inputs, c["unit_channel"]], outputs, api_visibility="private",
                           concurrency_id=LIGHT)
     on_panel, panel_outputs = by_name(user_errors(panel_unit), c, (*OUTPUTS, "branch", "unit_section"))
+    # The section opens below the panel, out of sight: the page scrolls to it (Gradio's own
+    # scroll_to_output finds nothing to scroll to inside a section that was closed).
     c["panel"].select(on_panel, [c["image"], c["model"], c["block"], c["checkpoint"], c["look"]], panel_outputs,
-                      api_visibility="private", concurrency_id=LIGHT, scroll_to_output=True)
+                      api_visibility="private", concurrency_id=LIGHT).success(
+        None, js=SHOW_SECTION_JS, api_visibility="private")
 
 
 # ---------------------------------------------------------------------------- paint to hide

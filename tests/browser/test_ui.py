@@ -149,6 +149,8 @@ def test_a_click_on_a_channel_map_steps_through_the_unit_under_it(page, examples
     page.wait_for_function("(w) => (document.querySelector('#explore-unit-steps .cz-unit-head') || {}).innerText"
                            "?.includes(w)", arg=want)
     assert "equal to 1e-4" in page.inner_text("#explore-unit-steps")
+    # The section, below the panel, comes into view.
+    page.wait_for_function("Math.abs(document.querySelector('#explore-unit').getBoundingClientRect().top) < 40")
     choose(page, "explore-block", "inception3a")
     page.wait_for_function("!document.querySelector('#explore-unit-steps .cz-unit-head')")
     # Paint to hide is checked through its handler (tests/test_units.py): in headless Chromium
