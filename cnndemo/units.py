@@ -289,7 +289,7 @@ class _Stop(Exception):
     """Ends a forward pass once the unit's branch has run (the rest is not needed)."""
 
 
-def _branch(bspec: BlockSpec, name: str | None) -> BranchSpec:
+def find_branch(bspec: BlockSpec, name: str | None) -> BranchSpec:
     if name is None or name == "":
         if len(bspec.branches) == 1:
             return bspec.branches[0]
@@ -302,7 +302,7 @@ def _branch(bspec: BlockSpec, name: str | None) -> BranchSpec:
     raise NotFound(f"block {bspec.name!r} has no branch {name!r}; branches: {names}")
 
 
-def _tap_of(model: nn.Module, br: BranchSpec, channel: int, captured_shape) -> tuple[str | None, int]:
+def tap_of(model: nn.Module, br: BranchSpec, channel: int, captured_shape) -> tuple[str | None, int]:
     """Which tap module (path) makes branch channel ``channel``, and its channel there."""
     if not br.tap_paths:
         return None, channel
@@ -457,7 +457,7 @@ def unit(image: ImageLike, model: LoadedModel | str, block: str, branch: str | N
     lm = resolve(model)
     spec = lm.spec
     bspec = spec.block(block)
-    br = _branch(bspec, branch)
+    br = find_branch(bspec, branch)
     inp = prepare(image, lm)
     records: list[_Record] = []
 
@@ -502,7 +502,7 @@ def unit(image: ImageLike, model: LoadedModel | str, block: str, branch: str | N
               if bspec.merge == "add_relu" else f"channel {channel} of {block}'s output")
     report = UnitReport(spec.key, block, br.name, channel, y, x, captured, captured, concat,
                         image_size=tuple(inp.x.shape[2:]), channel_map=channel_map)
-    tap, local = _tap_of(lm.module, br, channel, out.shape)
+    tap, local = tap_of(lm.module, br, channel, out.shape)
     boxes = field_boxes(spec)
     if tap is None:  # a branch with no layers: it passes on what it reads (ResNet's identity)
         block_in = next(r for r in records if r.path.startswith(bspec.path + ".")).inp

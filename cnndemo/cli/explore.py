@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 from .. import render
 from .. import weights as W
 from ..errors import NotFound, UserError
@@ -13,6 +15,7 @@ from ..images import ImageError
 from ..predict import predict
 from ..units import unit
 from ..hide import hide, rect_mask
+from ..featurevis import VisSettings, exemplars, visualize
 from ..pipeline import load_for
 from ..costs import count_model_params
 from ..weights import WeightsError, availability
@@ -239,4 +242,60 @@ def run_hide(args) -> int:
     else:
         print(f"{res.target.label}: {res.target.prob:.1%} -> {res.p_after:.1%} ({res.delta:+.1%}) with "
               f"{res.hidden:.0%} of the image hidden; a try takes {times[-1]:.0f} ms (tries: {times})")
+    return 0
+
+
+def _setup_visualize(p):
+    model_arg(p)
+    p.add_argument("--weights", metavar="FILE", help="your own state_dict (.pth/.pt/.safetensors)")
+    p.add_argument("--block", required=True, help="a block (or a plain stage, without --branch)")
+    p.add_argument("--branch", default=None, help="the branch (omit it for a plain stage)")
+    p.add_argument("--channel", type=int, nargs="+", required=True, help="the branch's channels (one image each)")
+    p.add_argument("--steps", type=int, default=VisSettings.steps, help="optimisation steps (Adam)")
+    p.add_argument("--size", type=int, default=None, help="the side it is optimised at (default 128; digits 28)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="optimise N times and report each run's time (warm after the first)")
+    p.add_argument("--out", type=Path, help="PNG: the images side by side")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command("visualize", "what a branch channel looks for: an input optimised to excite it, beside the held-out "
+         "digits that excite it most (digit networks)", _setup_visualize)
+def run_visualize(args) -> int:
+    model = load_model(args.model, args.weights)
+    bar = CliProgress()
+    try:
+        runs = [visualize(model, args.block, args.branch, args.channel,
+                          VisSettings(steps=args.steps, size=args.size, seed=args.seed), progress=bar)
+                for _ in range(max(1, args.repeat))]
+    finally:
+        bar.close()
+    vis = runs[-1]
+    out = {**vis.to_json(), "runs_s": [round(r.seconds, 3) for r in runs]}
+    if model.spec.inputs.kind == "digit":
+        best = [exemplars(model, args.block, vis.branch, c, k=1) for c in args.channel]
+        out["best_held_out_digit"] = [{"index": e.indices[0], "activation": round(e.best, 6)} for e in best]
+        out["beats_best_digit"] = [a > e.best for a, e in zip(vis.activations, best)]
+    if vis.weights == "random":
+        out["note"] = "untrained weights: this is what a randomly initialised network's channel answers"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tiles = [render.enlarged(im, 224) for im in vis.images]
+        strip = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), "white")
+        for i, t in enumerate(tiles):
+            strip.paste(t.convert("RGB"), (sum(u.width for u in tiles[:i]), 0))
+        strip.save(args.out)
+        out["png"] = str(args.out)
+    if args.json:
+        emit(out)
+    else:
+        for i, c in enumerate(args.channel):
+            line = f"{vis.block} / {vis.branch} channel {c}: mean activation {vis.activations[i]:.4g}"
+            if "best_held_out_digit" in out:
+                line += f" (best held-out digit: {out['best_held_out_digit'][i]['activation']:.4g}" + (
+                    ")" if out["beats_best_digit"][i] else "; weak: a real digit excites it more)")
+            print(line)
+        print(f"{vis.settings.steps} steps at {vis.settings.size} px in {vis.seconds:.1f} s" + (
+            f"; {out['note']}" if "note" in out else ""))
     return 0
