@@ -1,7 +1,7 @@
 """What the API and its MCP tools say about each endpoint, made to match what the handlers take.
 
 Gradio derives a tool's name from the handler's Python name, and a parameter's schema from its
-component as first built. Three things follow that an agent cannot work with:
+component as first built. Four things follow that an agent cannot work with:
 
 - tools named after handlers (``attribute_steps`` for ``/attribute``, ``run_compare_1`` for
   ``/compare``): each public handler is named after its endpoint;
