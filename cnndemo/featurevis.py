@@ -336,13 +336,14 @@ def exemplars(model: LoadedModel | str, block: str, branch: str | None, channel:
 
 def _shaded_crop(digit: np.ndarray, box: tuple[int, int, int, int], centre: tuple[float, float]) -> Image.Image:
     """The digit (white on black, [0, 1]) cropped to ``box`` and enlarged, the unit's centre
-    (fractions of the map) shaded in the accent colour; outside the image stays black."""
+    (fractions of the map) tinted orange."""
     top, left, bottom, right = box
     rgb = np.stack([digit] * 3, -1)
     cy, cx = int(centre[0] * digit.shape[0]), int(centre[1] * digit.shape[1])
     yy, xx = np.ogrid[:digit.shape[0], :digit.shape[1]]
-    near = (yy - cy) ** 2 + (xx - cx) ** 2 <= 4
-    rgb[near] = 0.55 * rgb[near] + 0.45 * np.array([1.0, 0.55, 0.0])
+    radius = min(bottom - top, right - left) // 8  # a pixel in a small field, a little more in a large one
+    near = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    rgb[near] = 0.6 * rgb[near] + 0.4 * np.array([1.0, 0.55, 0.0])
     crop = rgb[top:bottom + 1, left:right + 1]
     img = Image.fromarray((crop * 255).round().astype(np.uint8), "RGB")
     factor = max(1, 96 // max(img.size))

@@ -366,6 +366,31 @@ def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 
     return canvas
 
 
+def tile_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]], *, tile: int = 128,
+              look: Look = LIGHT) -> Image.Image:
+    """Rows of pictures with a caption under each, a row's label on its left: each picture
+    scaled to ``tile`` pixels square (small ones by a whole factor, kept sharp)."""
+    z, pad = look.scale, 8
+    label_w, cap = int(130 * z), round(11 * z)
+    cols = max((len(cells) for _, cells in rows), default=1)
+    row_h = tile + 2 * (cap + 4) + pad
+    canvas = Image.new("RGB", (label_w + cols * (tile + pad) + pad, pad + len(rows) * row_h), look.paper)
+    draw = ImageDraw.Draw(canvas)
+    small = _font(cap)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for r, (label, cells) in enumerate(rows):
+        y = pad + r * row_h
+        _draw_lines(draw, [(label, round(13 * z), look.ink)], pad, y + tile // 3, label_w - pad)
+        for c, (img, caption) in enumerate(cells):
+            x = label_w + c * (tile + pad)
+            pic = img.convert("RGB")
+            pic = pic.resize((tile, tile), Image.Resampling.NEAREST if max(pic.size) < tile else Image.Resampling.LANCZOS)
+            canvas.paste(pic, (x, y))
+            for i, part in enumerate(_wrap(probe, caption, small, tile)[:2]):
+                draw.text((x, y + tile + 2 + i * (cap + 4)), part, fill=look.muted, font=small)
+    return canvas
+
+
 def branch_card(block, branch, seen: Image.Image, *, cmap: str = "inferno", n: int = 4, look: Look = LIGHT) -> Image.Image:
     """One branch, about as tall as it is wide, so it stays readable on a phone: its facts on
     top, its mean map over the image on the left, its ``n`` most active channels in a 2-column

@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..specs import MERGES
 from ..rooms import SHELF
 from ..zoo import DEFAULT_MODEL, ZOO
-from . import unitview
+from . import featureview, unitview
 from .common import (
     LIGHT,
     branch_panel,
@@ -239,7 +239,7 @@ def branches_pending(key: str, block: str, image: str | None) -> dict:
     note = f"*Computing the maps of {html.escape(str(block))} ({ZOO[key].name})...*" if image else ""
     return {"panel": None, "block_note": note, "share_plot": gr.BarPlot(None, **share_chart_style(key, block)),
             "depth_plot": gr.BarPlot(None, **depth_chart_style(key)), "branch_table": None, "branch_json": None,
-            "branch_view": None, **dict.fromkeys(UNIT_SHOWN)}
+            "branch_view": None, **dict.fromkeys(UNIT_SHOWN), **dict.fromkeys(featureview.OUTPUTS)}
 
 
 @user_errors
@@ -453,7 +453,8 @@ BRANCH_MAPS = ("panel", "block_note", "share_plot", "depth_plot", "branch_table"
 ABLATION = ("before", "after", "ablate_msg", "ablate_json")
 # Everything a new model or image makes stale (emptied first, see results_pending).
 UNIT_SHOWN = unitview.OUTPUTS[:3]  # a picked unit's pictures and steps, emptied with the maps
-SHOWN = ("label", "seen", "info", "json", *BRANCH_MAPS, "branch_view", *UNIT_SHOWN, *unitview.HIDE_OUTPUTS)
+SHOWN = ("label", "seen", "info", "json", *BRANCH_MAPS, "branch_view", *UNIT_SHOWN, *unitview.HIDE_OUTPUTS,
+         *featureview.OUTPUTS)
 
 
 def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
@@ -473,6 +474,7 @@ def build(checkpoint_state: gr.State, look: gr.State, first=None) -> dict:
     _ablation_section(c, first)
     unitview.build(c)
     unitview.build_hide(c)
+    featureview.build(c)
     unitview.build_api(c)
     _branch_events(c)
     _chains(c)
@@ -621,7 +623,8 @@ def _branch_events(c: dict) -> None:
         image, model, valid_block(model, block), ckpt, followed), c, ("diagram", "branch_view", "branch"))
     c["model"].change(for_model, [*branch_inputs, c["followed"]], reset_outputs, api_visibility="private",
                       queue=False)
-    pending, pending_outputs = by_name(branches_pending, c, (*BRANCH_MAPS, "branch_view", *UNIT_SHOWN))
+    pending, pending_outputs = by_name(branches_pending, c, (*BRANCH_MAPS, "branch_view", *UNIT_SHOWN,
+                                                             *featureview.OUTPUTS))
     maps, maps_outputs = by_name(show_branches, c, BRANCH_MAPS)
     picked, picked_outputs = by_name(on_block, c, ("branch",))
     c["block"].input(

@@ -290,3 +290,21 @@ def test_presenter_mode_survives_a_reload_and_pictures_follow_the_look(page):
                            " && document.querySelector('#presenter-toggle input').checked")
     page.locator("#presenter-toggle input").uncheck()
     page.wait_for_function("!document.body.classList.contains('cz-presenter')")
+
+
+def test_what_each_branch_looks_for_on_a_digit_network(page, examples):
+    """The block's most active channels for this digit, each an optimised image beside the
+    held-out digits that excite it most, with a verdict per channel."""
+    choose(page, "explore-model", "MNIST Inception net")
+    page.wait_for_function("document.querySelector('#explore-model input').value.includes('MNIST')")
+    page.set_input_files("#explore-image input[type=file]", str(examples / "digits" / "six.png"))
+    page.wait_for_function("document.querySelector('#explore-block-note').innerText.includes('incept1')"
+                           " && !document.querySelector('#explore-block-note').innerText.includes('Computing')")
+    page.locator("#explore-lookfor").click()
+    tap_when_still(page, "#explore-lookfor-go")
+    page.wait_for_function("(document.querySelector('#explore-lookfor-note') || {}).innerText?.includes('channel')")
+    note = page.inner_text("#explore-lookfor-note")
+    assert "12 channels, 256 steps at 28 px" in note
+    assert note.count("beats every held-out digit") + note.count("weak") == 12
+    page.wait_for_function("(() => { const i = document.querySelector('#explore-lookfor-grid img');"
+                           " return i && i.complete && i.naturalWidth > 500; })()")
