@@ -391,6 +391,56 @@ def tile_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]], *, 
     return canvas
 
 
+def _rgb(colour: str) -> tuple[int, int, int]:
+    from PIL import ImageColor
+
+    return ImageColor.getrgb(colour)[:3]
+
+
+def _confusion_geometry(look: Look) -> tuple[int, int, int]:
+    """(left, top, cell) of ``confusion_matrix``'s grid, in pixels."""
+    z = look.scale
+    return int(70 * z), int(56 * z), int(34 * z)
+
+
+def confusion_matrix(matrix: np.ndarray, look: Look = LIGHT, title: str = "") -> Image.Image:
+    """A 10 x 10 confusion matrix: rows the true digit, columns the one read, each cell its
+    count, shaded by its share of its row (the diagonal in the accent colour)."""
+    left, top, cell = _confusion_geometry(look)
+    z = look.scale
+    canvas = Image.new("RGB", (left + 10 * cell + 12, top + 10 * cell + 12), look.paper)
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(round(12 * z)), _font(round(11 * z))
+    draw.text((left, 4), title or "read as", fill=look.ink, font=font)
+    draw.text((4, top + 5 * cell - 6), "true", fill=look.ink, font=font)
+    rows = matrix.sum(1, keepdims=True).clip(min=1)
+    paper = np.array(_rgb(look.paper))
+    accent, wrong = np.array(_rgb(look.accent)), np.array([0xd6, 0x2d, 0x20])
+    for j in range(10):
+        draw.text((left + j * cell + cell // 2 - 3, top - round(16 * z)), str(j), fill=look.muted, font=small)
+        draw.text((left - round(14 * z), top + j * cell + cell // 2 - 6), str(j), fill=look.muted, font=small)
+    for i in range(10):
+        for j in range(10):
+            share = matrix[i, j] / rows[i, 0]
+            # A mistake shows even when it is one digit in a hundred.
+            strength = share if i == j else (0.3 + 0.7 * min(1.0, 4 * share) if matrix[i, j] else 0.0)
+            tint = (accent if i == j else wrong) * strength + paper * (1 - strength)
+            x0, y0 = left + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 2, y0 + cell - 2], fill=tuple(int(v) for v in tint))
+            if matrix[i, j]:
+                light = tint @ np.array([0.299, 0.587, 0.114]) > 140
+                draw.text((x0 + 4, y0 + cell // 2 - 6), str(int(matrix[i, j])),
+                          fill="#111827" if light else "#f4f4f5", font=small)
+    return canvas
+
+
+def confusion_cell(look: Look, x: float, y: float) -> tuple[int, int] | None:
+    """(true digit, digit read) of the cell under (x, y) on ``confusion_matrix``, or None."""
+    left, top, cell = _confusion_geometry(look)
+    i, j = int((y - top) // cell), int((x - left) // cell)
+    return (i, j) if 0 <= i < 10 and 0 <= j < 10 and x >= left and y >= top else None
+
+
 def branch_card(block, branch, seen: Image.Image, *, cmap: str = "inferno", n: int = 4, look: Look = LIGHT) -> Image.Image:
     """One branch, about as tall as it is wide, so it stays readable on a phone: its facts on
     top, its mean map over the image on the left, its ``n`` most active channels in a 2-column

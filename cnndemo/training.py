@@ -205,6 +205,37 @@ def evaluate(model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
 StepFn = Callable[[dict], None]
 
 
+@torch.no_grad()
+def confusion(model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, batch: int = 250):
+    """The held-out confusion matrix (row: the true digit, column: the one read), and each
+    digit's reading and its probability."""
+    model.eval()
+    preds, probs = [], []
+    for i in range(0, len(x), batch):
+        p = torch.softmax(model(to_input(x[i:i + batch], spec)).float(), 1)
+        top = p.max(1)
+        preds.append(top.indices)
+        probs.append(top.values)
+    pred, prob = torch.cat(preds), torch.cat(probs)
+    matrix = torch.zeros(10, 10, dtype=torch.int64)
+    matrix.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    return matrix.numpy(), pred.numpy(), prob.numpy()
+
+
+def digit_attributions(model: nn.Module, spec: ModelSpec, x: torch.Tensor, targets: list[int],
+                       steps: int = 32) -> np.ndarray:
+    """Integrated Gradients (Captum; a black baseline, the paper's) of each digit for its target
+    class, on the digit's 28 x 28 pixels: N x 28 x 28."""
+    from captum.attr import IntegratedGradients
+
+    model.eval()
+    pixels = x.clone().requires_grad_(True)
+    ig = IntegratedGradients(lambda d: model(to_input(d, spec)))
+    with torch.enable_grad():
+        attr = ig.attribute(pixels, baselines=torch.zeros_like(pixels), target=torch.tensor(targets), n_steps=steps)
+    return attr[:, 0].detach().numpy()
+
+
 def training_tflop(key: str, *, epochs: int, limit: int | None = None) -> float:
     """Arithmetic a training run asks for: per epoch, a forward and a backward (twice a forward)
     for each training digit; the held-out digits evaluated before training and after each epoch."""

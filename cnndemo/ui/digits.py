@@ -20,12 +20,13 @@ from ..digits import EmptyDrawing, disagreement, normalize_digit
 from ..images import open_image
 from ..runtime import STORE, LoadedModel
 from ..shared import RESULTS
-from ..training import load_digits, train, training_tflop
+from ..training import confusion, digit_attributions, load_digits, train, training_tflop
 from ..cancel import check_budget
 from ..lanes import HEAVY, lower_priority
 from ..weights import WeightsInfo
 from ..zoo import DIGIT_KEYS, DIGIT_SHOWCASE, ZOO
-from .common import LIGHT, branch_panel, by_name, gr_progress, heavy_lane, picture, session_state, guard_files, image_input, user_errors
+from .common import (LIGHT, branch_panel, by_name, gr_progress, heavy_lane, picture, session_state, guard_files,
+                     image_input, user_errors, weights_kind)
 from .guard import bound_blobs
 
 # The Sketchpad opens with no tool selected, and "Clear canvas" (and undo/redo) deselects the
@@ -243,6 +244,56 @@ def _lab_outputs(steps, epochs_done, session, msg):
     return {"t_plot": loss, "t_acc": acc, "t_msg": msg, "session": session}
 
 
+def _lab_model(key: str, session: dict | None) -> LoadedModel:
+    """The network the lab trained in this session, else the shipped one."""
+    return (session or {}).get(key) or STORE.get(key)
+
+
+def lab_confusion(key: str, session: dict | None, look) -> dict:
+    """The held-out confusion matrix of the lab's network (the one trained in this session)."""
+    lm = _lab_model(key, session)
+    data = _data()
+    matrix, _, _ = RESULTS.get(("confusion", lm.weights.ident), lambda _p: confusion(lm.module, lm.spec, data.x_test,
+                                                                                    data.y_test))
+    shape = render.Look.parse(look)
+    title = f"{lm.spec.name}, {weights_kind(lm.weights)}: 1,000 held-out digits; columns: the digit read"
+    img = picture(("confusion", lm.weights.ident, str(shape)), lambda: render.confusion_matrix(matrix, shape, title))
+    wrong = int(matrix.sum() - matrix.trace())
+    return {"t_confusion": img, "t_cell": None,
+            "t_cell_note": f"{wrong} of {int(matrix.sum())} held-out digits read wrongly. Click a cell to see those "
+                           "digits, each with the pixels that drove its reading (Integrated Gradients)."}
+
+
+def lab_cell(key: str, session: dict | None, look, evt: gr.SelectData) -> dict:
+    """The held-out digits of one cell (true row, read column), each beside its attribution map."""
+    if evt is None or not evt.index:
+        return {}
+    shape = render.Look.parse(look)
+    cell = render.confusion_cell(shape, *evt.index[:2])
+    if cell is None:
+        return {}
+    lm = _lab_model(key, session)
+    data = _data()
+    _, pred, prob = RESULTS.get(("confusion", lm.weights.ident), lambda _p: confusion(lm.module, lm.spec, data.x_test,
+                                                                                      data.y_test))
+    true, read = cell
+    every = [i for i in range(len(pred)) if int(data.y_test[i]) == true and int(pred[i]) == read]
+    picked = every[:8]
+    if not picked:
+        return {"t_cell": None, "t_cell_note": f"No held-out {true} was read as {read}."}
+    with lm.lock:
+        attr = digit_attributions(lm.module, lm.spec, data.x_test[picked], [read] * len(picked))
+    rows = []
+    for i, a in zip(picked, attr):
+        digit = Image.fromarray((data.x_test[i, 0].numpy() * 255).round().astype("uint8"), "L")
+        heat = render.colorize(a, render.SIGNED_CMAP, vmin=-abs(a).max(), vmax=abs(a).max())
+        rows.append((f"#{i}", [(digit, f"read {read} ({prob[i]:.0%})"), (heat, "orange: for it, purple: against")]))
+    what = "read correctly" if true == read else f"read as {read}"
+    note = (f"{len(every)} held-out {true}s {what}" + (f"; the first {len(picked)}" if len(every) > len(picked) else "")
+            + f", each beside its Integrated Gradients map for '{read}' (a black baseline, 32 steps).")
+    return {"t_cell": render.tile_grid(rows, tile=112, look=shape), "t_cell_note": note}
+
+
 @user_errors
 def forget_session(session: dict | None):
     return {"session": {}, "t_msg": "Back to the shipped weights."}
@@ -313,9 +364,26 @@ def build(look: gr.State) -> dict:
         c["t_acc"] = gr.LinePlot(x="step", y="accuracy", color="curve", title="Accuracy (%)", height=320,
                                  y_lim=[0, 100], label="accuracy curve", elem_classes=["cz-plot"],
                                  color_title="measured on", elem_id="digits-acc")
+    # Titled above the pictures (a label drawn over a picture hides the start of its own title).
+    with gr.Row(elem_classes=["cz-stack"]):
+        with gr.Column():
+            gr.Markdown("**Held-out confusion matrix** (after training): click a cell", elem_classes=["cz-caption"])
+            c["t_confusion"] = gr.Image(label="Held-out confusion matrix: click a cell", show_label=False,
+                                        interactive=False, elem_id="digits-confusion", buttons=["download", "fullscreen"],
+                                        alt_text="Rows: the true digit; columns: the digit read; each cell its count")
+        with gr.Column():
+            c["t_cell_note"] = gr.Markdown(elem_id="digits-cell-note")
+            c["t_cell"] = gr.Image(label="The digits of that cell", show_label=False, interactive=False,
+                                   elem_id="digits-cell", buttons=["download", "fullscreen"],
+                                   alt_text="Each digit of the cell beside the pixels that drove its reading")
     trained, trained_outputs = by_name(train_lab, c, ("t_plot", "t_acc", "t_msg", "session"))
+    confused, confused_outputs = by_name(user_errors(lab_confusion), c, ("t_confusion", "t_cell", "t_cell_note"))
     c["t_go"].click(trained, [c["t_model"], c["t_epochs"], c["t_batch"], c["t_lr"], c["t_limit"], c["session"]],
-                    trained_outputs, api_name="train_digits", **heavy_lane())
+                    trained_outputs, api_name="train_digits", **heavy_lane()).success(
+        confused, [c["t_model"], c["session"], look], confused_outputs, api_visibility="private", concurrency_id=LIGHT)
+    celled, celled_outputs = by_name(user_errors(lab_cell), c, ("t_cell", "t_cell_note"))
+    c["t_confusion"].select(celled, [c["t_model"], c["session"], look], celled_outputs, api_visibility="private",
+                            concurrency_id=LIGHT)
     forgot, forgot_outputs = by_name(forget_session, c, ("session", "t_msg"))
     c["t_forget"].click(forgot, [c["session"]], forgot_outputs, api_visibility="private")
     return c

@@ -308,3 +308,28 @@ def test_what_each_branch_looks_for_on_a_digit_network(page, examples):
     assert note.count("beats every held-out digit") + note.count("weak") == 12
     page.wait_for_function("(() => { const i = document.querySelector('#explore-lookfor-grid img');"
                            " return i && i.complete && i.naturalWidth > 500; })()")
+
+
+def test_the_training_labs_mistakes_open_from_its_confusion_matrix(page):
+    """After a short training run: the held-out confusion matrix, and a click on a cell shows
+    that cell's digits, each with its attribution map."""
+    from cnndemo import render
+
+    page.get_by_role("tab", name="Digits").click()
+    limit = page.get_by_label("Training digits").first
+    limit.fill("500")
+    limit.press("Enter")
+    page.get_by_label("Epochs").first.fill("1")
+    page.get_by_role("button", name="Train", exact=True).click()
+    page.wait_for_function("(document.querySelector('#digits-cell-note') || {}).innerText?.includes('read wrongly')")
+    page.wait_for_function("(() => { const i = document.querySelector('#digits-confusion img');"
+                           " return i && i.complete && i.naturalWidth > 300; })()")
+    left, top, cell = render._confusion_geometry(render.LIGHT)
+    size = page.evaluate("(() => { const i = document.querySelector('#digits-confusion img');"
+                         " return [i.naturalWidth, i.naturalHeight]; })()")
+    # The diagonal cell of the 1s: digits read correctly.
+    tap_when_still(page, "#digits-confusion img", at=((left + 1.5 * cell) / size[0], (top + 1.5 * cell) / size[1]))
+    page.wait_for_function("(document.querySelector('#digits-cell-note') || {}).innerText?.includes('held-out 1s')")
+    assert "read correctly" in page.inner_text("#digits-cell-note")
+    page.wait_for_function("(() => { const i = document.querySelector('#digits-cell img');"
+                           " return i && i.complete && i.naturalWidth > 200; })()")
