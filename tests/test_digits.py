@@ -181,3 +181,25 @@ def test_disagreement_is_said_plainly():
     assert disagreement({"A": ("7", 0.9), "B": ("7", 0.6)}) is None
     said = disagreement({"A": ("7", 0.62), "B": ("1", 0.8), "C": ("7", 0.55)})
     assert said == "The networks disagree: A reads 7 (62%), B reads 1 (80%), C reads 7 (55%)."
+
+
+def test_the_labs_confusion_matrix_agrees_with_the_training_record_and_its_maps_add_up():
+    """The held-out confusion matrix of the shipped MNIST Inception net: its diagonal is the
+    accuracy its training record states (the same 1,000 digits); each digit's Integrated
+    Gradients map sums to its logit minus the black baseline's (completeness, to IG's error)."""
+    from cnndemo.runtime import STORE
+    from cnndemo.training import confusion, digit_attributions, load_digits, to_input
+    from cnndemo.weights import BUNDLED_DIR
+
+    lm = STORE.get("mnist_inception")
+    data = load_digits()
+    matrix, pred, prob = confusion(lm.module, lm.spec, data.x_test, data.y_test)
+    assert matrix.sum() == 1000 and (matrix.sum(1) == 100).all()
+    record = json.loads((BUNDLED_DIR / "mnist_inception.json").read_text())
+    assert 100 * matrix.trace() / 1000 == pytest.approx(record["test_acc"], abs=0.05)
+    x = data.x_test[:4]
+    attr = digit_attributions(lm.module, lm.spec, x, pred[:4].tolist(), steps=64)
+    with torch.no_grad():
+        gap = (lm.module(to_input(x, lm.spec)) - lm.module(to_input(torch.zeros_like(x), lm.spec)))
+    want = gap[torch.arange(4), torch.as_tensor(pred[:4])].numpy()
+    assert attr.reshape(4, -1).sum(1) == pytest.approx(want, rel=0.05, abs=0.05)
