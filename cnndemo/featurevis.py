@@ -27,8 +27,10 @@ image as it is shown, so it compares directly with the exemplars'.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -282,11 +284,41 @@ def held_out_digits() -> torch.Tensor:
     return load_digits().x_test
 
 
+def stats_file(lm: LoadedModel) -> Path | None:
+    """Where a network's held-out statistics are kept on disk, beside the user's weights cache
+    (torch's hub folder), named by its weights; None for weights of one session or one upload."""
+    if lm.weights.kind != "pretrained":
+        return None
+    return Path(torch.hub.get_dir()).parent / "cnndemo" / "exemplars" / f"{lm.spec.key}-{lm.weights.ident}.pt"
+
+
 @memo(4, name="held-out digit branch statistics")
 def _held_out_stats(lm: LoadedModel) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, tuple]]:
     """For the 1,000 held-out digits, every branch of every block, each channel: its mean
     activation and where its strongest unit is (N x C each: small, not the maps), and the
-    map's (H, W); one pass through the network for all of them."""
+    map's (H, W); one pass through the network for all of them, kept on disk (``stats_file``)."""
+    path = stats_file(lm)
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return {(b, br): (v["means"], v["peaks"], tuple(v["shape"])) for (b, br), v in
+                    ((tuple(k.split("/", 1)), v) for k, v in saved.items())}
+        except Exception:  # noqa: BLE001 (a damaged or foreign file: computed again, and rewritten)
+            pass
+    stats = _compute_held_out_stats(lm)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            torch.save({f"{b}/{br}": {"means": m, "peaks": p, "shape": list(hw)} for (b, br), (m, p, hw) in stats.items()},
+                       tmp)
+            os.replace(tmp, path)
+        except OSError:  # a read-only cache: kept in memory only
+            pass
+    return stats
+
+
+def _compute_held_out_stats(lm: LoadedModel) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, tuple]]:
     digits = held_out_digits()
     branches = [(b.name, br) for b in lm.spec.blocks for br in b.branches if br.tap_paths]
     paths = {p for _, br in branches for p in br.tap_paths}

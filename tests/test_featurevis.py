@@ -75,3 +75,24 @@ def test_bad_requests_say_what_is_wrong():
         visualize("mnist_resnet", "rblock1", "shortcut", [0], VisSettings(steps=2))
     with pytest.raises(BadRequest, match="reads photos"):
         exemplars("googlenet", "inception3a", "1x1", 0)
+
+
+def test_held_out_statistics_are_kept_on_disk_beside_the_weights_cache(tmp_path, setenv):
+    from cnndemo import featurevis
+
+    setenv("TORCH_HOME", str(tmp_path / "torch"))
+    lm = STORE.get("mnist_inception")
+    featurevis._held_out_stats.cache_clear()
+    first = exemplars(lm, "incept2", "5x5", 7, k=5)
+    path = featurevis.stats_file(lm)
+    assert path is not None and path.is_file() and path.is_relative_to(tmp_path / "torch")
+    featurevis._held_out_stats.cache_clear()
+    stamp = path.stat().st_mtime_ns
+    again = exemplars(lm, "incept2", "5x5", 7, k=5)  # read back, not computed
+    assert (again.indices, again.activations, again.peaks) == (first.indices, first.activations, first.peaks)
+    assert path.stat().st_mtime_ns == stamp
+    path.write_bytes(b"not a tensor file")  # damaged: computed again and rewritten
+    featurevis._held_out_stats.cache_clear()
+    assert exemplars(lm, "incept2", "5x5", 7, k=5).indices == first.indices
+    assert path.stat().st_size > 1000
+    featurevis._held_out_stats.cache_clear()
