@@ -37,13 +37,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from torch import nn
-
 from . import cancel
+from .branches import block_infos
 from .cache import memo
 from .cancel import ProgressFn
-from .errors import BadRequest
-from .pipeline import resolve
+from .errors import BadRequest, UserError
+from .pipeline import prepare, resolve
 from .runtime import LoadedModel
 from .training import load_digits, to_input
 from .units import field_boxes, find_branch, tap_of
@@ -199,7 +198,7 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
         br = find_branch(spec.block(block), branch)
         if not br.tap_paths:
             raise_no_layers(block, br.name)
-        width = sum(_out_channels(lm, p) for p in br.tap_paths)
+        width = _width(spec, block, br.name)
         if not 0 <= channel < width:
             raise BadRequest(f"{block} / {br.name} has channels 0 to {width - 1}; got {channel}")
         picks.append(tap_of(lm.module, br, channel, (1, width)))
@@ -247,8 +246,10 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
     return list(out.values())
 
 
-def _out_channels(lm: LoadedModel, path: str) -> int:
-    return [m for m in lm.module.get_submodule(path).modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+def _width(spec, block: str, branch: str) -> int:
+    """The branch's channels, from the block's traced shapes."""
+    info = next(b for b in block_infos(spec) if b.name == block)
+    return next(b for b in info.branches if b.name == branch).shape[0]
 
 
 # ----------------------------------------------------------------------------- natural exemplars
@@ -266,7 +267,9 @@ class Exemplars:
     activations: list[float]  # the channel's mean activation on each
     peaks: list[tuple[int, int]]  # where on the channel's map each digit's strongest unit is
     boxes: list[tuple[int, int, int, int]]  # that unit's receptive field, in the digit's 28 x 28 pixels
-    images: list[Image.Image] = field(repr=False)  # each digit cropped to that field, the unit's centre marked
+    images: list[Image.Image] = field(repr=False)  # each cropped to that field, the unit's centre marked
+    sources: list[str] = field(default_factory=list)  # where each came from (a held-out digit, a file)
+    skipped: int = 0  # files of the folder that could not be read as images
 
     @property
     def best(self) -> float:
@@ -274,8 +277,9 @@ class Exemplars:
 
     def to_json(self) -> dict:
         return {"model": self.model, "block": self.block, "branch": self.branch, "channel": self.channel,
-                "held_out_index": self.indices, "activations": [round(a, 6) for a in self.activations],
-                "peaks": [list(p) for p in self.peaks], "boxes": [list(b) for b in self.boxes]}
+                "sources": self.sources, "activations": [round(a, 6) for a in self.activations],
+                "peaks": [list(p) for p in self.peaks], "boxes": [list(b) for b in self.boxes],
+                "skipped": self.skipped}
 
 
 @memo(1, name="held-out digits")
@@ -363,16 +367,72 @@ def exemplars(model: LoadedModel | str, block: str, branch: str | None, channel:
         boxes.append((top, left, bottom, right))
         images.append(_shaded_crop(digits[i, 0].numpy(), (top, left, bottom, right), ((y + 0.5) / h, (x + 0.5) / w)))
     return Exemplars(lm.spec.key, block, name, channel, order, [float(means[i, channel]) for i in order], peaks, boxes,
-                     images)
+                     images, [f"held-out digit #{i}" for i in order])
 
 
-def _shaded_crop(digit: np.ndarray, box: tuple[int, int, int, int], centre: tuple[float, float]) -> Image.Image:
-    """The digit (white on black, [0, 1]) cropped to ``box`` and enlarged, the unit's centre
-    (fractions of the map) tinted orange."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def folder_exemplars(model: LoadedModel | str, block: str, branch: str | None, channel: int, folder: Path | str,
+                     k: int = 6, progress: ProgressFn | None = None) -> Exemplars:
+    """The ``k`` images of a folder (searched through its subfolders) with the highest mean
+    activation of the branch channel, each cropped to the receptive field of the channel's
+    strongest unit in the image as the network saw it. Files that are not readable images are
+    skipped and counted."""
+    lm = resolve(model)
+    root = Path(folder)
+    if not root.is_dir():
+        raise BadRequest(f"There is no folder {root}: name a folder of your images.")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise BadRequest(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    br = find_branch(lm.spec.block(block), branch)
+    if not br.tap_paths:
+        raise_no_layers(block, br.name)
+    scored, skipped, shape = [], 0, None
+    with cancel.holding(lm.lock), torch.inference_mode():
+        for n, path in enumerate(files):
+            cancel.check()
+            try:
+                inp = prepare(path, lm)
+            except UserError:
+                skipped += 1
+                continue
+            maps = branch_maps(lm, inp.x, block, br.name)[0]
+            if not 0 <= channel < maps.shape[1]:
+                raise BadRequest(f"{block} / {br.name} has channels 0 to {maps.shape[1] - 1}; got {channel}")
+            m = maps[0, channel].float()
+            shape = tuple(m.shape)
+            scored.append((float(m.mean()), int(m.argmax()), path, inp))
+            scored = sorted(scored, key=lambda t: -t[0])[:k]  # keeps only the best few inputs in memory
+            if progress:
+                progress((n + 1) / len(files), f"{n + 1} of {len(files)} images")
+    if not scored:
+        raise BadRequest(f"None of the {len(files)} files in {root} could be read as an image.")
+    tap, _ = tap_of(lm.module, br, channel, (1, channel + 1))
+    field_of = field_boxes(lm.spec).get(tap)
+    h, w = shape
+    peaks, boxes, images = [], [], []
+    for _, at, _, inp in scored:
+        y, x = divmod(at, w)
+        seen = np.asarray(inp.seen().convert("RGB"), np.float32) / 255.0
+        side_h, side_w = seen.shape[:2]
+        box = field_of.at(y, x) if field_of is not None else (0, 0, side_h - 1, side_w - 1)
+        box = (max(0, box[0]), max(0, box[1]), min(side_h - 1, box[2]), min(side_w - 1, box[3]))
+        peaks.append((y, x))
+        boxes.append(box)
+        images.append(_shaded_crop(seen, box, ((y + 0.5) / h, (x + 0.5) / w)))
+    return Exemplars(lm.spec.key, block, br.name, channel, list(range(len(scored))), [t[0] for t in scored], peaks,
+                     boxes, images, [str(t[2]) for t in scored], skipped)
+
+
+def _shaded_crop(pixels: np.ndarray, box: tuple[int, int, int, int], centre: tuple[float, float]) -> Image.Image:
+    """An image in [0, 1] (a digit, H x W, white on black; or H x W x 3) cropped to ``box``
+    and enlarged, the unit's centre (fractions of the map) tinted orange."""
     top, left, bottom, right = box
-    rgb = np.stack([digit] * 3, -1)
-    cy, cx = int(centre[0] * digit.shape[0]), int(centre[1] * digit.shape[1])
-    yy, xx = np.ogrid[:digit.shape[0], :digit.shape[1]]
+    rgb = pixels.copy() if pixels.ndim == 3 else np.stack([pixels] * 3, -1)
+    cy, cx = int(centre[0] * rgb.shape[0]), int(centre[1] * rgb.shape[1])
+    yy, xx = np.ogrid[:rgb.shape[0], :rgb.shape[1]]
     radius = min(bottom - top, right - left) // 8  # a pixel in a small field, a little more in a large one
     near = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
     rgb[near] = 0.6 * rgb[near] + 0.4 * np.array([1.0, 0.55, 0.0])

@@ -96,3 +96,31 @@ def test_held_out_statistics_are_kept_on_disk_beside_the_weights_cache(tmp_path,
     assert exemplars(lm, "incept2", "5x5", 7, k=5).indices == first.indices
     assert path.stat().st_size > 1000
     featurevis._held_out_stats.cache_clear()
+
+
+def test_a_folder_of_images_gives_a_photo_networks_exemplars(tmp_path, examples):
+    """Ranked by the channel's mean activation (each checked against the branch map of that
+    image alone), cropped to the strongest unit's field; unreadable files are counted, a missing
+    or empty folder is a sentence."""
+    from cnndemo.featurevis import folder_exemplars
+    from cnndemo.pipeline import prepare
+
+    (tmp_path / "sub").mkdir()
+    for name in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
+        (tmp_path / name).write_bytes((examples / name).read_bytes())
+    (tmp_path / "sub" / "astronaut.jpg").write_bytes((examples / "astronaut.jpg").read_bytes())
+    (tmp_path / "notes.png").write_text("not an image")
+    ex = folder_exemplars("squeezenet1_0", "fire4", "expand3x3", 3, tmp_path, k=3)
+    assert ex.skipped == 1 and len(ex.sources) == 3 and ex.activations == sorted(ex.activations, reverse=True)
+    lm = STORE.get("squeezenet1_0")
+    with torch.inference_mode():
+        for src, act in zip(ex.sources, ex.activations):
+            alone = branch_maps(lm, prepare(src, lm).x, "fire4", "expand3x3")[0][0, 3].mean()
+            assert float(alone) == pytest.approx(act, rel=1e-5)
+    for top, left, bottom, right in ex.boxes:
+        assert 0 <= top <= bottom < 224 and 0 <= left <= right < 224
+    with pytest.raises(BadRequest, match="no folder"):
+        folder_exemplars("squeezenet1_0", "fire4", "expand3x3", 3, tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadRequest, match="holds no images"):
+        folder_exemplars("squeezenet1_0", "fire4", "expand3x3", 3, tmp_path / "empty")
