@@ -139,6 +139,12 @@ def block_infos(spec: ModelSpec) -> tuple[BlockInfo, ...]:
     return _block_infos(spec.key)
 
 
+def branch_info(spec: ModelSpec, block: str, branch: str) -> BranchInfo:
+    """One branch's description (its output shape among them), from ``block_infos``."""
+    info = next(b for b in block_infos(spec) if b.name == block)
+    return next(b for b in info.branches if b.name == branch)
+
+
 @memo(64, name="block descriptions")
 def _block_infos(key: str) -> tuple[BlockInfo, ...]:
     spec = get_spec(key)

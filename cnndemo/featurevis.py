@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import cancel
-from .branches import block_infos
+from .branches import branch_info
 from .cache import memo
 from .cancel import ProgressFn
 from .errors import BadRequest, UserError
 from .pipeline import prepare, resolve
 from .runtime import LoadedModel
-from .training import load_digits, to_input
+from .training import shipped_digits, to_input
 from .units import field_boxes, find_branch, tap_of
 
 # The square root of ImageNet's colour correlation (the SVD's U S^1/2, as Lucid measured it),
@@ -132,6 +132,17 @@ def raise_no_layers(block: str, branch: str):
                      "of its own to visualise; pick the block's other path")
 
 
+def _layered(spec, block: str, branch: str | None, channel: int):
+    """The branch, checked to have layers of its own and the channel to be one of its own."""
+    br = find_branch(spec.block(block), branch)
+    if not br.tap_paths:
+        raise_no_layers(block, br.name)
+    width = branch_info(spec, block, br.name).shape[0]
+    if not 0 <= channel < width:
+        raise BadRequest(f"{block} / {br.name} has channels 0 to {width - 1}; got {channel}")
+    return br
+
+
 def _freqs(h: int, w: int) -> torch.Tensor:
     return torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None, :] ** 2)
 
@@ -195,13 +206,8 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
     picks = []  # per image: (tap path, channel there)
     names = []
     for block, branch, channel in targets:
-        br = find_branch(spec.block(block), branch)
-        if not br.tap_paths:
-            raise_no_layers(block, br.name)
-        width = _width(spec, block, br.name)
-        if not 0 <= channel < width:
-            raise BadRequest(f"{block} / {br.name} has channels 0 to {width - 1}; got {channel}")
-        picks.append(tap_of(lm.module, br, channel, (1, width)))
+        br = _layered(spec, block, branch, channel)
+        picks.append(tap_of(lm.module, br, channel, (1, *branch_info(spec, block, br.name).shape)))
         names.append(br.name)
     gen = torch.Generator().manual_seed(s.seed)
     freqs = _freqs(side, side)
@@ -246,12 +252,6 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
     return list(out.values())
 
 
-def _width(spec, block: str, branch: str) -> int:
-    """The branch's channels, from the block's traced shapes."""
-    info = next(b for b in block_infos(spec) if b.name == block)
-    return next(b for b in info.branches if b.name == branch).shape[0]
-
-
 # ----------------------------------------------------------------------------- natural exemplars
 
 
@@ -282,10 +282,9 @@ class Exemplars:
                 "skipped": self.skipped}
 
 
-@memo(1, name="held-out digits")
 def held_out_digits() -> torch.Tensor:
     """The 1,000 held-out MNIST digits (1 x 28 x 28, white on black, in [0, 1]; 3 MB)."""
-    return load_digits().x_test
+    return shipped_digits().x_test
 
 
 def stats_file(lm: LoadedModel) -> Path | None:
@@ -344,13 +343,9 @@ def exemplars(model: LoadedModel | str, block: str, branch: str | None, channel:
     if lm.spec.inputs.kind != "digit":
         raise BadRequest(f"{lm.spec.name} reads photos: its exemplars come from a folder of your images, not from "
                          "the held-out digits")
-    br = find_branch(lm.spec.block(block), branch)
-    if not br.tap_paths:
-        raise_no_layers(block, br.name)
+    br = _layered(lm.spec, block, branch, channel)
     name = br.name
     means, peaks_at, (h, w) = _held_out_stats(lm)[(block, name)]
-    if not 0 <= channel < means.shape[1]:
-        raise BadRequest(f"{block} / {name} has channels 0 to {means.shape[1] - 1}; got {channel}")
     order = torch.argsort(means[:, channel], descending=True)[:k].tolist()
     tap, _ = tap_of(lm.module, br, channel, means.shape)
     field = field_boxes(lm.spec).get(tap)
@@ -386,9 +381,7 @@ def folder_exemplars(model: LoadedModel | str, block: str, branch: str | None, c
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise BadRequest(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    br = find_branch(lm.spec.block(block), branch)
-    if not br.tap_paths:
-        raise_no_layers(block, br.name)
+    br = _layered(lm.spec, block, branch, channel)
     scored, skipped, shape = [], 0, None
     with cancel.holding(lm.lock), torch.inference_mode():
         for n, path in enumerate(files):
@@ -398,10 +391,7 @@ def folder_exemplars(model: LoadedModel | str, block: str, branch: str | None, c
             except UserError:
                 skipped += 1
                 continue
-            maps = branch_maps(lm, inp.x, block, br.name)[0]
-            if not 0 <= channel < maps.shape[1]:
-                raise BadRequest(f"{block} / {br.name} has channels 0 to {maps.shape[1] - 1}; got {channel}")
-            m = maps[0, channel].float()
+            m = branch_maps(lm, inp.x, block, br.name)[0][0, channel].float()
             shape = tuple(m.shape)
             scored.append((float(m.mean()), int(m.argmax()), path, inp))
             scored = sorted(scored, key=lambda t: -t[0])[:k]  # keeps only the best few inputs in memory
@@ -409,7 +399,7 @@ def folder_exemplars(model: LoadedModel | str, block: str, branch: str | None, c
                 progress((n + 1) / len(files), f"{n + 1} of {len(files)} images")
     if not scored:
         raise BadRequest(f"None of the {len(files)} files in {root} could be read as an image.")
-    tap, _ = tap_of(lm.module, br, channel, (1, channel + 1))
+    tap, _ = tap_of(lm.module, br, channel, (1, *branch_info(lm.spec, block, br.name).shape))
     field_of = field_boxes(lm.spec).get(tap)
     h, w = shape
     peaks, boxes, images = [], [], []
@@ -427,8 +417,8 @@ def folder_exemplars(model: LoadedModel | str, block: str, branch: str | None, c
 
 
 def _shaded_crop(pixels: np.ndarray, box: tuple[int, int, int, int], centre: tuple[float, float]) -> Image.Image:
-    """An image in [0, 1] (a digit, H x W, white on black; or H x W x 3) cropped to ``box``
-    and enlarged, the unit's centre (fractions of the map) tinted orange."""
+    """An image in [0, 1] (a digit, H x W, white on black; or H x W x 3) cropped to ``box``,
+    the unit's centre (fractions of the map) tinted orange."""
     top, left, bottom, right = box
     rgb = pixels.copy() if pixels.ndim == 3 else np.stack([pixels] * 3, -1)
     cy, cx = int(centre[0] * rgb.shape[0]), int(centre[1] * rgb.shape[1])
@@ -437,6 +427,4 @@ def _shaded_crop(pixels: np.ndarray, box: tuple[int, int, int, int], centre: tup
     near = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
     rgb[near] = 0.6 * rgb[near] + 0.4 * np.array([1.0, 0.55, 0.0])
     crop = rgb[top:bottom + 1, left:right + 1]
-    img = Image.fromarray((crop * 255).round().astype(np.uint8), "RGB")
-    factor = max(1, 96 // max(img.size))
-    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+    return Image.fromarray((crop * 255).round().astype(np.uint8), "RGB")  # shown enlarged (``render``)
