@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from . import cancel
+from .cache import memo
 from .errors import BadRequest, UserError
 from .digits import MNIST_MEAN, MNIST_STD, normalize_digit
 from .images import open_image
@@ -77,6 +78,13 @@ def load_digits(seed: int = SPLIT_SEED) -> DigitData:
         "test_indices_sha256": digest,
     }
     return DigitData(x[train_idx], y[train_idx], x[test_idx], y[test_idx], split)
+
+
+@memo(1, name="MNIST digits")
+def shipped_digits() -> DigitData:
+    """``load_digits()`` with its default split, read once per process (the training lab, the
+    held-out exemplars and the confusion matrix share it)."""
+    return load_digits()
 
 
 # Printed digits for training, in the typefaces matplotlib ships (the drawn-digit benchmark's

@@ -20,7 +20,7 @@ from ..digits import EmptyDrawing, disagreement, normalize_digit
 from ..images import open_image
 from ..runtime import STORE, LoadedModel
 from ..shared import RESULTS
-from ..training import confusion, digit_attributions, load_digits, train, training_tflop
+from ..training import confusion, digit_attributions, shipped_digits, train, training_tflop
 from ..cancel import check_budget
 from ..lanes import HEAVY, lower_priority
 from ..weights import WeightsInfo
@@ -65,15 +65,6 @@ def select_brush_js(elem_id: str, *, press: bool = False) -> str:
 
 
 SELECT_BRUSH_JS = select_brush_js("digits-sketch")
-_DATA: list = []
-_DATA_LOCK = threading.Lock()
-
-
-def _data():
-    with _DATA_LOCK:
-        if not _DATA:
-            _DATA.append(load_digits())
-        return _DATA[0]
 
 
 def _models(session: dict | None) -> dict[str, LoadedModel]:
@@ -181,7 +172,7 @@ def train_lab(key: str, epochs: float, batch_size: float, lr: float, limit: floa
     check_budget(training_tflop(key, epochs=int(epochs), limit=int(limit)), f"Training {ZOO[key].name}",
                  hint="Use fewer epochs or fewer training digits.")
     with HEAVY.slot(gr_progress(progress)):  # one of the heavy lane's workers, waiting in line for it
-        data = _data()
+        data = shipped_digits()
         updates: queue.Queue = queue.Queue()
         box: dict = {}
 
@@ -249,12 +240,17 @@ def _lab_model(key: str, session: dict | None) -> LoadedModel:
     return (session or {}).get(key) or STORE.get(key)
 
 
+def _confusion_of(lm: LoadedModel):
+    """The network's held-out confusion matrix, readings and probabilities (computed once)."""
+    data = shipped_digits()
+    return RESULTS.get(("confusion", lm.weights.ident), lambda _p: confusion(lm.module, lm.spec, data.x_test,
+                                                                             data.y_test))
+
+
 def lab_confusion(key: str, session: dict | None, look) -> dict:
     """The held-out confusion matrix of the lab's network (the one trained in this session)."""
     lm = _lab_model(key, session)
-    data = _data()
-    matrix, _, _ = RESULTS.get(("confusion", lm.weights.ident), lambda _p: confusion(lm.module, lm.spec, data.x_test,
-                                                                                    data.y_test))
+    matrix, _, _ = _confusion_of(lm)
     shape = render.Look.parse(look)
     title = f"{lm.spec.name}, {weights_kind(lm.weights)}: 1,000 held-out digits; columns: the digit read"
     img = picture(("confusion", lm.weights.ident, str(shape)), lambda: render.confusion_matrix(matrix, shape, title))
@@ -273,9 +269,8 @@ def lab_cell(key: str, session: dict | None, look, evt: gr.SelectData) -> dict:
     if cell is None:
         return {}
     lm = _lab_model(key, session)
-    data = _data()
-    _, pred, prob = RESULTS.get(("confusion", lm.weights.ident), lambda _p: confusion(lm.module, lm.spec, data.x_test,
-                                                                                      data.y_test))
+    data = shipped_digits()
+    _, pred, prob = _confusion_of(lm)
     true, read = cell
     every = [i for i in range(len(pred)) if int(data.y_test[i]) == true and int(pred[i]) == read]
     picked = every[:8]
