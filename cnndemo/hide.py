@@ -10,6 +10,7 @@ matters is the probability of the class the intact image was given.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -91,13 +92,9 @@ def parse_rects(text: str) -> list[Rect]:
         if not part.strip():
             continue
         fields = part.replace(",", " ").split()
-        try:
-            numbers = [int(f) for f in fields]
-        except ValueError:
-            raise BadRequest(f"A rectangle is four whole numbers, TOP LEFT BOTTOM RIGHT; got {part.strip()!r}") from None
-        if len(numbers) != 4:
+        if len(fields) != 4 or not all(re.fullmatch(r"[+-]?\d+", f) for f in fields):
             raise BadRequest(f"A rectangle is four whole numbers, TOP LEFT BOTTOM RIGHT; got {part.strip()!r}")
-        rects.append(tuple(numbers))
+        rects.append(tuple(int(f) for f in fields))
     if not rects:
         raise BadRequest("Name at least one rectangle to hide: TOP LEFT BOTTOM RIGHT, in the image's pixels.")
     return rects

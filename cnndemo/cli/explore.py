@@ -230,8 +230,9 @@ def _setup_hide(p):
 def run_hide(args) -> int:
     try:
         model = load_model(args.model, args.weights)
-        mask = rect_mask(load_for(model.spec, args.image).image.size, [tuple(r) for r in args.rect])
-        tries = [hide(args.image, model, mask) for _ in range(max(1, args.repeat))]
+        opened = load_for(model.spec, args.image)  # opened once, for the mask and every try
+        mask = rect_mask(opened.image.size, [tuple(r) for r in args.rect])
+        tries = [hide(opened, model, mask) for _ in range(max(1, args.repeat))]
     except UserError as e:
         return fail(args, e)
     res = tries[-1]

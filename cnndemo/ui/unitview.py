@@ -11,11 +11,10 @@ import gradio as gr
 import numpy as np
 
 from .. import render
-from ..pipeline import prepare
-from ..branches import block_infos, explore
+from ..branches import branch_info, explore
 from ..errors import BadRequest
 from ..hide import hide, parse_rects, rect_mask
-from ..pipeline import load_for
+from ..pipeline import load_for, prepare
 from ..units import UnitReport, unit
 from ..zoo import ZOO
 from .common import LIGHT, by_name, get_model, picture, user_errors
@@ -29,8 +28,8 @@ PICK_SIDE = 320  # the pick map is drawn at least this wide (a whole factor): a 
 INTRO = (
     "Every number on a branch's map is a sum: the input patch under the kernel, times the kernel, "
     "plus a bias, then BatchNorm and a ReLU. Click any map in the branch-maps panel above, or a point on "
-    "the channel's map (left), to see that sum for the unit there, recomputed from the layer's own weights and checked against the value the "
-    "network produced. On the right: the **box** is every input pixel the unit can see at all (its "
+    "the channel's map (left), to see that sum for the unit there, recomputed from the layer's own weights "
+    "and checked against the value the network produced. On the right: the **box** is every input pixel the unit can see at all (its "
     "theoretical receptive field: dashed where it reaches past the image, whose padding it reads); "
     "the **heat** is how much each pixel actually moves it (|d unit / d input|, the effective receptive "
     "field), and the circle holds 90% of that.")
@@ -133,9 +132,7 @@ def pick_unit(image, model: str, block: str, branch: str | None, checkpoint, loo
     x_px, y_px = evt.index[:2]
     seen_h, seen_w = spec.input_size[1:]
     factor = render.enlarge_factor((seen_w, seen_h), PICK_SIDE)  # as unit_pick drew it
-    name = _branch_of(model, block, branch)
-    info = next(b for b in block_infos(spec) if b.name == block)
-    _, h, w = next(b for b in info.branches if b.name == name).shape
+    _, h, w = branch_info(spec, block, _branch_of(model, block, branch)).shape
     y = min(h - 1, max(0, int(y_px / factor * h / seen_h)))
     x = min(w - 1, max(0, int(x_px / factor * w / seen_w)))
     return show_unit(image, model, block, branch, checkpoint, look, channel, (y, x))
@@ -313,8 +310,9 @@ def api_hide(image, model: str, rects: str, checkpoint) -> dict:
     if not image:
         raise BadRequest("Send an image.")
     lm = get_model(model, checkpoint)
-    mask = rect_mask(load_for(lm.spec, image).image.size, parse_rects(rects))
-    return {"weights": lm.weights.kind, **hide(image, lm, mask).to_json()}
+    opened = load_for(lm.spec, image)  # opened once: ``hide`` takes it as it is
+    mask = rect_mask(opened.image.size, parse_rects(rects))
+    return {"weights": lm.weights.kind, **hide(opened, lm, mask).to_json()}
 
 
 def build_api(c: dict) -> None:
