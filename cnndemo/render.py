@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageColor, ImageDraw
 
 
 @dataclass(frozen=True)
@@ -305,6 +305,9 @@ class PanelLayout:
     head_lines: list
     rows: list  # per branch: (its text lines, the y of its row)
     spots: list  # per branch: [(channel or None, (x, y, side)), ...], mean map first
+    pad: int  # the margin, and the gap between the parts
+    text_w: int  # the width of the text column
+    label_h: int  # the height of a channel's label above its map
 
     def spot_at(self, x: float, y: float) -> tuple[int, int | None, float, float] | None:
         """The map under the panel pixel (x, y): (branch index, channel or None, fractions down
@@ -338,7 +341,7 @@ def panel_layout(block, *, tile: int = 92, look: Look = LIGHT) -> PanelLayout:
         spots.append([(None, (text_w, y, big))] + [(chan, (x0 + c * (tile + 4), y + label_h, tile))
                                                     for c, chan in enumerate(b.top_channels)])
         y0 += row_h
-    return PanelLayout(width, y0, head, head_lines, rows, spots)
+    return PanelLayout(width, y0, head, head_lines, rows, spots, pad, text_w, label_h)
 
 
 def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 92, look: Look = LIGHT) -> Image.Image:
@@ -349,20 +352,19 @@ def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 
     ``panel_layout`` says.
     """
     lay = panel_layout(block, tile=tile, look=look)
-    pad, text_w = 8, int(300 * look.scale)
+    pad = lay.pad
     canvas = Image.new("RGB", (lay.width, lay.height), look.paper)
     draw = ImageDraw.Draw(canvas)
     _draw_lines(draw, lay.head_lines, pad, pad, lay.width - 2 * pad)
     label = _font(round(11 * look.scale))
-    label_h = round(11 * look.scale) + 5
     for b, (lines, y), maps in zip(block.branches, lay.rows, lay.spots):
-        _draw_lines(draw, lines, pad, y, text_w - pad)
+        _draw_lines(draw, lines, pad, y, lay.text_w - pad)
         for (chan, (x, y0, side)), m in zip(maps, [b.mean_map, *b.top_maps]):
             if chan is None:
                 canvas.paste(overlay(seen, m, cmap=cmap).resize((side, side)), (x, y0))
             else:
                 canvas.paste(colorize(m, cmap).resize((side, side), Image.Resampling.NEAREST), (x, y0))
-                draw.text((x, y0 - label_h), f"#{chan}", fill=look.muted, font=label)
+                draw.text((x, y0 - lay.label_h), f"#{chan}", fill=look.muted, font=label)
     return canvas
 
 
@@ -377,7 +379,6 @@ def tile_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]], *, 
     canvas = Image.new("RGB", (label_w + cols * (tile + pad) + pad, pad + len(rows) * row_h), look.paper)
     draw = ImageDraw.Draw(canvas)
     small = _font(cap)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     for r, (label, cells) in enumerate(rows):
         y = pad + r * row_h
         _draw_lines(draw, [(label, round(13 * z), look.ink)], pad, y + tile // 3, label_w - pad)
@@ -386,14 +387,12 @@ def tile_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]], *, 
             pic = img.convert("RGB")
             pic = pic.resize((tile, tile), Image.Resampling.NEAREST if max(pic.size) < tile else Image.Resampling.LANCZOS)
             canvas.paste(pic, (x, y))
-            for i, part in enumerate(_wrap(probe, caption, small, tile)[:2]):
+            for i, part in enumerate(_wrap(draw, caption, small, tile)[:2]):
                 draw.text((x, y + tile + 2 + i * (cap + 4)), part, fill=look.muted, font=small)
     return canvas
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
-    from PIL import ImageColor
-
     return ImageColor.getrgb(colour)[:3]
 
 
