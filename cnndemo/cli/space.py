@@ -28,6 +28,16 @@ def _front_matter(readme: Path) -> dict:
     return metadata_load(readme) or {}
 
 
+def _outside_checkout(command: str) -> bool:
+    """Whether this runs from an installed package (no README.md and requirements.txt beside
+    it): the command, which reads or writes them, then says so on stderr."""
+    if (CHECKOUT / "README.md").is_file() and (CHECKOUT / "requirements.txt").is_file():
+        return False
+    print(f"{command} works on a checkout (README.md's front matter, requirements.txt); {CHECKOUT} is an "
+          "installed package. Run it in the Space's repository.", file=sys.stderr)
+    return True
+
+
 def _listening_on_all_interfaces(port: int) -> bool:
     """Whether some socket listens on 0.0.0.0:port or [::]:port (read from /proc/net)."""
     for table, any_addr in (("/proc/net/tcp", "00000000"), ("/proc/net/tcp6", "0" * 32)):
@@ -47,9 +57,7 @@ def _listening_on_all_interfaces(port: int) -> bool:
          "start the app as a Space does and call /predict", _setup_check_space)
 def run_check_space(args) -> int:
     root = CHECKOUT
-    if not (root / "README.md").is_file() or not (root / "requirements.txt").is_file():
-        print(f"check-space checks a checkout (README.md's front matter, requirements.txt, app.py); {root} is "
-              "an installed package. Run it in the Space's repository.", file=sys.stderr)
+    if _outside_checkout("check-space"):
         return 2
     meta = _front_matter(root / "README.md")
     version = meta.get("python_version")
@@ -141,19 +149,18 @@ def _setup_space_config(p):
 @command("space-config", "requirements.txt and front matter for a Space's hardware (cpu, gpu, zerogpu)",
          _setup_space_config)
 def run_space_config(args) -> int:
-    from huggingface_hub import metadata_load, metadata_save
+    from huggingface_hub import metadata_save
 
-    readme, reqs = CHECKOUT / "README.md", CHECKOUT / "requirements.txt"
-    if not readme.is_file() or not reqs.is_file():
-        print(f"space-config writes a checkout's README.md and requirements.txt; {CHECKOUT} has none.", file=sys.stderr)
+    if _outside_checkout("space-config"):
         return 2
+    readme, reqs = CHECKOUT / "README.md", CHECKOUT / "requirements.txt"
     python, hardware, what = PROFILES[args.profile]
     text = profile_requirements(args.profile, reqs.read_text())
     if not args.write:
         print(f"# {args.profile}: {what}\n# front matter: python_version \"{python}\", suggested_hardware {hardware}\n"
               + text, end="")
         return 0
-    meta = metadata_load(readme) or {}
+    meta = _front_matter(readme)
     meta.update(python_version=python, suggested_hardware=hardware)
     metadata_save(readme, meta)
     reqs.write_text(text)
