@@ -44,6 +44,7 @@ from .cancel import ProgressFn
 from .errors import BadRequest, UserError
 from .pipeline import prepare, resolve
 from .runtime import LoadedModel
+from .taps import run_until
 from .training import shipped_digits, to_input
 from .units import field_boxes, find_branch, tap_of
 
@@ -89,41 +90,13 @@ class Visualisation:
                 "steps": self.settings.steps, "size": self.settings.size, "seconds": round(self.seconds, 3)}
 
 
-class _Stop(Exception):
-    """Ends a forward pass once the branch's tap has run (nothing after it is needed)."""
-
-
-def _grab(lm: LoadedModel, x: torch.Tensor, paths) -> dict[str, torch.Tensor]:
-    """The outputs of the modules at ``paths`` for the batch ``x``, from a forward pass that
-    stops once they have all run (gradients flow when ``x`` needs them)."""
-    paths, grab = set(paths), {}
-
-    def store(path):
-        def hook(_module, _args, output):
-            grab[path] = output
-            if len(grab) == len(paths):
-                raise _Stop
-        return hook
-
-    handles = [lm.module.get_submodule(p).register_forward_hook(store(p)) for p in paths]
-    try:
-        try:
-            lm.module(x)
-        except _Stop:
-            pass
-    finally:
-        for h in handles:
-            h.remove()
-    return grab
-
-
 def branch_maps(lm: LoadedModel, x: torch.Tensor, block: str, branch: str | None) -> tuple[torch.Tensor, str]:
     """The branch's output for the batch ``x`` (N x C x H x W: its taps' outputs side by side,
     the channels the app's branch maps number). Also the branch's name."""
     br = find_branch(lm.spec.block(block), branch)
     if not br.tap_paths:
         raise_no_layers(block, br.name)
-    grab = _grab(lm, x, br.tap_paths)
+    grab = run_until(lm.module, x, br.tap_paths)
     return torch.cat([grab[p] for p in br.tap_paths], 1), br.name
 
 
@@ -216,7 +189,7 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
     opt = torch.optim.Adam([spectrum], lr=s.lr)
 
     def objective(x):  # each image's own channel, its mean over the map
-        grab = _grab(lm, x.to(lm.device), {p for p, _ in picks})
+        grab = run_until(lm.module, x.to(lm.device), {p for p, _ in picks})
         return torch.stack([grab[p][i, local].mean() for i, (p, local) in enumerate(picks)])
 
     with cancel.holding(lm.lock), torch.enable_grad():
@@ -329,7 +302,7 @@ def _compute_held_out_stats(lm: LoadedModel) -> dict[tuple[str, str], tuple[torc
     with cancel.holding(lm.lock), torch.inference_mode():
         for i in range(0, len(digits), 250):
             cancel.check()
-            grab = _grab(lm, network_input(lm, digits[i:i + 250]).to(lm.device), paths)
+            grab = run_until(lm.module, network_input(lm, digits[i:i + 250]).to(lm.device), paths)
             for block, br in branches:
                 flat = torch.cat([grab[p] for p in br.tap_paths], 1).float().flatten(2)
                 stats.setdefault((block, br.name), []).append((flat.mean(2).cpu(), flat.argmax(2).cpu(),

@@ -42,6 +42,35 @@ def knock_out(t: torch.Tensor, mode: str) -> torch.Tensor:
     raise BadRequest(f"unknown ablation mode {mode!r} (zero or mean)")
 
 
+class _Stop(Exception):
+    """Ends a forward pass once what ``run_until`` waits for has been seen."""
+
+
+def run_until(model: nn.Module, x: torch.Tensor, paths, *, inputs: bool = False) -> dict[str, torch.Tensor]:
+    """Run ``model`` on ``x`` only as far as it must: until every submodule at ``paths`` has
+    run (its output) or, with ``inputs``, been entered (its first argument). The tensors by
+    path; gradients flow through them when ``x`` needs them. Hooks live only in this call."""
+    paths, seen = set(paths), {}
+
+    def keep(path, value):
+        seen[path] = value
+        if len(seen) == len(paths):
+            raise _Stop
+
+    handles = [model.get_submodule(p).register_forward_pre_hook(lambda _m, args, p=p: keep(p, args[0])) if inputs
+               else model.get_submodule(p).register_forward_hook(lambda _m, _a, out, p=p: keep(p, out))
+               for p in paths]
+    try:
+        try:
+            model(x)
+        except _Stop:
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def _save(store: dict, key, _module, _inputs, output):
     store[key] = output.detach().clone()
 

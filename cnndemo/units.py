@@ -36,7 +36,7 @@ from .errors import BadRequest, NotFound
 from .pipeline import ImageLike, prepare, resolve
 from .runtime import LoadedModel
 from .specs import BlockSpec, BranchSpec, ModelSpec
-from .taps import run_with_taps
+from .taps import run_until, run_with_taps
 from .zoo import get_spec
 
 TOP_INPUTS = 6  # input channels shown one by one (the largest contributions)
@@ -285,10 +285,6 @@ class UnitReport:
         return out
 
 
-class _Stop(Exception):
-    """Ends a forward pass once the unit's branch has run (the rest is not needed)."""
-
-
 def find_branch(bspec: BlockSpec, name: str | None) -> BranchSpec:
     if name is None or name == "":
         if len(bspec.branches) == 1:
@@ -530,25 +526,12 @@ def _effective_field(lm: LoadedModel, x: torch.Tensor, tap: str | None, bspec: B
                      local: int, channel: int, y: int, xx: int, report: UnitReport) -> None:
     """|d unit / d input| summed over colours, from a forward pass that stops at the unit's
     branch, and how much of it lies in the theoretical box."""
-    grab: dict = {}
-    stop_at = lm.module.get_submodule(tap if tap is not None else bspec.path)
-
-    def hook(_module, args, output):
-        grab["out"] = output if tap is not None else br.pre(args[0])  # a path with no layers: what it passes on
-        raise _Stop
-
     xg = x.detach().clone().requires_grad_(True)
     with cancel.holding(lm.lock), torch.enable_grad():
-        handle = (stop_at.register_forward_hook(hook) if tap is not None
-                  else stop_at.register_forward_pre_hook(lambda m, args: hook(m, args, None)))
-        try:
-            try:
-                lm.module(xg)
-            except _Stop:
-                pass
-        finally:
-            handle.remove()
-        t = grab["out"]
+        if tap is not None:
+            t = run_until(lm.module, xg, [tap])[tap]
+        else:  # a path with no layers: what it passes on, from the block's input
+            t = br.pre(run_until(lm.module, xg, [bspec.path], inputs=True)[bspec.path])
         (grad,) = torch.autograd.grad(t[0, local if tap is not None else channel, y, xx], xg)
     heat = grad[0].abs().sum(0).double().cpu().numpy()
     report.erf = heat.astype(np.float32)
