@@ -335,7 +335,7 @@ def test_lab_networks_never_share_a_cache_name(monkeypatch):
         return TrainResult(model=build_random(get_spec(key)))
 
     monkeypatch.setattr(digits, "train", fake_train)
-    monkeypatch.setattr(digits, "_data", lambda: None)
+    monkeypatch.setattr(digits, "shipped_digits", lambda: None)
     names = set()
     for _ in range(30):
         *_, last = digits.train_lab.__wrapped__("mnist_resnet", 1, 64, 0.05, 500, None)
