@@ -264,15 +264,6 @@ def build_hide(c: dict) -> None:
 
 # ---------------------------------------------------------------------------- the API
 
-def _whole(value, name: str) -> int | None:
-    """A whole number from the API's Number (empty: None)."""
-    if value is None or value == "":
-        return None
-    if float(value) != int(float(value)):
-        raise BadRequest(f"{name} must be a whole number; got {value}")
-    return int(float(value))
-
-
 def api_unit(image, model: str, block: str, branch: str, channel, y, x, checkpoint) -> dict:
     """One unit step by step, as ``python -m cnndemo unit --json`` prints it: the value the
     network produced, the value recomputed from the layer's weights and its terms (the top input
@@ -291,8 +282,8 @@ def api_unit(image, model: str, block: str, branch: str, channel, y, x, checkpoi
     if not image:
         raise BadRequest("Send an image.")
     lm = get_model(model, checkpoint)
-    r = unit(image, lm, block or lm.spec.default_block or "", branch or None, _whole(channel, "channel"),
-             _whole(y, "y"), _whole(x, "x"))
+    # channel, y, x: whole numbers or None already (their Number inputs round, precision 0)
+    r = unit(image, lm, block or lm.spec.default_block or "", branch or None, channel, y, x)
     return {"weights": lm.weights.kind, **r.to_json()}
 
 
