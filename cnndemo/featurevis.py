@@ -16,9 +16,10 @@ Adam moves the spectrum; the image is optimised at a small side (128 px for phot
 digits' own 28 px) and upsampled to what the network reads, through the same normalisation
 the app uses. Several channels are optimised at once, one image each, in one batch.
 
-**Natural exemplars**: the held-out MNIST digits (the 1,000 that no digit network trained on)
-ranked by the same measure, the channel's mean activation, with the position of the channel's
-strongest unit and that unit's receptive field, to crop the digit to what the unit can see.
+**Natural exemplars**: the held-out MNIST digits (the 1,000 that no digit network trained on),
+or the images of a folder, ranked by the same measure, the channel's mean activation
+(``ranking``), with the position of the channel's strongest unit and that unit's receptive
+field, to crop each to what the unit can see.
 
 The activation an optimised image reaches is measured without the random transforms, on the
 image as it is shown, so it compares directly with the exemplars'.
@@ -27,10 +28,10 @@ image as it is shown, so it compares directly with the exemplars'.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,8 +42,9 @@ from . import cancel
 from .branches import branch_info
 from .cache import memo
 from .cancel import ProgressFn
-from .errors import BadRequest, UserError
+from .errors import BadRequest
 from .pipeline import prepare, resolve
+from .ranking import Ranker, Ranking, cache_file, folder_ranking, load_saved, save
 from .runtime import LoadedModel
 from .taps import run_until
 from .training import shipped_digits, to_input
@@ -230,13 +232,13 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
 
 @dataclass
 class Exemplars:
-    """The held-out digits that excite one branch channel most, by its mean activation."""
+    """The inputs that excite one branch channel most, by its mean activation."""
 
     model: str
     block: str
     branch: str
     channel: int
-    indices: list[int]  # into ``held_out_digits()``
+    indices: list[int]  # into the ranking's inputs (for the held-out digits, into ``held_out_digits()``)
     activations: list[float]  # the channel's mean activation on each
     peaks: list[tuple[int, int]]  # where on the channel's map each digit's strongest unit is
     boxes: list[tuple[int, int, int, int]]  # that unit's receptive field, in the digit's 28 x 28 pixels
@@ -260,133 +262,69 @@ def held_out_digits() -> torch.Tensor:
     return shipped_digits().x_test
 
 
-def stats_file(lm: LoadedModel) -> Path | None:
-    """Where a network's held-out statistics are kept on disk, beside the user's weights cache
-    (torch's hub folder), named by its weights; None for weights of one session or one upload."""
-    if lm.weights.kind != "pretrained":
-        return None
-    return Path(torch.hub.get_dir()).parent / "cnndemo" / "exemplars" / f"{lm.spec.key}-{lm.weights.ident}.pt"
-
-
-@memo(4, name="held-out digit branch statistics")
-def _held_out_stats(lm: LoadedModel) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, tuple]]:
-    """For the 1,000 held-out digits, every branch of every block, each channel: its mean
-    activation and where its strongest unit is (N x C each: small, not the maps), and the
-    map's (H, W); one pass through the network for all of them, kept on disk (``stats_file``)."""
-    path = stats_file(lm)
-    if path is not None and path.is_file():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            return {(b, br): (v["means"], v["peaks"], tuple(v["shape"])) for (b, br), v in
-                    ((tuple(k.split("/", 1)), v) for k, v in saved.items())}
-        except Exception:  # noqa: BLE001 (a damaged or foreign file: computed again, and rewritten)
-            pass
-    stats = _compute_held_out_stats(lm)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            torch.save({f"{b}/{br}": {"means": m, "peaks": p, "shape": list(hw)} for (b, br), (m, p, hw) in stats.items()},
-                       tmp)
-            os.replace(tmp, path)
-        except OSError:  # a read-only cache: kept in memory only
-            pass
-    return stats
-
-
-def _compute_held_out_stats(lm: LoadedModel) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, tuple]]:
-    digits = held_out_digits()
-    branches = [(b.name, br) for b in lm.spec.blocks for br in b.branches if br.tap_paths]
-    paths = {p for _, br in branches for p in br.tap_paths}
-    stats: dict = {}
-    with cancel.holding(lm.lock), torch.inference_mode():
+@memo(4, name="held-out digit rankings")
+def held_out_ranking(lm: LoadedModel) -> Ranking:
+    """The 1,000 held-out digits ranked for every branch channel of a digit network: one pass
+    through the network, kept on disk beside the weights cache for published weights."""
+    path = cache_file(lm, "held-out")
+    found = load_saved(path)
+    if found is None:
+        digits, ranker = held_out_digits(), Ranker(lm)
         for i in range(0, len(digits), 250):
             cancel.check()
-            grab = run_until(lm.module, network_input(lm, digits[i:i + 250]).to(lm.device), paths)
-            for block, br in branches:
-                flat = torch.cat([grab[p] for p in br.tap_paths], 1).float().flatten(2)
-                stats.setdefault((block, br.name), []).append((flat.mean(2).cpu(), flat.argmax(2).cpu(),
-                                                               tuple(grab[br.tap_paths[0]].shape[2:])))
-    return {k: (torch.cat([m for m, _, _ in v]), torch.cat([a for _, a, _ in v]), v[0][2]) for k, v in stats.items()}
+            ranker.add(network_input(lm, digits[i:i + 250]))
+        found = ranker.ranking([f"held-out digit #{i}" for i in range(len(digits))])
+        save(found, path)
+    return found
 
 
 def exemplars(model: LoadedModel | str, block: str, branch: str | None, channel: int, k: int = 9) -> Exemplars:
-    """The ``k`` held-out digits with the highest mean activation of the branch channel."""
+    """The ``k`` (at most ``ranking.KEEP``) held-out digits with the highest mean activation of
+    the branch channel."""
     lm = resolve(model)
     if lm.spec.inputs.kind != "digit":
         raise BadRequest(f"{lm.spec.name} reads photos: its exemplars come from a folder of your images, not from "
                          "the held-out digits")
-    br = _layered(lm.spec, block, branch, channel)
-    name = br.name
-    means, peaks_at, (h, w) = _held_out_stats(lm)[(block, name)]
-    order = torch.argsort(means[:, channel], descending=True)[:k].tolist()
-    tap, _ = tap_of(lm.module, br, channel, means.shape)
-    field = field_boxes(lm.spec).get(tap)
     digits = held_out_digits()
-    side = lm.spec.inputs.size[-1]
-    f = 28 / side  # the field is in the network's input pixels; the digit is 28 x 28
-    peaks, boxes, images = [], [], []
-    for i in order:
-        y, x = divmod(int(peaks_at[i, channel]), w)
-        peaks.append((y, x))
-        box = field.at(y, x) if field is not None else (0, 0, side - 1, side - 1)
-        top, left = max(0, int(box[0] * f)), max(0, int(box[1] * f))
-        bottom, right = min(27, math.ceil(box[2] * f)), min(27, math.ceil(box[3] * f))
-        boxes.append((top, left, bottom, right))
-        images.append(_shaded_crop(digits[i, 0].numpy(), (top, left, bottom, right), ((y + 0.5) / h, (x + 0.5) / w)))
-    return Exemplars(lm.spec.key, block, name, channel, order, [float(means[i, channel]) for i in order], peaks, boxes,
-                     images, [f"held-out digit #{i}" for i in order])
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+    return ranked_exemplars(lm, held_out_ranking(lm), block, branch, channel, k, lambda i: digits[i, 0].numpy())
 
 
 def folder_exemplars(model: LoadedModel | str, block: str, branch: str | None, channel: int, folder: Path | str,
                      k: int = 6, progress: ProgressFn | None = None) -> Exemplars:
     """The ``k`` images of a folder (searched through its subfolders) with the highest mean
-    activation of the branch channel, each cropped to the receptive field of the channel's
-    strongest unit in the image as the network saw it. Files that are not readable images are
-    skipped and counted."""
+    activation of the branch channel (``ranking.folder_ranking``: every channel of the network
+    ranked at once, and remembered). Files that are not readable images are skipped and counted."""
     lm = resolve(model)
-    root = Path(folder)
-    if not root.is_dir():
-        raise BadRequest(f"There is no folder {root}: name a folder of your images.")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise BadRequest(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    _layered(lm.spec, block, branch, channel)
+    return ranked_exemplars(lm, folder_ranking(lm, folder, progress), block, branch, channel, k)
+
+
+def ranked_exemplars(lm: LoadedModel, ranking: Ranking, block: str, branch: str | None, channel: int, k: int,
+                     pixels: Callable[[int], np.ndarray] | None = None) -> Exemplars:
+    """A channel's best ``k`` inputs of a ranking, each cropped to the receptive field of the
+    channel's strongest unit, that unit's centre shaded. ``pixels(i)``: input ``i`` in [0, 1]
+    (H x W, or H x W x 3), by default the image its source file gives, as the network saw it."""
     br = _layered(lm.spec, block, branch, channel)
-    scored, skipped, shape = [], 0, None
-    with cancel.holding(lm.lock), torch.inference_mode():
-        for n, path in enumerate(files):
-            cancel.check()
-            try:
-                inp = prepare(path, lm)
-            except UserError:
-                skipped += 1
-                continue
-            m = branch_maps(lm, inp.x, block, br.name)[0][0, channel].float()
-            shape = tuple(m.shape)
-            scored.append((float(m.mean()), int(m.argmax()), path, inp))
-            scored = sorted(scored, key=lambda t: -t[0])[:k]  # keeps only the best few inputs in memory
-            if progress:
-                progress((n + 1) / len(files), f"{n + 1} of {len(files)} images")
-    if not scored:
-        raise BadRequest(f"None of the {len(files)} files in {root} could be read as an image.")
+    if pixels is None:
+        def pixels(i):
+            return np.asarray(prepare(ranking.sources[i], lm).seen().convert("RGB"), np.float32) / 255.0
     tap, _ = tap_of(lm.module, br, channel, (1, *branch_info(lm.spec, block, br.name).shape))
     field_of = field_boxes(lm.spec).get(tap)
-    h, w = shape
-    peaks, boxes, images = [], [], []
-    for _, at, _, inp in scored:
-        y, x = divmod(at, w)
-        seen = np.asarray(inp.seen().convert("RGB"), np.float32) / 255.0
-        side_h, side_w = seen.shape[:2]
+    side_h, side_w = lm.spec.inputs.size[1:]
+    h, w = ranking.shapes[f"{block}/{br.name}"]
+    best = ranking.best(block, br.name, channel, k)
+    boxes, images = [], []
+    for i, _, (y, x) in best:
+        pic = pixels(i)
+        fy, fx = pic.shape[0] / side_h, pic.shape[1] / side_w  # the field is in the network's input pixels
         box = field_of.at(y, x) if field_of is not None else (0, 0, side_h - 1, side_w - 1)
-        box = (max(0, box[0]), max(0, box[1]), min(side_h - 1, box[2]), min(side_w - 1, box[3]))
-        peaks.append((y, x))
+        box = (max(0, int(box[0] * fy)), max(0, int(box[1] * fx)),
+               min(pic.shape[0] - 1, math.ceil(box[2] * fy)), min(pic.shape[1] - 1, math.ceil(box[3] * fx)))
         boxes.append(box)
-        images.append(_shaded_crop(seen, box, ((y + 0.5) / h, (x + 0.5) / w)))
-    return Exemplars(lm.spec.key, block, br.name, channel, list(range(len(scored))), [t[0] for t in scored], peaks,
-                     boxes, images, [str(t[2]) for t in scored], skipped)
+        images.append(_shaded_crop(pic, box, ((y + 0.5) / h, (x + 0.5) / w)))
+    return Exemplars(lm.spec.key, block, br.name, channel, [i for i, _, _ in best], [a for _, a, _ in best],
+                     [p for _, _, p in best], boxes, images, [ranking.sources[i] for i, _, _ in best],
+                     len(ranking.skipped))
 
 
 def _shaded_crop(pixels: np.ndarray, box: tuple[int, int, int, int], centre: tuple[float, float]) -> Image.Image:

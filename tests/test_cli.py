@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -92,3 +93,31 @@ def test_attribute_shows_its_progress_on_stderr(capsys, cat):
     captured = capsys.readouterr()
     assert rc == 0 and json.loads(captured.out)["method"]
     assert "Integrated Gradients: pass" in captured.err and "%" in captured.err
+
+
+def test_exemplars_ranks_a_folder_ahead_and_keeps_it_for_published_weights(capsys, tmp_path, examples, monkeypatch):
+    """``exemplars`` ranks a folder as the app's --exemplars does: kept on disk for the shipped
+    digit weights (read back, not ranked again), not for random weights; ``visualize --exemplars``
+    then names the folder's best image per channel."""
+    from cnndemo import ranking
+
+    digits = examples / "digits"
+    rc, (first,) = run_json(capsys, "exemplars", "--model", "mnist_inception", "--folder", str(digits), "--json")
+    assert rc == 0 and first["weights"] == "pretrained" and first["images"] == len(list(digits.glob("*.png")))
+    kept = Path(first["kept"])
+    stamp = kept.stat().st_mtime_ns
+    ranking._FOLDERS.clear()
+    monkeypatch.setattr(ranking, "_rank_files", lambda *a: (_ for _ in ()).throw(AssertionError("ranked again")))
+    rc, (again,) = run_json(capsys, "exemplars", "--model", "mnist_inception", "--folder", str(digits), "--json")
+    assert rc == 0 and again["kept"] == first["kept"] and kept.stat().st_mtime_ns == stamp
+    rc, (vis,) = run_json(capsys, "visualize", "--model", "mnist_inception", "--block", "incept1", "--branch", "5x5",
+                          "--channel", "3", "--steps", "8", "--exemplars", str(digits), "--json")
+    assert rc == 0 and vis["best_exemplar"][0]["source"].startswith(str(digits))
+    monkeypatch.undo()
+    (tmp_path / "a.jpg").write_bytes((examples / "cat.jpg").read_bytes())
+    (tmp_path / "b.png").write_text("not an image")
+    rc, (photo,) = run_json(capsys, "exemplars", "--model", "squeezenet1_0", "--folder", str(tmp_path), "--json")
+    assert rc == 0 and photo["weights"] == "random" and photo["kept"] is None
+    assert photo["images"] == 1 and photo["skipped"] == [str(tmp_path / "b.png")]
+    rc, (bad,) = run_json(capsys, "exemplars", "--model", "squeezenet1_0", "--folder", str(tmp_path / "no"), "--json")
+    assert rc == 2 and "There is no folder" in bad["error"]

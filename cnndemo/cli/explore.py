@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -17,6 +18,7 @@ from ..units import unit
 from ..hide import hide, rect_mask
 from ..featurevis import VisSettings, exemplars, folder_exemplars, visualize
 from ..pipeline import load_for
+from ..ranking import cache_file, fingerprint, folder_ranking, image_files
 from ..costs import count_model_params
 from ..weights import WeightsError, availability
 from ..zoo import PUBLISHED_KEYS, ZOO
@@ -320,4 +322,38 @@ def run_visualize(args) -> int:
             print(f"exemplars: {out['exemplars']}")
         elif found and found[0].skipped:
             print(f"exemplars: {found[0].skipped} files of {args.exemplars} were not readable images")
+    return 0
+
+
+def _setup_exemplars(p):
+    model_arg(p)
+    p.add_argument("--weights", metavar="FILE", help="your own state_dict (.pth/.pt/.safetensors)")
+    p.add_argument("--folder", type=Path, required=True, metavar="DIR", help="a folder of images (and its subfolders)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command("exemplars", "rank a folder of images for every branch channel of a network, as the app's --exemplars "
+         "does in the background (kept beside the weights cache for published weights, so a lesson starts with it)",
+         _setup_exemplars)
+def run_exemplars(args) -> int:
+    model = load_model(args.model, args.weights)
+    bar = CliProgress()
+    t0 = time.perf_counter()
+    try:
+        found = folder_ranking(model, args.folder, progress=bar)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    kept = cache_file(model, f"folder-{fingerprint(image_files(args.folder))}")
+    out = {"model": model.key, "weights": model.weights.kind, "folder": str(args.folder), "images": len(found.sources),
+           "skipped": found.skipped, "seconds": round(seconds, 3),
+           "images_per_s": round(len(found.sources) / seconds, 2) if seconds else None,
+           "kept": str(kept) if kept is not None and kept.is_file() else None}
+    if args.json:
+        emit(out)
+    else:
+        print(f"{model.spec.name}: {out['images']} images of {args.folder} ranked in {seconds:.1f} s "
+              f"({out['images_per_s']} images/s)" + (f"; {len(found.skipped)} not readable as images" if found.skipped
+                                                      else ""))
+        print(f"kept in {kept}" if out["kept"] else "not kept on disk (only published weights' rankings are)")
     return 0
