@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageColor, ImageDraw
+from PIL import Image, ImageColor, ImageDraw, ImageOps
 
 
 @dataclass(frozen=True)
@@ -371,7 +371,7 @@ def block_panel(block, seen: Image.Image, *, cmap: str = "inferno", tile: int = 
 def tile_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]], *, tile: int = 128,
               look: Look = LIGHT) -> Image.Image:
     """Rows of pictures with a caption under each, a row's label on its left: each picture
-    scaled to ``tile`` pixels square (small ones by a whole factor, kept sharp)."""
+    scaled to fit ``tile`` pixels square in its own shape (small ones kept sharp)."""
     z, pad = look.scale, 8
     label_w, cap = int(130 * z), round(11 * z)
     cols = max((len(cells) for _, cells in rows), default=1)
@@ -384,9 +384,10 @@ def tile_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]], *, 
         _draw_lines(draw, [(label, round(13 * z), look.ink)], pad, y + tile // 3, label_w - pad)
         for c, (img, caption) in enumerate(cells):
             x = label_w + c * (tile + pad)
-            pic = img.convert("RGB")
-            pic = pic.resize((tile, tile), Image.Resampling.NEAREST if max(pic.size) < tile else Image.Resampling.LANCZOS)
-            canvas.paste(pic, (x, y))
+            pic = img.convert("RGB")  # kept in shape (a field cut by the image's edge is not square)
+            pic = ImageOps.contain(pic, (tile, tile), Image.Resampling.NEAREST if max(pic.size) < tile
+                                   else Image.Resampling.LANCZOS)
+            canvas.paste(pic, (x + (tile - pic.width) // 2, y + (tile - pic.height) // 2))
             for i, part in enumerate(_wrap(draw, caption, small, tile)[:2]):
                 draw.text((x, y + tile + 2 + i * (cap + 4)), part, fill=look.muted, font=small)
     return canvas
