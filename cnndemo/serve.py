@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser, *, under_cli: bool = False) -> Non
     p.add_argument("--warm", default=env.warm or None, metavar="LESSON",
                    help="compute a lesson's steps at start, so the first student finds them ready: default, "
                         "predict, or a lesson file (JSON; see README) (CNNDEMO_WARM)")
+    p.add_argument("--exemplars", default=env.exemplars or None, metavar="DIR",
+                   help="a folder of your images (and its subfolders): ranked in the background for each photo "
+                        "network, so that each channel's most exciting crops stand beside what it looks for "
+                        "(CNNDEMO_EXEMPLARS)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

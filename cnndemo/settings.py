@@ -66,6 +66,7 @@ class Settings:
     server_port: int = 7860
     mcp: bool = False
     warm: str = ""
+    exemplars: str = ""  # a folder of images: the photo networks' natural exemplars
     rooms: int = 20
     room_members: int = 60
     room_idle_s: float = 3600.0
@@ -85,6 +86,7 @@ class Settings:
         "state_ttl_s": "CNNDEMO_STATE_TTL", "sessions": "CNNDEMO_SESSIONS", "upload_quota": "CNNDEMO_UPLOAD_QUOTA",
         "partial_upload_s": "CNNDEMO_PARTIAL_UPLOAD_S", "upload_dir": "GRADIO_TEMP_DIR", "space_id": "SPACE_ID",
         "server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT", "mcp": "CNNDEMO_MCP", "warm": "CNNDEMO_WARM",
+        "exemplars": "CNNDEMO_EXEMPLARS",
         "rooms": "CNNDEMO_ROOMS", "room_members": "CNNDEMO_ROOM_MEMBERS", "room_idle_s": "CNNDEMO_ROOM_IDLE",
         "zero_gpu": "SPACES_ZERO_GPU",
     }

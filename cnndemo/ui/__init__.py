@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import gradio as gr
 
@@ -11,11 +12,14 @@ from . import attributions, compare, digits, explore, room, start as start_panel
 from .common import CSS, EXAMPLES_DIR, HEAVY_LANE, LIGHT, LOOK_JS, PRESENTER_JS, by_name, session_state, tune_allocator, weights_status
 from .. import cancel
 from .. import prefetch as weights_prefetch
+from ..errors import UserError
 from ..lessons import load_lesson
+from ..ranking import app_index, image_files
 from ..render import Look
 from ..runtime import configure_threads
 from .. import settings
 from ..weights import is_offline
+from ..zoo import DEFAULT_MODEL
 from .serving import install_atomic_cache_writes
 from . import apitypes, guard
 
@@ -91,10 +95,14 @@ def build_demo() -> gr.Blocks:
                            api_visibility="private", queue=False)
         # The Sketchpad opens with no tool selected; pick the brush so a class can draw at once.
         digits_tab.select(None, None, None, js=digits.SELECT_BRUSH_JS, api_visibility="private")
-        # While weights are fetched in the background, the status line refreshes itself.
+        # While weights are fetched (or a lesson, or the exemplars, prepared) in the background, the status line
+        # refreshes itself.
         line, line_outputs = by_name(weights_status, page, ("status", "ticker"))
         demo.load(line, None, line_outputs, api_visibility="private")
-        ticker.tick(line, None, line_outputs, api_visibility="private")
+        # Each refresh shows no progress of its own: the line would flicker every two seconds.
+        ticker.tick(line, None, line_outputs, api_visibility="private", show_progress="hidden")
+        # A ranking of the folder of exemplars that Explore started shows in the header line too.
+        ex["lookfor_timer"].tick(line, None, line_outputs, api_visibility="private", show_progress="hidden")
         room.wire(classroom, {"demo": demo, "tabs": tabs, "explore": ex, "attributions": att, "tab_explore": explore_tab,
                               "tab_attributions": attr_tab, "tab_compare": compare_tab, "tab_digits": digits_tab},
                   checkpoint, look)
@@ -147,6 +155,13 @@ def serve(args, demo: gr.Blocks | None = None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: --warm {args.warm}: {e}", file=sys.stderr)
             return 2
+    if args.exemplars:
+        try:
+            image_files(args.exemplars)
+        except UserError as e:
+            print(f"error: --exemplars {args.exemplars}: {e}", file=sys.stderr)
+            return 2
+        settings.configure(exemplars=str(Path(args.exemplars).resolve()))
     launch(demo if demo is not None else build_app(), host=args.host, port=args.port, share=args.share, mcp=args.mcp,
            prefetch=args.prefetch, warm=(args.warm, lesson) if args.warm else None)
     return 0
@@ -180,6 +195,9 @@ def launch(demo: gr.Blocks | None = None, host: str = "127.0.0.1", port: int = 7
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(guard.ClientGuard, uploads=uploads)]
     if prefetch and not is_offline():
         weights_prefetch.start()
+    folder = app_index(settings.get().exemplars)
+    if folder is not None:  # the first network a student sees is ranked first
+        folder.start_with(DEFAULT_MODEL)
     if warm is not None:
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "", None) else host
         warm_lesson.start(*warm, f"http://{local}:{port}/")

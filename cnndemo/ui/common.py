@@ -14,6 +14,7 @@ import gradio as gr
 from .. import settings
 from ..cancel import Cancelled
 from ..errors import UserError
+from ..ranking import app_index
 from ..runtime import STORE, LoadedModel
 from ..shared import RESULTS
 from .. import render
@@ -302,7 +303,11 @@ def weights_status():
     lesson = warm.status()
     if lesson is not None:
         line = f"{warm.describe(lesson)}  \n" + line
-    return {"status": line, "ticker": gr.Timer(active=fetching.running or (lesson is not None and lesson.running))}
+    folder = app_index(settings.get().exemplars)
+    if folder is not None and (ranked := folder.describe()):
+        line = f"{ranked}  \n" + line
+    running = fetching.running or (lesson is not None and lesson.running) or (folder is not None and folder.running)
+    return {"status": line, "ticker": gr.Timer(active=running)}
 
 
 def examples() -> list[str]:
