@@ -27,6 +27,7 @@ image as it is shown, so it compares directly with the exemplars'.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -191,10 +192,10 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
     opt = torch.optim.Adam([spectrum], lr=s.lr)
 
     def objective(x):  # each image's own channel, its mean over the map
-        grab = run_until(lm.module, x.to(lm.device), {p for p, _ in picks})
+        grab = run_until(lm.module, x.to(lm.device, memory_format=torch.channels_last), {p for p, _ in picks})
         return torch.stack([grab[p][i, local].mean() for i, (p, local) in enumerate(picks)])
 
-    with cancel.holding(lm.lock), torch.enable_grad():
+    with cancel.holding(lm.lock), channels_last(lm.module), torch.enable_grad():
         params = [p.requires_grad for p in lm.module.parameters()]
         for p in lm.module.parameters():
             p.requires_grad_(False)
@@ -225,6 +226,18 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
         vis.images.append(img)
         vis.activations.append(act)
     return list(out.values())
+
+
+@contextlib.contextmanager
+def channels_last(module: torch.nn.Module):
+    """The module's weights laid out channels-last for the body, then as they were: oneDNN's
+    convolutions run a forward and backward pass through GoogLeNet about a third faster so on a
+    CPU. Call it holding the model's lock (nobody else runs the module meanwhile)."""
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield module
+    finally:
+        module.to(memory_format=torch.contiguous_format)
 
 
 # ----------------------------------------------------------------------------- natural exemplars

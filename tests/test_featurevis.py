@@ -58,6 +58,8 @@ def test_the_activation_reported_is_the_one_the_shown_image_gives():
         maps = branch_maps(lm, network_input(lm, shown), "incept1", "5x5")[0]
     again = maps[[0, 1], [3, 11]].flatten(1).mean(1).tolist()
     assert again == pytest.approx(vis.activations, rel=1e-4, abs=1e-6)
+    # The weights were laid out channels-last for the optimisation only: they are back as they were.
+    assert all(p.is_contiguous() for p in lm.module.parameters())
 
 
 def test_exemplars_are_ranked_and_cropped_to_the_units_field():
