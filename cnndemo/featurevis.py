@@ -253,8 +253,8 @@ class Exemplars:
     channel: int
     indices: list[int]  # into the ranking's inputs (for the held-out digits, into ``held_out_digits()``)
     activations: list[float]  # the channel's mean activation on each
-    peaks: list[tuple[int, int]]  # where on the channel's map each digit's strongest unit is
-    boxes: list[tuple[int, int, int, int]]  # that unit's receptive field, in the digit's 28 x 28 pixels
+    peaks: list[tuple[int, int]]  # where on the channel's map each input's strongest unit is
+    boxes: list[tuple[int, int, int, int]]  # that unit's receptive field, in the input's pixels (a digit's 28 x 28)
     images: list[Image.Image] = field(repr=False)  # each cropped to that field, the unit's centre marked
     sources: list[str] = field(default_factory=list)  # where each came from (a held-out digit, a file)
     skipped: int = 0  # files of the folder that could not be read as images
@@ -308,7 +308,7 @@ def folder_exemplars(model: LoadedModel | str, block: str, branch: str | None, c
     activation of the branch channel (``ranking.folder_ranking``: every channel of the network
     ranked at once, and remembered). Files that are not readable images are skipped and counted."""
     lm = resolve(model)
-    _layered(lm.spec, block, branch, channel)
+    _layered(lm.spec, block, branch, channel)  # a wrong channel is told before the folder is ranked
     return ranked_exemplars(lm, folder_ranking(lm, folder, progress), block, branch, channel, k)
 
 

@@ -224,6 +224,11 @@ class FolderIndex:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
+    @property
+    def name(self) -> str:
+        """How the pages call the folder: its name only (the server's paths are not the class's business)."""
+        return self.folder.name or str(self.folder)
+
     def _new_job(self, lm: LoadedModel) -> tuple[tuple[str, str], Job]:
         """(key, a job not started) for the folder as it now stands."""
         files = image_files(self.folder)
@@ -326,16 +331,16 @@ class FolderIndex:
         now = [j for j in jobs if j.running]
         if now:
             j = now[0]
-            return (f"Ranking the images of {self.folder} for {j.model} in the background (the exemplars beside "
+            return (f"Ranking the images of {self.name} for {j.model} in the background (the exemplars beside "
                     f"*What each branch looks for*): {j.done} of {j.total}"
                     + (f"; {waiting} more network{'s' if waiting != 1 else ''} waiting" if waiting else "") + ".")
         if waiting:
-            return f"Ranking the images of {self.folder} in the background: starting."
+            return f"Ranking the images of {self.name} in the background: starting."
         done = [j for j in jobs if j.ranking is not None]
         failed = [j for j in jobs if j.error]
         if not jobs:
             return ""
-        text = f"Exemplars from {self.folder} ranked for {', '.join(j.model for j in done) or 'no network yet'}"
+        text = f"Exemplars from {self.name} ranked for {', '.join(j.model for j in done) or 'no network yet'}"
         if failed:
             text += f"; failed: {'; '.join(f'{j.model}: {j.error}' for j in failed)}"
         return text + "."

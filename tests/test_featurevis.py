@@ -183,7 +183,7 @@ def test_the_apps_folder_is_ranked_in_the_background_and_again_when_it_changes(t
         direct = folder_ranking(lm, folder)
         assert job.ranking.sources == direct.sources and len(job.ranking.skipped) == 1
         assert job.ranking.best("fire4", "expand3x3", 3) == direct.best("fire4", "expand3x3", 3)
-        assert index.describe() == f"Exemplars from {folder} ranked for {lm.spec.name}."
+        assert index.describe() == f"Exemplars from {folder.name} ranked for {lm.spec.name}."
         (folder / "sub" / "grace_hopper.jpg").write_bytes((examples / "grace_hopper.jpg").read_bytes())
         again = index.job(lm)
         assert again is not job and again.fingerprint != job.fingerprint

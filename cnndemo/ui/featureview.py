@@ -17,8 +17,8 @@ from ..cancel import check_budget
 from ..costs import stage_costs
 from .. import settings as app_settings
 from ..featurevis import VisSettings, exemplars, ranked_exemplars, visualize_targets
-from ..lanes import HEAVY
 from ..errors import UserError
+from ..lanes import HEAVY
 from ..ranking import FolderIndex, Job, app_index
 from ..shared import RESULTS
 from .common import by_name, get_model, gr_progress, heavy_lane, picture, user_errors
@@ -115,12 +115,12 @@ def _show(lm, block: str, targets, settings, found, look) -> dict:
         else:
             ranking, waiting = job.ranking, job.running
             if job.error:
-                note.append(f"The photos of {folder.folder} could not be ranked: {job.error}")
+                note.append(f"The photos of {folder.name} could not be ranked: {job.error}")
             elif ranking is None:
-                note.append(f"Ranking the photos of {folder.folder} for {spec.name} in the background: {job.done} "
+                note.append(f"Ranking the photos of {folder.name} for {spec.name} in the background: {job.done} "
                             f"of {job.total}. Their best crops appear here when it is done.")
             elif ranking.skipped:
-                note.append(f"{len(ranking.skipped)} file(s) of {folder.folder} could not be read as images and "
+                note.append(f"{len(ranking.skipped)} file(s) of {folder.name} could not be read as images and "
                             "were skipped.")
         if ranking is not None:
             ex = {(v.branch, c): ranked_exemplars(lm, ranking, block, v.branch, c, 3) for v in vis for c in v.channels}
