@@ -197,14 +197,20 @@ class TrainResult:
         return self.history[-1].test_acc if self.history else float("nan")
 
 
+def _held_out_logits(model: nn.Module, spec: ModelSpec, x: torch.Tensor, batch: int):
+    """(start, logits) of ``x`` a batch at a time, in eval mode, cancellable between batches
+    (call it under ``torch.no_grad``)."""
+    model.eval()
+    for i in range(0, len(x), batch):
+        cancel.check()
+        yield i, model(to_input(x[i : i + batch], spec))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> tuple[float, float]:
     """(mean loss, accuracy in %) on a held-out set, in eval mode."""
-    model.eval()
     loss, correct = 0.0, 0
-    for i in range(0, len(x), batch):
-        cancel.check()
-        logits = model(to_input(x[i : i + batch], spec))
+    for i, logits in _held_out_logits(model, spec, x, batch):
         loss += float(F.cross_entropy(logits, y[i : i + batch], reduction="sum"))
         correct += int((logits.argmax(1) == y[i : i + batch]).sum())
     return loss / len(x), 100.0 * correct / len(x)
@@ -217,11 +223,9 @@ StepFn = Callable[[dict], None]
 def confusion(model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, batch: int = 250):
     """The held-out confusion matrix (row: the true digit, column: the one read), and each
     digit's reading and its probability."""
-    model.eval()
     preds, probs = [], []
-    for i in range(0, len(x), batch):
-        p = torch.softmax(model(to_input(x[i:i + batch], spec)).float(), 1)
-        top = p.max(1)
+    for _, logits in _held_out_logits(model, spec, x, batch):
+        top = torch.softmax(logits.float(), 1).max(1)
         preds.append(top.indices)
         probs.append(top.values)
     pred, prob = torch.cat(preds), torch.cat(probs)
