@@ -157,18 +157,27 @@ def save(ranking: Ranking, path: Path | None) -> None:
 _FOLDERS = LRU(8, name="folder rankings")
 
 
+def _folder_name(files: list[Path]) -> str:
+    return f"folder-{fingerprint(files)}"
+
+
+def folder_file(lm: LoadedModel, folder: Path | str) -> Path | None:
+    """Where ``folder_ranking`` keeps this folder's ranking, as it now stands (``cache_file``)."""
+    return cache_file(lm, _folder_name(image_files(folder)))
+
+
 def folder_ranking(model: LoadedModel | str, folder: Path | str, progress: ProgressFn | None = None) -> Ranking:
     """The images of a folder ranked for every branch channel of the network (each opened and
     prepared as the app does; unreadable files skipped and counted). Remembered, and kept on
     disk for published weights, until the folder changes."""
     lm = resolve(model)
     files = image_files(folder)
-    name = f"folder-{fingerprint(files)}"
-    key = (lm.ident, name)
-    found = _FOLDERS.get(key) or load_saved(cache_file(lm, name))
+    name = _folder_name(files)
+    key, path = (lm.ident, name), cache_file(lm, name)
+    found = _FOLDERS.get(key) or load_saved(path)
     if found is None:
         found = _rank_files(lm, files, progress)
-        save(found, cache_file(lm, name))
+        save(found, path)
     _FOLDERS.put(key, found)
     return found
 

@@ -18,7 +18,7 @@ from ..units import unit
 from ..hide import hide, rect_mask
 from ..featurevis import VisSettings, exemplars, folder_exemplars, visualize
 from ..pipeline import load_for
-from ..ranking import cache_file, fingerprint, folder_ranking, image_files
+from ..ranking import folder_file, folder_ranking
 from ..costs import count_model_params
 from ..weights import WeightsError, availability
 from ..zoo import PUBLISHED_KEYS, ZOO
@@ -344,7 +344,7 @@ def run_exemplars(args) -> int:
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    kept = cache_file(model, f"folder-{fingerprint(image_files(args.folder))}")
+    kept = folder_file(model, args.folder)
     out = {"model": model.key, "weights": model.weights.kind, "folder": str(args.folder), "images": len(found.sources),
            "skipped": found.skipped, "seconds": round(seconds, 3),
            "images_per_s": round(len(found.sources) / seconds, 2) if seconds else None,
