@@ -214,6 +214,7 @@ class Job:
     total: int = 0
     ranking: Ranking | None = None
     error: str = ""
+    started: bool = False  # the thread has taken it from the queue
     seconds: float | None = None  # set when finished
 
     @property
@@ -311,6 +312,7 @@ class FolderIndex:
         else:
             lm = model
         job, t0 = self._jobs[key], time.perf_counter()
+        job.started = True
 
         def progress(frac, _desc):
             job.done = round(frac * job.total)
@@ -337,7 +339,7 @@ class FolderIndex:
         with self._cond:
             jobs = list(self._jobs.values())
             waiting = len(self._queue)
-        now = [j for j in jobs if j.running]
+        now = [j for j in jobs if j.running and j.started]  # a job asked for waits in the queue until then
         if now:
             j = now[0]
             return (f"Ranking the images of {self.name} for {j.model} in the background (the exemplars beside "

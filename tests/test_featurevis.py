@@ -193,6 +193,45 @@ def test_the_apps_folder_is_ranked_in_the_background_and_again_when_it_changes(t
         index.stop()
 
 
+def test_the_header_names_the_network_being_ranked_not_one_waiting_in_line(tmp_path, examples, monkeypatch):
+    """The app's first network is loaded by the background thread; a network a student asks for
+    meanwhile waits in the queue behind it. While the first is ranked, the header line names it
+    and counts the second as waiting."""
+    import threading
+
+    from cnndemo import ranking
+
+    loading, ranking_gate = threading.Event(), threading.Event()
+    real_resolve, real_ranking = ranking.resolve, ranking.folder_ranking
+
+    def slow_load(model):
+        assert loading.wait(120)
+        return real_resolve(model)
+
+    def held(*args, **kwargs):
+        assert ranking_gate.wait(120)
+        return real_ranking(*args, **kwargs)
+
+    monkeypatch.setattr(ranking, "resolve", slow_load)
+    monkeypatch.setattr(ranking, "folder_ranking", held)
+    index = ranking.FolderIndex(_photo_folder(tmp_path / "photos", examples))
+    try:
+        first, second = STORE.get("squeezenet1_0"), STORE.get("mnist_inception")
+        index.start_with(first.key)  # the thread loads it (held above) before it knows its job
+        index.job(second)
+        loading.set()
+        _wait(lambda: any(j.started for j in index.jobs()), what="the first job to start")
+        said = index.describe()
+        assert f"for {first.spec.name} in the background" in said and "1 more network waiting" in said, said
+        ranking_gate.set()
+        _wait(lambda: not index.running, what="both rankings")
+        assert index.describe() == f"Exemplars from photos ranked for {second.spec.name}, {first.spec.name}."
+    finally:
+        loading.set()
+        ranking_gate.set()
+        index.stop()
+
+
 def test_explore_fills_in_a_photo_networks_exemplars_once_the_folder_is_ranked(tmp_path, examples, cat, setenv,
                                                                                 monkeypatch):
     """While the app's folder is ranked, the view shows the optimised images and says how far
