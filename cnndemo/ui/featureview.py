@@ -122,8 +122,9 @@ def _show(lm, block: str, targets, settings, found, look) -> dict:
             elif ranking.skipped:
                 note.append(f"{len(ranking.skipped)} file(s) of {folder.name} could not be read as images and "
                             "were skipped.")
-        if ranking is not None:
-            ex = {(v.branch, c): ranked_exemplars(lm, ranking, block, v.branch, c, 3) for v in vis for c in v.channels}
+        if ranking is not None:  # each crop opens its photo again: done once for every student on this view
+            ex = RESULTS.get(("look for photos", lm.ident, targets, job.fingerprint), lambda _p: {
+                (v.branch, c): ranked_exemplars(lm, ranking, block, v.branch, c, 3) for v in vis for c in v.channels})
     shape = render.Look.parse(look)
     rows, lines = [], []
     for v in vis:
