@@ -298,12 +298,12 @@ def run_compare(models: list[str] | None, device: str = "auto", batch_sizes: lis
             f"torch {env['torch']}, {env['date']}" + (" (cached result for these settings)" if cached else "") +
             f". Batch sizes timed interleaved, {int(runs)} passes each; p10 and p90 show the spread. Timing uses "
             "each architecture with random weights (weights do not change the time).")
-    if on_zero:
+    note = _noise_first(data, note)
+    if on_zero:  # the stronger caveat goes first: there the figures are never a benchmark, steady or not
         note = (f"**Not a benchmark**: timed on a ZeroGPU slice, a GPU that Hugging Face shares between Spaces and "
                 f"lends per request, so other work can run on it meanwhile; the order of magnitude holds, the "
                 f"figures do not. torch.compile is not available there. The shipped reference rows were measured "
                 f"on a dedicated GPU.  \n{note}")
-    note = _noise_first(data, note)
     refused = [r for r in data["results"] if "error" in r]
     if refused:
         note += "  \n" + "  \n".join(f"**Not measured**: {ZOO[r['model']].name}, batch {r['batch']}, "
