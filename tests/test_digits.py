@@ -183,6 +183,49 @@ def test_disagreement_is_said_plainly():
     assert said == "The networks disagree: A reads 7 (62%), B reads 1 (80%), C reads 7 (55%)."
 
 
+def test_the_labs_confusion_matrix_and_cells_run_the_shared_network_under_its_lock():
+    """The shipped network is shared: other requests hook it (branch maps, units) while they
+    hold its lock. Every forward pass of the lab's confusion matrix and of a cell's maps holds
+    that lock too (another thread cannot take it meanwhile)."""
+    import threading
+    from types import SimpleNamespace
+
+    from cnndemo import render
+    from cnndemo.runtime import STORE
+    from cnndemo.shared import RESULTS
+    from cnndemo.ui import digits
+
+    lm = STORE.get("mnist_inception")
+    held = []
+
+    def others_can_take_it() -> bool:
+        box = []
+
+        def attempt():
+            got = lm.lock.acquire(blocking=False)
+            if got:
+                lm.lock.release()
+            box.append(got)
+
+        t = threading.Thread(target=attempt)
+        t.start()
+        t.join()
+        return box[0]
+
+    handle = lm.module.register_forward_pre_hook(lambda _m, _args: held.append(not others_can_take_it()))
+    RESULTS.clear()  # the matrix is computed here, not found
+    try:
+        shown = digits.lab_confusion("mnist_inception", None, None)
+        assert held and all(held) and "held-out digits read wrongly" in shown["t_cell_note"]
+        held.clear()
+        left, top, cell = render._confusion_geometry(render.LIGHT)
+        picked = digits.lab_cell("mnist_inception", None, None,
+                                 SimpleNamespace(index=[left + 1.5 * cell, top + 1.5 * cell]))
+        assert held and all(held) and picked["t_cell"] is not None
+    finally:
+        handle.remove()
+
+
 def test_the_labs_confusion_matrix_agrees_with_the_training_record_and_its_maps_add_up():
     """The held-out confusion matrix of the shipped MNIST Inception net: its diagonal is the
     accuracy its training record states (the same 1,000 digits); each digit's Integrated

@@ -21,6 +21,7 @@ from ..images import open_image
 from ..runtime import STORE, LoadedModel
 from ..shared import RESULTS
 from ..training import confusion, digit_attributions, shipped_digits, train, training_tflop
+from .. import cancel
 from ..cancel import check_budget
 from ..lanes import HEAVY, lower_priority
 from ..weights import WeightsInfo
@@ -243,8 +244,12 @@ def _lab_model(key: str, session: dict | None) -> LoadedModel:
 def _confusion_of(lm: LoadedModel):
     """The network's held-out confusion matrix, readings and probabilities (computed once)."""
     data = shipped_digits()
-    return RESULTS.get(("confusion", lm.weights.ident), lambda _p: confusion(lm.module, lm.spec, data.x_test,
-                                                                             data.y_test))
+
+    def compute(_p):
+        with cancel.holding(lm.lock):  # a shipped network is shared: nobody else hooks it meanwhile
+            return confusion(lm.module, lm.spec, data.x_test, data.y_test)
+
+    return RESULTS.get(("confusion", lm.weights.ident), compute)
 
 
 def lab_confusion(key: str, session: dict | None, look) -> dict:
@@ -276,7 +281,7 @@ def lab_cell(key: str, session: dict | None, look, evt: gr.SelectData) -> dict:
     picked = every[:8]
     if not picked:
         return {"t_cell": None, "t_cell_note": f"No held-out {true} was read as {read}."}
-    with lm.lock:
+    with cancel.holding(lm.lock):
         attr = digit_attributions(lm.module, lm.spec, data.x_test[picked], [read] * len(picked))
     rows = []
     for i, a in zip(picked, attr):
