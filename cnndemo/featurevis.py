@@ -96,23 +96,23 @@ class Visualisation:
 def branch_maps(lm: LoadedModel, x: torch.Tensor, block: str, branch: str | None) -> tuple[torch.Tensor, str]:
     """The branch's output for the batch ``x`` (N x C x H x W: its taps' outputs side by side,
     the channels the app's branch maps number). Also the branch's name."""
-    br = find_branch(lm.spec.block(block), branch)
-    if not br.tap_paths:
-        raise_no_layers(block, br.name)
+    br = _with_layers(lm.spec, block, branch)
     grab = run_until(lm.module, x, br.tap_paths)
     return torch.cat([grab[p] for p in br.tap_paths], 1), br.name
 
 
-def raise_no_layers(block: str, branch: str):
-    raise BadRequest(f"{block} / {branch} has no layers of its own (it passes its input on): there is no channel "
-                     "of its own to visualise; pick the block's other path")
+def _with_layers(spec, block: str, branch: str | None):
+    """The branch, checked to have layers of its own (channels to visualise)."""
+    br = find_branch(spec.block(block), branch)
+    if not br.tap_paths:
+        raise BadRequest(f"{block} / {br.name} has no layers of its own (it passes its input on): there is no "
+                         "channel of its own to visualise; pick the block's other path")
+    return br
 
 
 def _layered(spec, block: str, branch: str | None, channel: int):
     """The branch, checked to have layers of its own and the channel to be one of its own."""
-    br = find_branch(spec.block(block), branch)
-    if not br.tap_paths:
-        raise_no_layers(block, br.name)
+    br = _with_layers(spec, block, branch)
     width = branch_info(spec, block, br.name).shape[0]
     if not 0 <= channel < width:
         raise BadRequest(f"{block} / {br.name} has channels 0 to {width - 1}; got {channel}")
