@@ -110,13 +110,14 @@ def _with_layers(spec, block: str, branch: str | None):
     return br
 
 
-def _layered(spec, block: str, branch: str | None, channel: int):
-    """The branch, checked to have layers of its own and the channel to be one of its own."""
-    br = _with_layers(spec, block, branch)
-    width = branch_info(spec, block, br.name).shape[0]
-    if not 0 <= channel < width:
-        raise BadRequest(f"{block} / {br.name} has channels 0 to {width - 1}; got {channel}")
-    return br
+def _channel_tap(lm: LoadedModel, block: str, branch: str | None, channel: int):
+    """(the branch, (the tap that makes the channel, its channel there)), the branch checked to
+    have layers of its own and the channel to be one of its own."""
+    br = _with_layers(lm.spec, block, branch)
+    shape = branch_info(lm.spec, block, br.name).shape
+    if not 0 <= channel < shape[0]:
+        raise BadRequest(f"{block} / {br.name} has channels 0 to {shape[0] - 1}; got {channel}")
+    return br, tap_of(lm.module, br, channel, (1, *shape))
 
 
 def _freqs(h: int, w: int) -> torch.Tensor:
@@ -182,8 +183,8 @@ def visualize_targets(model: LoadedModel | str, targets: list[Target], settings:
     picks = []  # per image: (tap path, channel there)
     names = []
     for block, branch, channel in targets:
-        br = _layered(spec, block, branch, channel)
-        picks.append(tap_of(lm.module, br, channel, (1, *branch_info(spec, block, br.name).shape)))
+        br, pick = _channel_tap(lm, block, branch, channel)
+        picks.append(pick)
         names.append(br.name)
     gen = torch.Generator().manual_seed(s.seed)
     freqs = _freqs(side, side)
@@ -308,7 +309,7 @@ def folder_exemplars(model: LoadedModel | str, block: str, branch: str | None, c
     activation of the branch channel (``ranking.folder_ranking``: every channel of the network
     ranked at once, and remembered). Files that are not readable images are skipped and counted."""
     lm = resolve(model)
-    _layered(lm.spec, block, branch, channel)  # a wrong channel is told before the folder is ranked
+    _channel_tap(lm, block, branch, channel)  # a wrong channel is told before the folder is ranked
     return ranked_exemplars(lm, folder_ranking(lm, folder, progress), block, branch, channel, k)
 
 
@@ -317,11 +318,10 @@ def ranked_exemplars(lm: LoadedModel, ranking: Ranking, block: str, branch: str 
     """A channel's best ``k`` inputs of a ranking, each cropped to the receptive field of the
     channel's strongest unit, that unit's centre shaded. ``pixels(i)``: input ``i`` in [0, 1]
     (H x W, or H x W x 3), by default the image its source file gives, as the network saw it."""
-    br = _layered(lm.spec, block, branch, channel)
+    br, (tap, _) = _channel_tap(lm, block, branch, channel)
     if pixels is None:
         def pixels(i):
             return np.asarray(prepare(ranking.sources[i], lm).seen().convert("RGB"), np.float32) / 255.0
-    tap, _ = tap_of(lm.module, br, channel, (1, *branch_info(lm.spec, block, br.name).shape))
     field_of = field_boxes(lm.spec).get(tap)
     side_h, side_w = lm.spec.inputs.size[1:]
     h, w = ranking.shapes[f"{block}/{br.name}"]
